@@ -1,0 +1,237 @@
+//! Command line: `serve` (the default), `migrate`, `token`. Flags mirror a few environment
+//! variables; configuration errors exit with code 2 and one line naming the variable.
+
+use crate::auth::{Authenticator, Role};
+use crate::config::{AppEnv, Config, ConfigError};
+use crate::domain::Gender;
+use crate::server::{Gateway, run};
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "presence-gateway",
+    version,
+    about = "Presence and live statistics over Socket.IO"
+)]
+pub struct Cli {
+    /// Start in development (same as APP_ENV=development): a random JWT secret and ready tokens.
+    #[arg(long, global = true)]
+    dev: bool,
+    /// Listen address (overrides HOST).
+    #[arg(long, global = true)]
+    host: Option<String>,
+    /// Listen port (overrides PORT; 0 picks a free one).
+    #[arg(long, global = true)]
+    port: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Apply the SQL migrations and exit.
+    Migrate,
+    /// Print a signed JWT for local testing, using JWT_SECRET.
+    Token {
+        /// The user id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// male, female or other; omitted: no gender claim.
+        #[arg(long)]
+        gender: Option<String>,
+        /// A role (user, dashboard, publisher, admin); repeat for several. Default: user.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
+fn config_from(cli: &Cli) -> Result<Config, ConfigError> {
+    let (dev, host, port) = (cli.dev, cli.host.clone(), cli.port.clone());
+    Config::from_lookup(|k| match k {
+        "APP_ENV" if dev => Some("development".into()),
+        "HOST" if host.is_some() => host.clone(),
+        "PORT" if port.is_some() => port.clone(),
+        _ => std::env::var(k).ok(),
+    })
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(2)
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match config_from(&cli) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    match cli.command {
+        None | Some(Command::Serve) => serve(config),
+        Some(Command::Migrate) => match config.database_url {
+            None => fail("DATABASE_URL: migrate needs a database URL"),
+            Some(_) => {
+                eprintln!("error: migrations are not part of this build yet");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Token {
+            sub,
+            gender,
+            roles,
+            name,
+            ttl,
+        }) => token(&config, &sub, gender, roles, name, ttl),
+    }
+}
+
+fn token(
+    config: &Config,
+    sub: &str,
+    gender: Option<String>,
+    roles: Vec<String>,
+    name: Option<String>,
+    ttl: u64,
+) -> ExitCode {
+    if config.jwt_secret.is_none() {
+        return fail(
+            "JWT_SECRET: token signs with the HS256 secret the gateway verifies with; set it",
+        );
+    }
+    let gender = match gender.as_deref().map(str::parse::<Gender>) {
+        None => None,
+        Some(Ok(g)) => Some(g),
+        Some(Err(())) => return fail("--gender: expected male, female or other"),
+    };
+    let roles: Vec<Role> = if roles.is_empty() {
+        vec![Role::User]
+    } else {
+        match roles
+            .iter()
+            .map(|r| Role::parse(r).ok_or(r))
+            .collect::<Result<_, _>>()
+        {
+            Ok(r) => r,
+            Err(r) => return fail(format!("--role: unknown role {r:?}")),
+        }
+    };
+    let auth = match Authenticator::from_config(config) {
+        Ok(k) => k.authenticator,
+        Err(e) => return fail(e),
+    };
+    match auth.issue(sub, gender, name.as_deref(), &roles, ttl) {
+        Some(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        None => fail("JWT_SECRET: cannot sign"),
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    crate::telemetry::init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        if config.socket_allow_insecure_userid && config.app_env == AppEnv::Production {
+            tracing::warn!("SOCKET_ALLOW_INSECURE_USERID is ignored in production");
+        }
+        let addr = std::net::SocketAddr::new(config.host, config.port);
+        let gw = match Gateway::build(config) {
+            Ok(g) => g,
+            Err(e) => return fail(e),
+        };
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => return fail(format!("PORT: cannot listen on {addr}: {e}")),
+        };
+        let bound = listener.local_addr().unwrap_or(addr);
+        tracing::info!(node = %gw.state.config.node_id, engine = gw.state.engine.kind(), "listening on {bound}");
+        if gw.state.config.is_development() {
+            announce_development(&gw, bound.port());
+        }
+        let shutdown = CancellationToken::new();
+        tokio::spawn(on_signal(shutdown.clone()));
+        match run(gw, listener, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Tell a newcomer how to connect, with tokens that work against this very process.
+fn announce_development(gw: &Gateway, port: u16) {
+    let auth = &gw.state.auth;
+    let mint = |sub: &str, g: Option<Gender>, roles: &[Role]| {
+        auth.issue(sub, g, Some(sub), roles, 24 * 3600)
+    };
+    if gw.generated_secret {
+        tracing::warn!(
+            "development mode: JWT secret generated for this run; set JWT_SECRET to keep tokens across restarts"
+        );
+    } else {
+        tracing::warn!("development mode");
+    }
+    let url = format!("http://localhost:{port}");
+    let alice = mint("alice", Some(Gender::Female), &[Role::User]);
+    let bob = mint("bob", Some(Gender::Male), &[Role::User]);
+    let admin = mint("ops", None, &[Role::Admin, Role::Dashboard]);
+    if let (Some(alice), Some(bob), Some(admin)) = (alice, bob, admin) {
+        let mut text = format!(
+            "\n  Connect with socket.io-client (tokens valid 24 h):\n    \
+             io(\"{url}\", {{ auth: {{ token: \"{alice}\" }} }})   // alice, female\n    \
+             io(\"{url}\", {{ auth: {{ token: \"{bob}\" }} }})   // bob, male\n  \
+             Health:  curl {url}/api/health\n  \
+             Admin:   curl -H \"Authorization: Bearer {admin}\" {url}/api/debug/presence\n  \
+             More tokens: JWT_SECRET=... presence-gateway token --sub u1 --gender female\n"
+        );
+        if gw.state.config.insecure_userid_allowed() {
+            text.push_str(&format!("  Insecure login is on: io(\"{url}\", {{ auth: {{ userId: \"u1\", gender: \"female\" }} }})\n"));
+        }
+        println!("{text}");
+    }
+}
+
+async fn on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    shutdown.cancel();
+}

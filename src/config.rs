@@ -1,0 +1,318 @@
+//! Configuration: every environment variable of the contract, parsed and validated once at
+//! start-up. A bad value stops start-up with exit code 2 and one line naming the variable.
+//!
+//! [`Config::from_lookup`] takes a lookup function instead of reading the process
+//! environment, so tests can build any configuration without touching global state.
+
+use crate::domain::VisibilityPolicy;
+use std::{fmt, net::IpAddr, path::PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppEnv {
+    Development,
+    Production,
+}
+
+/// A start-up error: which variable, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.var, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `HOST`: address to listen on.
+    pub host: IpAddr,
+    /// `PORT`: port to listen on; 0 picks a free one (logged).
+    pub port: u16,
+    /// `NODE_ID`: this replica's id in health and metrics (default: the host name).
+    pub node_id: String,
+    /// `REDIS_URL`: unset runs the single-node memory engine.
+    pub redis_url: Option<String>,
+    /// `REDIS_KEY_PREFIX`: prefix of every Redis key and channel.
+    pub redis_key_prefix: String,
+    /// `DATABASE_URL`: PostgreSQL; unset turns persistence, search and analytics off.
+    pub database_url: Option<String>,
+    /// `APP_ENV` (falls back to `NODE_ENV`): development or production.
+    pub app_env: AppEnv,
+    /// `JWT_SECRET`: HS256 secret.
+    pub jwt_secret: Option<String>,
+    /// `JWT_PUBLIC_KEY_FILE`: PEM public key for RS256 or ES256.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// `JWT_ISSUER`: required `iss` when set.
+    pub jwt_issuer: Option<String>,
+    /// `JWT_AUDIENCE`: required `aud` when set.
+    pub jwt_audience: Option<String>,
+    /// `SOCKET_ALLOW_INSECURE_USERID`: as asked; honoured only in development
+    /// (see [`Config::insecure_userid_allowed`]).
+    pub socket_allow_insecure_userid: bool,
+    /// `PRESENCE_HEARTBEAT_TIMEOUT_MS`: a connection silent longer than this is swept.
+    pub heartbeat_timeout_ms: u64,
+    /// `PRESENCE_SWEEP_INTERVAL_MS`: how often stale connections are swept.
+    pub sweep_interval_ms: u64,
+    /// `PRESENCE_ENABLE_SERVER_HEARTBEAT`: emit `server:heartbeat` to each socket.
+    pub enable_server_heartbeat: bool,
+    /// `PRESENCE_SERVER_HEARTBEAT_INTERVAL_MS`: its period.
+    pub server_heartbeat_interval_ms: u64,
+    /// `PRESENCE_OFFLINE_GRACE_MS`: delay before a user whose last connection the client
+    /// closed is announced offline.
+    pub offline_grace_ms: u64,
+    /// `PRESENCE_SHUTDOWN_GRACE_MS`: the same, for connections closed by a shutting-down replica.
+    pub shutdown_grace_ms: u64,
+    /// `PRESENCE_DB_ONLINE_DEBOUNCE_MS`: online transitions reach the database at most this late.
+    pub db_online_debounce_ms: u64,
+    /// `PRESENCE_DB_OFFLINE_DEBOUNCE_MS`: offline transitions reach the database at most this late.
+    pub db_offline_debounce_ms: u64,
+    /// `VISIBILITY_POLICY`: gender or all.
+    pub visibility_policy: VisibilityPolicy,
+    /// `STATS_SESSION_GAP_MS`: a visitor's messages further apart start a new session.
+    pub stats_session_gap_ms: u64,
+    /// `ADMIN_TOKEN`: static bearer token with the admin role.
+    pub admin_token: Option<String>,
+    /// `RATE_LIMIT_PER_SEC`: per-socket requests per second (0 disables limiting).
+    pub rate_limit_per_sec: u32,
+    /// `RATE_LIMIT_BURST`: per-socket burst above the rate.
+    pub rate_limit_burst: u32,
+    /// `SHUTDOWN_DELAY_MS`: on SIGTERM, how long to keep serving with `/readyz` at 503.
+    pub shutdown_delay_ms: u64,
+}
+
+/// Defaults of the per-socket rate limit: a well-behaved client heartbeats every 5 s and
+/// asks for a page or a status change now and then; 20/s sustained with bursts of 40 leaves
+/// it far from the limit while a flood is cut to that rate.
+pub const DEFAULT_RATE_LIMIT_PER_SEC: u32 = 20;
+pub const DEFAULT_RATE_LIMIT_BURST: u32 = 40;
+
+impl Config {
+    /// Read the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        // An empty variable is treated as unset: that is what `FOO= cmd` usually means.
+        let get = |k: &str| get(k).filter(|v| !v.is_empty());
+        let ms = |var: &'static str, default: u64, min: u64| -> Result<u64, ConfigError> {
+            match get(var) {
+                None => Ok(default),
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if n >= min => Ok(n),
+                    Ok(_) => Err(err(var, format!("must be at least {min}, got {v:?}"))),
+                    Err(_) => Err(err(
+                        var,
+                        format!("expected a whole number of milliseconds, got {v:?}"),
+                    )),
+                },
+            }
+        };
+        let flag = |var: &'static str| -> Result<bool, ConfigError> {
+            match get(var).as_deref().map(str::to_ascii_lowercase).as_deref() {
+                None | Some("false" | "0" | "no" | "off") => Ok(false),
+                Some("true" | "1" | "yes" | "on") => Ok(true),
+                Some(v) => Err(err(var, format!("expected true or false, got {v:?}"))),
+            }
+        };
+        let count = |var: &'static str, default: u32| -> Result<u32, ConfigError> {
+            match get(var) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map_err(|_| err(var, format!("expected a whole number, got {v:?}"))),
+            }
+        };
+
+        let app_env = match get("APP_ENV") {
+            Some(v) => match v.as_str() {
+                "development" => AppEnv::Development,
+                "production" => AppEnv::Production,
+                _ => {
+                    return Err(err(
+                        "APP_ENV",
+                        format!("expected development or production, got {v:?}"),
+                    ));
+                }
+            },
+            // NODE_ENV is looser by tradition: anything but development is production.
+            None => match get("NODE_ENV").as_deref() {
+                Some("development") => AppEnv::Development,
+                _ => AppEnv::Production,
+            },
+        };
+
+        let host = match get("HOST") {
+            None => IpAddr::from([0, 0, 0, 0]),
+            Some(v) => v
+                .parse()
+                .map_err(|_| err("HOST", format!("expected an IP address, got {v:?}")))?,
+        };
+        let port = match get("PORT") {
+            None => 3000,
+            Some(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| err("PORT", format!("expected a port number 0-65535, got {v:?}")))?,
+        };
+
+        let node_id = get("NODE_ID").unwrap_or_else(default_node_id);
+        if node_id.len() > 128 || node_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(err(
+                "NODE_ID",
+                "must be at most 128 characters, without spaces",
+            ));
+        }
+
+        let redis_url = get("REDIS_URL");
+        if let Some(u) = &redis_url {
+            let ok = [
+                "redis://",
+                "rediss://",
+                "redis-sentinel://",
+                "redis-cluster://",
+            ]
+            .iter()
+            .any(|s| u.starts_with(s));
+            if !ok {
+                return Err(err(
+                    "REDIS_URL",
+                    "expected a redis://, rediss://, redis-sentinel:// or redis-cluster:// URL",
+                ));
+            }
+        }
+        let redis_key_prefix = get("REDIS_KEY_PREFIX").unwrap_or_else(|| "pg".into());
+        if redis_key_prefix.len() > 64
+            || !redis_key_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-:.".contains(c))
+        {
+            return Err(err(
+                "REDIS_KEY_PREFIX",
+                "must be at most 64 characters of A-Z a-z 0-9 _ - : .",
+            ));
+        }
+        let database_url = get("DATABASE_URL");
+        if let Some(u) = &database_url
+            && !(u.starts_with("postgres://") || u.starts_with("postgresql://"))
+        {
+            return Err(err(
+                "DATABASE_URL",
+                "expected a postgres:// or postgresql:// URL",
+            ));
+        }
+
+        let jwt_secret = get("JWT_SECRET");
+        let jwt_public_key_file = get("JWT_PUBLIC_KEY_FILE").map(PathBuf::from);
+        if jwt_secret.is_some() && jwt_public_key_file.is_some() {
+            return Err(err(
+                "JWT_SECRET",
+                "set either JWT_SECRET or JWT_PUBLIC_KEY_FILE, not both",
+            ));
+        }
+        if let Some(p) = &jwt_public_key_file
+            && !p.is_file()
+        {
+            return Err(err(
+                "JWT_PUBLIC_KEY_FILE",
+                format!("no readable file at {}", p.display()),
+            ));
+        }
+        if app_env == AppEnv::Production && jwt_secret.is_none() && jwt_public_key_file.is_none() {
+            return Err(err(
+                "JWT_SECRET",
+                "production needs a JWT key: set JWT_SECRET (HS256) or JWT_PUBLIC_KEY_FILE (RS256/ES256), \
+                 or start in development with APP_ENV=development (or --dev)",
+            ));
+        }
+
+        let visibility_policy = match get("VISIBILITY_POLICY").as_deref() {
+            None | Some("gender") => VisibilityPolicy::Gender,
+            Some("all") => VisibilityPolicy::All,
+            Some(v) => {
+                return Err(err(
+                    "VISIBILITY_POLICY",
+                    format!("expected gender or all, got {v:?}"),
+                ));
+            }
+        };
+
+        let admin_token = get("ADMIN_TOKEN");
+        if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(err("ADMIN_TOKEN", "must be at least 16 characters"));
+        }
+
+        let cfg = Config {
+            host,
+            port,
+            node_id,
+            redis_url,
+            redis_key_prefix,
+            database_url,
+            app_env,
+            jwt_secret,
+            jwt_public_key_file,
+            jwt_issuer: get("JWT_ISSUER"),
+            jwt_audience: get("JWT_AUDIENCE"),
+            socket_allow_insecure_userid: flag("SOCKET_ALLOW_INSECURE_USERID")?,
+            heartbeat_timeout_ms: ms("PRESENCE_HEARTBEAT_TIMEOUT_MS", 15_000, 100)?,
+            sweep_interval_ms: ms("PRESENCE_SWEEP_INTERVAL_MS", 3_000, 50)?,
+            enable_server_heartbeat: flag("PRESENCE_ENABLE_SERVER_HEARTBEAT")?,
+            server_heartbeat_interval_ms: ms("PRESENCE_SERVER_HEARTBEAT_INTERVAL_MS", 10_000, 100)?,
+            offline_grace_ms: ms("PRESENCE_OFFLINE_GRACE_MS", 0, 0)?,
+            shutdown_grace_ms: ms("PRESENCE_SHUTDOWN_GRACE_MS", 10_000, 0)?,
+            db_online_debounce_ms: ms("PRESENCE_DB_ONLINE_DEBOUNCE_MS", 2_000, 0)?,
+            db_offline_debounce_ms: ms("PRESENCE_DB_OFFLINE_DEBOUNCE_MS", 0, 0)?,
+            visibility_policy,
+            stats_session_gap_ms: ms("STATS_SESSION_GAP_MS", 1_800_000, 1)?,
+            admin_token,
+            rate_limit_per_sec: count("RATE_LIMIT_PER_SEC", DEFAULT_RATE_LIMIT_PER_SEC)?,
+            rate_limit_burst: count("RATE_LIMIT_BURST", DEFAULT_RATE_LIMIT_BURST)?,
+            shutdown_delay_ms: ms("SHUTDOWN_DELAY_MS", 0, 0)?,
+        };
+        Ok(cfg)
+    }
+
+    /// A development configuration with defaults, for `--dev` and for tests.
+    pub fn development() -> Self {
+        Self::from_lookup(|k| (k == "APP_ENV").then(|| "development".to_string()))
+            .expect("the development defaults are valid")
+    }
+
+    pub fn is_development(&self) -> bool {
+        self.app_env == AppEnv::Development
+    }
+
+    /// The insecure `{userId, gender}` handshake: only when asked for *and* in development,
+    /// so a forgotten switch cannot open production.
+    pub fn insecure_userid_allowed(&self) -> bool {
+        self.socket_allow_insecure_userid && self.is_development()
+    }
+}
+
+fn default_node_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "presence-gateway".into())
+}

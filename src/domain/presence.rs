@@ -1,0 +1,319 @@
+//! A user's presence and the rules for changing it.
+//!
+//! [`PresenceRecord`] is what an engine stores per user; its methods are the only way a
+//! presence changes, and each says whether the change is real (and so must be announced).
+//! The version rule `max(previous + 1, now in µs)` keeps versions growing cluster-wide
+//! without coordination, even across a Redis that lost its data, and stays below 2^53.
+
+use super::{Gender, Timestamp, UserId};
+use serde::Serialize;
+use std::{fmt, str::FromStr, sync::Arc};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Online,
+    Offline,
+    Live,
+    InCall,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Online => "online",
+            Status::Offline => "offline",
+            Status::Live => "live",
+            Status::InCall => "in_call",
+        }
+    }
+
+    /// Whether a status carries `details` (the others always have `details: null`).
+    pub fn keeps_details(self) -> bool {
+        matches!(self, Status::Live | Status::InCall)
+    }
+}
+
+impl FromStr for Status {
+    type Err = StatusError;
+    fn from_str(s: &str) -> Result<Self, StatusError> {
+        match s {
+            "online" => Ok(Status::Online),
+            "offline" => Ok(Status::Offline),
+            "live" => Ok(Status::Live),
+            "in_call" => Ok(Status::InCall),
+            _ => Err(StatusError::Unknown),
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatusError {
+    #[error("status must be one of online, live, in_call")]
+    Unknown,
+    #[error("offline cannot be set; it follows from closing every connection")]
+    OfflineNotSettable,
+    #[error("details must be a JSON object")]
+    DetailsNotObject,
+    #[error("details must be at most 2048 bytes as JSON")]
+    DetailsTooLarge,
+}
+
+/// The object given with `live`/`in_call`: a JSON object of at most 2 KiB.
+/// Shared, because one change is serialised to many viewers and kept in the record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Details(Arc<serde_json::Value>);
+
+impl Details {
+    pub const MAX_BYTES: usize = 2048;
+
+    pub fn parse(v: serde_json::Value) -> Result<Self, StatusError> {
+        if !v.is_object() {
+            return Err(StatusError::DetailsNotObject);
+        }
+        // Counting the serialised form is what "2 KiB as JSON" means to a client.
+        let len = serde_json::to_vec(&v)
+            .map(|b| b.len())
+            .unwrap_or(usize::MAX);
+        if len > Self::MAX_BYTES {
+            return Err(StatusError::DetailsTooLarge);
+        }
+        Ok(Details(Arc::new(v)))
+    }
+
+    pub fn value(&self) -> &serde_json::Value {
+        &self.0
+    }
+}
+
+/// The presence object of the contract, as clients receive it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Presence {
+    pub user_id: UserId,
+    pub status: Status,
+    pub online: bool,
+    pub gender: Gender,
+    pub last_seen: Option<Timestamp>,
+    pub updated_at: Option<Timestamp>,
+    pub version: i64,
+    pub details: Option<Details>,
+}
+
+impl Presence {
+    /// A user nobody has seen: offline, version 0, never updated.
+    pub fn unseen(user_id: UserId, gender: Gender) -> Self {
+        PresenceRecord::new(gender).to_presence(user_id)
+    }
+}
+
+/// What an engine keeps per user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PresenceRecord {
+    pub gender: Gender,
+    pub status: Status,
+    pub details: Option<Details>,
+    pub last_seen: Option<Timestamp>,
+    pub updated_at: Option<Timestamp>,
+    pub version: i64,
+}
+
+/// The next version after `previous` at `now`.
+pub fn next_version(previous: i64, now: Timestamp) -> i64 {
+    (previous + 1).max(now.as_micros())
+}
+
+impl PresenceRecord {
+    pub fn new(gender: Gender) -> Self {
+        PresenceRecord {
+            gender,
+            status: Status::Offline,
+            details: None,
+            last_seen: None,
+            updated_at: None,
+            version: 0,
+        }
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.status != Status::Offline
+    }
+
+    fn bump(&mut self, now: Timestamp) {
+        self.version = next_version(self.version, now);
+        self.updated_at = Some(now);
+    }
+
+    /// A connection of this user is live. Returns whether that changed anything: going from
+    /// offline to `online`, or a token now giving another gender (which moves the user
+    /// between audiences, so viewers must hear of it).
+    pub fn connect(&mut self, gender: Gender, now: Timestamp) -> bool {
+        let mut changed = false;
+        if self.gender != gender {
+            self.gender = gender;
+            changed = true;
+        }
+        if !self.is_online() {
+            self.status = Status::Online;
+            self.details = None;
+            self.last_seen = None;
+            changed = true;
+        }
+        if changed {
+            self.bump(now);
+        }
+        changed
+    }
+
+    /// `presence:set-status`. Setting the current status with the same details again is not
+    /// a change; details are dropped for statuses that do not keep them.
+    pub fn set_status(
+        &mut self,
+        status: Status,
+        details: Option<Details>,
+        now: Timestamp,
+    ) -> Result<bool, StatusError> {
+        if status == Status::Offline {
+            return Err(StatusError::OfflineNotSettable);
+        }
+        let details = if status.keeps_details() {
+            details
+        } else {
+            None
+        };
+        if self.status == status && self.details == details {
+            return Ok(false);
+        }
+        self.status = status;
+        self.details = details;
+        self.last_seen = None;
+        self.bump(now);
+        Ok(true)
+    }
+
+    /// The user's last connection is gone. Returns whether they were online.
+    pub fn disconnect(&mut self, now: Timestamp) -> bool {
+        if !self.is_online() {
+            return false;
+        }
+        self.status = Status::Offline;
+        self.details = None;
+        self.last_seen = Some(now);
+        self.bump(now);
+        true
+    }
+
+    pub fn to_presence(&self, user_id: UserId) -> Presence {
+        Presence {
+            user_id,
+            status: self.status,
+            online: self.is_online(),
+            gender: self.gender,
+            last_seen: self.last_seen,
+            updated_at: self.updated_at,
+            version: self.version,
+            details: self.details.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn t(ms: i64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    #[test]
+    fn versions_grow_even_when_the_clock_does_not() {
+        assert_eq!(next_version(0, t(5)), 5000);
+        assert_eq!(next_version(5000, t(5)), 5001, "same instant");
+        assert_eq!(
+            next_version(9000, t(5)),
+            9001,
+            "clock behind the previous version"
+        );
+        // Realistic clocks stay far below 2^53, JavaScript's exact-integer limit.
+        assert!(next_version(0, t(4_102_444_800_000)) < (1 << 53));
+    }
+
+    #[test]
+    fn lifecycle() {
+        let mut r = PresenceRecord::new(Gender::Female);
+        assert!(r.connect(Gender::Female, t(1)));
+        assert!(
+            !r.connect(Gender::Female, t(2)),
+            "a second connection is not a change"
+        );
+        let d = Details::parse(json!({"streamId": "s1"})).unwrap();
+        assert!(r.set_status(Status::Live, Some(d.clone()), t(3)).unwrap());
+        assert!(
+            !r.set_status(Status::Live, Some(d), t(4)).unwrap(),
+            "same status and details"
+        );
+        let d2 = Details::parse(json!({"streamId": "s2"})).unwrap();
+        assert!(
+            r.set_status(Status::Live, Some(d2), t(5)).unwrap(),
+            "new details are a change"
+        );
+        assert!(
+            r.set_status(
+                Status::Online,
+                Some(Details::parse(json!({})).unwrap()),
+                t(6)
+            )
+            .unwrap()
+        );
+        assert_eq!(r.details, None, "online keeps no details");
+        let v = r.version;
+        assert!(r.disconnect(t(7)));
+        assert!(r.version > v);
+        let p = r.to_presence(UserId::parse("u").unwrap());
+        assert_eq!(
+            (p.status, p.online, p.last_seen),
+            (Status::Offline, false, Some(t(7)))
+        );
+        assert!(!r.disconnect(t(8)), "offline twice is one change");
+        assert!(r.connect(Gender::Female, t(9)));
+        assert_eq!(
+            (r.status, r.last_seen),
+            (Status::Online, None),
+            "status resets on return"
+        );
+    }
+
+    #[test]
+    fn offline_cannot_be_set_and_details_are_bounded() {
+        let mut r = PresenceRecord::new(Gender::Other);
+        assert_eq!(
+            r.set_status(Status::Offline, None, t(1)),
+            Err(StatusError::OfflineNotSettable)
+        );
+        assert_eq!(
+            Details::parse(json!([1])),
+            Err(StatusError::DetailsNotObject)
+        );
+        let big = json!({"x": "y".repeat(2100)});
+        assert_eq!(Details::parse(big), Err(StatusError::DetailsTooLarge));
+        assert_eq!("busy".parse::<Status>(), Err(StatusError::Unknown));
+    }
+
+    #[test]
+    fn serialises_as_the_contract_says() {
+        let p = Presence::unseen(UserId::parse("u1").unwrap(), Gender::Other);
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            json!({"userId":"u1","status":"offline","online":false,"gender":"other",
+                   "lastSeen":null,"updatedAt":null,"version":0,"details":null})
+        );
+    }
+}

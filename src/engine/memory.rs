@@ -1,0 +1,412 @@
+//! The single-replica engine: all presence state in this process's memory.
+//!
+//! Used when `REDIS_URL` is unset, so one replica runs with nothing else installed. One
+//! `std::sync::Mutex` guards the whole state: every operation is a short, non-blocking update
+//! with no `.await` inside, so a std mutex is cheaper than an async one and cannot be held
+//! across a suspension point. Holding the lock while publishing keeps announcements in commit
+//! order.
+
+use super::*;
+use crate::domain::{PresenceRecord, presence::Presence};
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
+use std::sync::Mutex;
+
+/// Offline users are remembered this long (for `lastSeen`), then forgotten, so the map does
+/// not grow with every user ever seen. PostgreSQL keeps `lastSeen` for longer.
+const OFFLINE_RETENTION_MS: u64 = 24 * 3600 * 1000;
+
+/// Slots in the change channel; a subscriber that falls this far behind loses changes and
+/// is told so (`RecvError::Lagged`).
+const EVENT_CHANNEL_CAPACITY: usize = 8192;
+
+pub struct MemoryEngine {
+    node: Arc<str>,
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<PresenceEvent>,
+}
+
+/// Where committed changes go, and whose they are.
+struct Publisher<'a> {
+    events: &'a broadcast::Sender<PresenceEvent>,
+    node: &'a Arc<str>,
+}
+
+struct UserState {
+    record: PresenceRecord,
+    conns: Vec<ConnId>,
+    pending_offline: Option<Timestamp>,
+}
+
+struct ConnState {
+    user: UserId,
+    last_heard: Timestamp,
+}
+
+#[derive(Default)]
+struct Inner {
+    users: HashMap<UserId, UserState>,
+    conns: HashMap<ConnId, ConnState>,
+    /// Online users by gender, ordered by id for cursor pagination.
+    online: [BTreeSet<UserId>; 3],
+    pending: HashSet<UserId>,
+    peak_online: u64,
+    total_connections: u64,
+    total_disconnections: u64,
+    total_swept: u64,
+    last_sweep_at: Option<Timestamp>,
+}
+
+impl MemoryEngine {
+    /// `node` is this replica's id, stamped on the changes it commits.
+    pub fn new(node: &str) -> Self {
+        MemoryEngine {
+            node: Arc::from(node),
+            inner: Mutex::new(Inner::default()),
+            events: broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
+        }
+    }
+
+    fn tx(&self) -> Publisher<'_> {
+        Publisher {
+            events: &self.events,
+            node: &self.node,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-applied transition that later
+        // operations would misread more than a lost replica would, so recover the guard.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(&self, conn: &Connection, now: Timestamp, fresh: bool) -> Presence {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        if fresh {
+            inner.total_connections += 1;
+        }
+        let state = inner
+            .users
+            .entry(conn.user.clone())
+            .or_insert_with(|| UserState {
+                record: PresenceRecord::new(conn.gender),
+                conns: Vec::new(),
+                pending_offline: None,
+            });
+        match inner.conns.get_mut(&conn.id) {
+            Some(c) => c.last_heard = c.last_heard.max(now),
+            None => {
+                inner.conns.insert(
+                    conn.id.clone(),
+                    ConnState {
+                        user: conn.user.clone(),
+                        last_heard: now,
+                    },
+                );
+                state.conns.push(conn.id.clone());
+            }
+        }
+        // A connection coming back inside the grace cancels the pending offline silently.
+        if state.pending_offline.take().is_some() {
+            inner.pending.remove(&conn.user);
+        }
+        let before = state.record.clone();
+        if state.record.connect(conn.gender, now) {
+            inner.committed(&self.tx(), &conn.user, &before, now);
+        }
+        inner.users[&conn.user]
+            .record
+            .to_presence(conn.user.clone())
+    }
+}
+
+impl Inner {
+    /// Bring the indexes in line with a user's changed record and announce it.
+    fn committed(
+        &mut self,
+        events: &Publisher<'_>,
+        user: &UserId,
+        before: &PresenceRecord,
+        now: Timestamp,
+    ) {
+        let record = &self.users[user].record;
+        if before.is_online() {
+            self.online[before.gender.index()].remove(user);
+        }
+        if record.is_online() {
+            self.online[record.gender.index()].insert(user.clone());
+        }
+        let presence = record.to_presence(user.clone());
+        self.peak_online = self.peak_online.max(self.online_users());
+        // No receiver is not an error: nobody is listening yet.
+        let _ = events.events.send(PresenceEvent {
+            presence,
+            committed_at: now,
+            origin: events.node.clone(),
+        });
+    }
+
+    fn online_users(&self) -> u64 {
+        self.online.iter().map(|s| s.len() as u64).sum()
+    }
+
+    /// Take a user offline now (their last connection is gone). Returns the new presence.
+    fn go_offline(
+        &mut self,
+        events: &Publisher<'_>,
+        user: &UserId,
+        now: Timestamp,
+    ) -> Option<Presence> {
+        let state = self.users.get_mut(user)?;
+        if state.pending_offline.take().is_some() {
+            self.pending.remove(user);
+        }
+        let before = state.record.clone();
+        if !state.record.disconnect(now) {
+            return None;
+        }
+        self.committed(events, user, &before, now);
+        Some(self.users[user].record.to_presence(user.clone()))
+    }
+
+    /// Remove a connection from the indexes. Returns whether the engine knew it.
+    fn remove_conn(&mut self, id: &ConnId) -> Option<UserId> {
+        let c = self.conns.remove(id)?;
+        if let Some(state) = self.users.get_mut(&c.user) {
+            state.conns.retain(|x| x != id);
+        }
+        Some(c.user)
+    }
+}
+
+#[async_trait]
+impl PresenceEngine for MemoryEngine {
+    async fn connect(&self, conn: &Connection, now: Timestamp) -> Result<Presence, EngineError> {
+        Ok(self.register(conn, now, true))
+    }
+
+    async fn revive(&self, conn: &Connection, now: Timestamp) -> Result<Presence, EngineError> {
+        Ok(self.register(conn, now, false))
+    }
+
+    async fn touch(&self, batch: &[Touch], _now: Timestamp) -> Result<Vec<ConnId>, EngineError> {
+        let mut inner = self.lock();
+        let mut missing = Vec::new();
+        for t in batch {
+            match inner.conns.get_mut(&t.conn) {
+                Some(c) => c.last_heard = c.last_heard.max(t.heard_at),
+                None => missing.push(t.conn.clone()),
+            }
+        }
+        Ok(missing)
+    }
+
+    async fn set_status(
+        &self,
+        conn: &Connection,
+        status: Status,
+        details: Option<Details>,
+        now: Timestamp,
+    ) -> Result<StatusChange, EngineError> {
+        if status == Status::Offline {
+            return Err(StatusError::OfflineNotSettable.into());
+        }
+        // Speaking counts as being heard from, and brings a swept connection back.
+        self.register(conn, now, false);
+        let mut inner = self.lock();
+        let state = inner.users.get_mut(&conn.user).expect("registered above");
+        let before = state.record.clone();
+        let changed = state.record.set_status(status, details, now)?;
+        if changed {
+            inner.committed(&self.tx(), &conn.user, &before, now);
+        }
+        let presence = inner.users[&conn.user]
+            .record
+            .to_presence(conn.user.clone());
+        Ok(StatusChange { presence, changed })
+    }
+
+    async fn disconnect(
+        &self,
+        conn: &Connection,
+        grace_ms: u64,
+        now: Timestamp,
+    ) -> Result<DisconnectOutcome, EngineError> {
+        let mut inner = self.lock();
+        inner.total_disconnections += 1;
+        if inner.remove_conn(&conn.id).is_none() {
+            return Ok(DisconnectOutcome::Unknown);
+        }
+        let state = inner
+            .users
+            .get_mut(&conn.user)
+            .expect("a known connection has a user");
+        if !state.conns.is_empty() {
+            return Ok(DisconnectOutcome::StillOnline);
+        }
+        if grace_ms > 0 && state.record.is_online() {
+            let deadline = now.plus_millis(grace_ms);
+            state.pending_offline = Some(deadline);
+            inner.pending.insert(conn.user.clone());
+            return Ok(DisconnectOutcome::Pending { deadline });
+        }
+        Ok(match inner.go_offline(&self.tx(), &conn.user, now) {
+            Some(p) => DisconnectOutcome::Offline(p),
+            None => DisconnectOutcome::StillOnline,
+        })
+    }
+
+    async fn settle(&self, user: &UserId, now: Timestamp) -> Result<Option<Presence>, EngineError> {
+        let mut inner = self.lock();
+        let due = inner
+            .users
+            .get(user)
+            .and_then(|s| s.pending_offline)
+            .is_some_and(|deadline| deadline <= now);
+        Ok(if due {
+            inner.go_offline(&self.tx(), user, now)
+        } else {
+            None
+        })
+    }
+
+    async fn sweep(&self, timeout_ms: u64, now: Timestamp) -> Result<SweepReport, EngineError> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let cutoff = Timestamp(now.as_micros() - (timeout_ms as i64) * 1000);
+        let stale: Vec<ConnId> = inner
+            .conns
+            .iter()
+            .filter(|(_, c)| c.last_heard < cutoff)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut report = SweepReport::default();
+        let mut orphaned = Vec::new();
+        for id in &stale {
+            if let Some(user) = inner.remove_conn(id) {
+                report.swept += 1;
+                if inner.users[&user].conns.is_empty() {
+                    orphaned.push(user);
+                }
+            }
+        }
+        // Silence is its own grace: the user goes offline at once.
+        for user in orphaned {
+            if inner.go_offline(&self.tx(), &user, now).is_some() {
+                report.went_offline += 1;
+            }
+        }
+        let due: Vec<UserId> = inner
+            .pending
+            .iter()
+            .filter(|u| {
+                inner
+                    .users
+                    .get(*u)
+                    .and_then(|s| s.pending_offline)
+                    .is_some_and(|d| d <= now)
+            })
+            .cloned()
+            .collect();
+        for user in due {
+            if inner.go_offline(&self.tx(), &user, now).is_some() {
+                report.went_offline += 1;
+            }
+        }
+        let forget_before = Timestamp(now.as_micros() - (OFFLINE_RETENTION_MS as i64) * 1000);
+        inner.users.retain(|_, s| {
+            s.record.is_online()
+                || !s.conns.is_empty()
+                || s.record.last_seen.is_none_or(|t| t >= forget_before)
+        });
+        inner.total_swept += report.swept;
+        inner.last_sweep_at = Some(now);
+        Ok(report)
+    }
+
+    async fn get(&self, users: &[UserId]) -> Result<Vec<Option<Presence>>, EngineError> {
+        let inner = self.lock();
+        Ok(users
+            .iter()
+            .map(|u| inner.users.get(u).map(|s| s.record.to_presence(u.clone())))
+            .collect())
+    }
+
+    async fn list_online(
+        &self,
+        filter: &ListFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<OnlinePage, EngineError> {
+        let after = match cursor {
+            None => None,
+            Some(c) => {
+                let raw = B64.decode(c).map_err(|_| EngineError::BadCursor)?;
+                let s = String::from_utf8(raw).map_err(|_| EngineError::BadCursor)?;
+                Some(UserId::parse(&s).map_err(|_| EngineError::BadCursor)?)
+            }
+        };
+        let lower = match &after {
+            Some(u) => Bound::Excluded(u),
+            None => Bound::Unbounded,
+        };
+        let inner = self.lock();
+        // Take up to limit+1 from each admitted gender's ordered set, then merge: O(limit)
+        // per page whatever the mix of genders, where filtering one big set would not be.
+        let mut ids: Vec<&UserId> = Vec::new();
+        for g in filter.genders.iter() {
+            ids.extend(
+                inner.online[g.index()]
+                    .range::<UserId, _>((lower, Bound::Unbounded))
+                    .take(limit + 1),
+            );
+        }
+        if let Some(me) = &filter.include {
+            let online = inner.users.get(me).is_some_and(|s| s.record.is_online());
+            if online && after.as_ref().is_none_or(|a| me > a) {
+                ids.push(me);
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        let more = ids.len() > limit;
+        ids.truncate(limit);
+        let next_cursor = if more {
+            ids.last().map(|u| B64.encode(u.as_str()))
+        } else {
+            None
+        };
+        let users = ids
+            .into_iter()
+            .map(|u| inner.users[u].record.to_presence(u.clone()))
+            .collect();
+        Ok(OnlinePage { users, next_cursor })
+    }
+
+    async fn stats(&self) -> Result<ClusterStats, EngineError> {
+        let inner = self.lock();
+        Ok(ClusterStats {
+            online_users: inner.online_users(),
+            peak_online: inner.peak_online,
+            online_by_gender: [0, 1, 2].map(|i| inner.online[i].len() as u64),
+            total_connections: inner.total_connections,
+            total_disconnections: inner.total_disconnections,
+            total_swept: inner.total_swept,
+            last_sweep_at: inner.last_sweep_at,
+        })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<PresenceEvent> {
+        self.events.subscribe()
+    }
+
+    async fn ready(&self) -> bool {
+        true
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}

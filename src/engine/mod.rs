@@ -1,0 +1,190 @@
+//! Engines: where presence state lives and how its changes reach every replica.
+//!
+//! [`PresenceEngine`] is the one interface the gateway uses. [`memory::MemoryEngine`] serves a
+//! single replica with nothing else installed; the Redis engine serves a cluster. Both must
+//! pass the same behavioural suite (`tests/it/engine.rs`).
+//!
+//! The trait is shaped by what a shared store needs:
+//! - every method is one atomic transition (one Lua script in Redis), so two replicas racing
+//!   on one user cannot both announce it;
+//! - `now` is an argument: the caller's clock drives versions, sweeps and graces, which keeps
+//!   tests deterministic and lets a script be handed the time;
+//! - heartbeats arrive as batches ([`Touch`]), one write per replica per interval;
+//! - a sweep may run on every replica at once: it removes what is stale and announces each
+//!   resulting change once;
+//! - a change is published by the engine itself, in the same step that commits it, and every
+//!   replica's gateway (this one included) learns of it only through [`PresenceEngine::subscribe`].
+//!   Nothing is announced that was not stored, and nothing is delivered twice.
+
+pub mod memory;
+
+use crate::domain::{Details, Gender, GenderSet, Presence, Status, StatusError, Timestamp, UserId};
+use async_trait::async_trait;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// A connection's id, unique cluster-wide (the replica's id and the socket id).
+pub type ConnId = Arc<str>;
+
+/// One live connection of a user, as the engine knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    pub id: ConnId,
+    pub user: UserId,
+    pub gender: Gender,
+}
+
+/// "This connection was heard from at `heard_at`", batched per replica.
+#[derive(Debug, Clone)]
+pub struct Touch {
+    pub conn: ConnId,
+    pub user: UserId,
+    pub heard_at: Timestamp,
+}
+
+/// A committed change, as every replica receives it.
+#[derive(Debug, Clone)]
+pub struct PresenceEvent {
+    pub presence: Presence,
+    /// When the change was committed, by the committing replica's clock (for the fan-out
+    /// latency histogram).
+    pub committed_at: Timestamp,
+    /// The replica that committed it (`NODE_ID`).
+    pub origin: Arc<str>,
+}
+
+/// What happened to the user when one of their connections closed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DisconnectOutcome {
+    /// The engine did not know this connection (already swept, or closed twice).
+    Unknown,
+    /// The user still has other live connections.
+    StillOnline,
+    /// This was the last connection; the user goes offline at `deadline` unless a connection
+    /// returns first. Call [`PresenceEngine::settle`] then; the sweep is the backstop.
+    Pending { deadline: Timestamp },
+    /// This was the last connection and the user is now offline (announced).
+    Offline(Presence),
+}
+
+/// The answer to `presence:set-status`.
+#[derive(Debug, Clone)]
+pub struct StatusChange {
+    pub presence: Presence,
+    /// False when the status and details were already those (acked, not announced).
+    pub changed: bool,
+}
+
+/// Which online users a listing may show: those of `genders`, and `include` whatever its
+/// gender (a viewer always sees themselves).
+#[derive(Debug, Clone)]
+pub struct ListFilter {
+    pub genders: GenderSet,
+    pub include: Option<UserId>,
+}
+
+impl ListFilter {
+    pub fn admits(&self, user: &UserId, gender: Gender) -> bool {
+        self.genders.contains(gender) || self.include.as_ref() == Some(user)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OnlinePage {
+    pub users: Vec<Presence>,
+    /// Opaque; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SweepReport {
+    /// Connections removed because they went silent.
+    pub swept: u64,
+    /// Users announced offline by this sweep (silent connections and expired graces).
+    pub went_offline: u64,
+}
+
+/// Cluster-wide figures.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterStats {
+    pub online_users: u64,
+    pub peak_online: u64,
+    /// Online users by gender, indexed by [`Gender::index`].
+    pub online_by_gender: [u64; 3],
+    pub total_connections: u64,
+    pub total_disconnections: u64,
+    pub total_swept: u64,
+    pub last_sweep_at: Option<Timestamp>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The shared store cannot be reached; the request may be retried later.
+    #[error("presence store unavailable: {0}")]
+    Unavailable(String),
+    #[error("malformed cursor")]
+    BadCursor,
+    #[error(transparent)]
+    Status(#[from] StatusError),
+}
+
+#[async_trait]
+pub trait PresenceEngine: Send + Sync + 'static {
+    /// A new connection. Returns the user's presence after it (announced if it changed).
+    async fn connect(&self, conn: &Connection, now: Timestamp) -> Result<Presence, EngineError>;
+
+    /// A connection the engine had swept spoke again: register it anew without counting a
+    /// new connection. Returns the presence after it (announced if it changed).
+    async fn revive(&self, conn: &Connection, now: Timestamp) -> Result<Presence, EngineError>;
+
+    /// Record when connections were last heard from. Returns the ids the engine does not
+    /// know (swept meanwhile), for the caller to [`revive`](Self::revive) if still open.
+    async fn touch(&self, batch: &[Touch], now: Timestamp) -> Result<Vec<ConnId>, EngineError>;
+
+    /// Set the user's status from one of their connections (which counts as hearing from it,
+    /// and re-registers it if it had been swept).
+    async fn set_status(
+        &self,
+        conn: &Connection,
+        status: Status,
+        details: Option<Details>,
+        now: Timestamp,
+    ) -> Result<StatusChange, EngineError>;
+
+    /// A connection closed. With `grace_ms` > 0 the user's going offline waits that long.
+    async fn disconnect(
+        &self,
+        conn: &Connection,
+        grace_ms: u64,
+        now: Timestamp,
+    ) -> Result<DisconnectOutcome, EngineError>;
+
+    /// Apply a pending offline of this user if its deadline has passed and no connection
+    /// came back. Idempotent; any replica may call it.
+    async fn settle(&self, user: &UserId, now: Timestamp) -> Result<Option<Presence>, EngineError>;
+
+    /// Remove connections not heard from within `timeout_ms`, apply due graces.
+    async fn sweep(&self, timeout_ms: u64, now: Timestamp) -> Result<SweepReport, EngineError>;
+
+    /// Presences of these users, `None` for a user never seen (or long forgotten).
+    async fn get(&self, users: &[UserId]) -> Result<Vec<Option<Presence>>, EngineError>;
+
+    /// Online users admitted by `filter`, ordered by id, from an opaque cursor.
+    async fn list_online(
+        &self,
+        filter: &ListFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<OnlinePage, EngineError>;
+
+    async fn stats(&self) -> Result<ClusterStats, EngineError>;
+
+    /// Every committed change, from every replica, in commit order per user.
+    fn subscribe(&self) -> broadcast::Receiver<PresenceEvent>;
+
+    /// Whether the engine can serve right now (readiness).
+    async fn ready(&self) -> bool;
+
+    /// Short name for logs and health (`memory`, `redis`).
+    fn kind(&self) -> &'static str;
+}

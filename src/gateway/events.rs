@@ -1,0 +1,250 @@
+//! Client-to-server events of the `/` namespace, and the disconnect.
+//!
+//! Each handler answers through the ack, if one was asked for, with `{"ok":true,...}` or
+//! `{"ok":false,"error":{code,message}}`. Any event counts as hearing from the client; a
+//! refused request never closes the connection.
+
+use super::connection::ConnHandle;
+use crate::domain::{Details, Status, Timestamp};
+use crate::engine::DisconnectOutcome;
+use crate::error::AppError;
+use crate::presence::{self, Viewer};
+use crate::state::AppState;
+use serde_json::{Value, json};
+use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
+use socketioxide::socket::DisconnectReason;
+use std::sync::Arc;
+
+pub fn register(s: &SocketRef) {
+    s.on("user:heartbeat", heartbeat);
+    s.on("presence:set-status", set_status);
+    s.on("presence:get", get);
+    s.on("presence:list-online", list_online);
+    s.on_fallback(unknown_event);
+    s.on_disconnect(disconnected);
+}
+
+type Handle = Extension<Arc<ConnHandle>>;
+
+/// Hear the client, then apply its request budget.
+fn begin(state: &AppState, h: &Arc<ConnHandle>) -> Result<(), AppError> {
+    if h.heard(Timestamp::now()) {
+        state.heartbeats.push(h.clone());
+    }
+    if h.allow_request() {
+        Ok(())
+    } else {
+        Err(AppError::RateLimited)
+    }
+}
+
+fn reply(state: &AppState, ack: AckSender, result: Result<Value, AppError>) {
+    let body = match result {
+        Ok(mut v) => {
+            if let Some(o) = v.as_object_mut() {
+                o.insert("ok".into(), Value::Bool(true));
+            }
+            v
+        }
+        Err(e) => {
+            state.metrics.rejected(e.code());
+            json!({"ok": false, "error": e.body()})
+        }
+    };
+    // The socket may have closed meanwhile; then nobody is waiting for the answer.
+    let _ = ack.send(&body);
+}
+
+fn viewer(h: &ConnHandle) -> Viewer {
+    Viewer {
+        user: h.conn.user.clone(),
+        gender: h.conn.gender,
+    }
+}
+
+fn object(
+    data: Result<Value, impl std::fmt::Display>,
+) -> Result<serde_json::Map<String, Value>, AppError> {
+    match data {
+        Ok(Value::Object(o)) => Ok(o),
+        _ => Err(AppError::bad_request("payload must be a JSON object")),
+    }
+}
+
+async fn heartbeat(ack: AckSender, State(state): State<AppState>, Extension(h): Handle) {
+    state.metrics.heartbeats.increment(1);
+    let r = begin(&state, &h).map(|_| json!({}));
+    reply(&state, ack, r);
+}
+
+async fn set_status(
+    ack: AckSender,
+    TryData(data): TryData<Value>,
+    State(state): State<AppState>,
+    Extension(h): Handle,
+) {
+    let r = async {
+        begin(&state, &h)?;
+        let o = object(data)?;
+        let status: Status = o
+            .get("status")
+            .and_then(Value::as_str)
+            .ok_or_else(|| AppError::bad_request("status is required"))?
+            .parse()
+            .map_err(|e: crate::domain::StatusError| AppError::bad_request(e.to_string()))?;
+        if status == Status::Offline {
+            return Err(AppError::bad_request(
+                "offline cannot be set; it follows from closing every connection",
+            ));
+        }
+        let details = match o.get("details") {
+            None | Some(Value::Null) => None,
+            Some(d) if status.keeps_details() => {
+                Some(Details::parse(d.clone()).map_err(|e| AppError::bad_request(e.to_string()))?)
+            }
+            Some(_) => None,
+        };
+        let change = h
+            .while_open(
+                state
+                    .engine
+                    .set_status(&h.conn, status, details, Timestamp::now()),
+            )
+            .await
+            .ok_or_else(|| AppError::Unavailable("connection closed".into()))??;
+        Ok(json!({"presence": change.presence}))
+    }
+    .await;
+    reply(&state, ack, r);
+}
+
+async fn get(
+    ack: AckSender,
+    TryData(data): TryData<Value>,
+    State(state): State<AppState>,
+    Extension(h): Handle,
+) {
+    let r = async {
+        begin(&state, &h)?;
+        let o = object(data)?;
+        let ids = o
+            .get("userIds")
+            .and_then(Value::as_array)
+            .ok_or_else(|| AppError::bad_request("userIds must be an array of user ids"))?;
+        let strs: Vec<&str> = ids
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| AppError::bad_request("userIds must be strings"))
+            })
+            .collect::<Result<_, _>>()?;
+        let ids = presence::parse_ids(strs.into_iter())?;
+        let presences = presence::get_visible(
+            &*state.engine,
+            state.config.visibility_policy,
+            &viewer(&h),
+            &ids,
+        )
+        .await?;
+        Ok(json!({"presences": presences}))
+    }
+    .await;
+    reply(&state, ack, r);
+}
+
+async fn list_online(
+    ack: AckSender,
+    TryData(data): TryData<Value>,
+    State(state): State<AppState>,
+    Extension(h): Handle,
+) {
+    let r = async {
+        begin(&state, &h)?;
+        // No payload at all means the defaults.
+        let o = match data {
+            Ok(Value::Null) => serde_json::Map::new(),
+            other => object(other)?,
+        };
+        let limit = match o.get("limit") {
+            None | Some(Value::Null) => presence::DEFAULT_PAGE,
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| {
+                    AppError::bad_request(format!("limit must be 1 to {}", presence::MAX_PAGE))
+                })?,
+        };
+        let cursor = match o.get("cursor") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(c)) => Some(c.as_str()),
+            Some(_) => return Err(AppError::bad_request("malformed cursor")),
+        };
+        let page = presence::list_online(
+            &*state.engine,
+            state.config.visibility_policy,
+            &viewer(&h),
+            cursor,
+            limit,
+        )
+        .await?;
+        Ok(json!({"users": page.users, "nextCursor": page.next_cursor}))
+    }
+    .await;
+    reply(&state, ack, r);
+}
+
+async fn unknown_event(ack: AckSender, State(state): State<AppState>, Extension(h): Handle) {
+    let r = begin(&state, &h).and(Err(AppError::bad_request("unknown event")));
+    reply(&state, ack, r);
+}
+
+async fn disconnected(
+    s: SocketRef,
+    reason: DisconnectReason,
+    State(state): State<AppState>,
+    Extension(h): Handle,
+) {
+    if state.sockets.remove(s.id).is_some() {
+        state.metrics.disconnections.increment(1);
+        state.metrics.sockets_root.decrement(1.0);
+    }
+    let cfg = &state.config;
+    let grace = match reason {
+        DisconnectReason::ClosingServer => cfg.shutdown_grace_ms,
+        _ if state.is_closing() => cfg.shutdown_grace_ms,
+        // Engine.IO pings went unanswered: the client went silent, and silence is its own grace.
+        DisconnectReason::HeartbeatTimeout => 0,
+        _ => cfg.offline_grace_ms,
+    };
+    let outcome = h
+        .close(state.engine.disconnect(&h.conn, grace, Timestamp::now()))
+        .await;
+    match outcome {
+        Some(Ok(DisconnectOutcome::Pending { deadline })) => schedule_settle(&state, &h, deadline),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, conn = %h.conn.id, "disconnect not recorded; the sweep will remove it")
+        }
+        _ => {}
+    }
+}
+
+/// Announce the user offline when the grace ends, unless a connection came back. The sweep
+/// (on any replica) is the backstop if this replica is gone by then.
+fn schedule_settle(state: &AppState, h: &ConnHandle, deadline: Timestamp) {
+    // A shutting-down replica leaves the grace to the rest of the cluster.
+    if state.is_closing() {
+        return;
+    }
+    let (state2, user) = (state.clone(), h.conn.user.clone());
+    let wait = std::time::Duration::from_micros(deadline.micros_since(Timestamp::now()));
+    state.tasks.spawn(async move {
+        tokio::select! {
+            _ = state2.stop.cancelled() => {}
+            _ = tokio::time::sleep(wait) => {
+                if let Err(e) = state2.engine.settle(&user, Timestamp::now()).await {
+                    tracing::warn!(error = %e, "grace not settled; the sweep will");
+                }
+            }
+        }
+    });
+}

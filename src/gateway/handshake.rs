@@ -1,0 +1,202 @@
+//! The `/` namespace handshake: who is connecting, and registering them.
+//!
+//! This runs as socketioxide connect *middleware*, which the library awaits before it sends
+//! the client CONNECT; the connect handler proper is spawned after that. So everything a
+//! client relies on right after `connect` — its event handlers, its presence, its rooms —
+//! is set up here, and an event sent the moment the client is connected is never dropped.
+
+use super::connection::ConnHandle;
+use super::{events, rooms};
+use crate::auth::{AuthError, Identity, Role, Roles};
+use crate::domain::{Gender, Timestamp, UserId};
+use crate::engine::Connection;
+use crate::state::AppState;
+use serde_json::Value;
+use socketioxide::extract::{SocketRef, State, TryData};
+use std::sync::Arc;
+
+/// Why a handshake was refused; the text is the `connect_error` message clients see, and
+/// starts with the stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("unavailable: {0}")]
+    Unavailable(&'static str),
+}
+
+impl HandshakeError {
+    fn reason(&self) -> &'static str {
+        match self {
+            HandshakeError::Unauthorized(_) => "unauthorized",
+            HandshakeError::Forbidden(_) => "forbidden",
+            HandshakeError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl From<AuthError> for HandshakeError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unauthorized(m) => HandshakeError::Unauthorized(m),
+            AuthError::Forbidden(m) => HandshakeError::Forbidden(m),
+        }
+    }
+}
+
+/// The token, from the first of: `auth.token`, an `Authorization: Bearer` header, a `token`
+/// query parameter.
+fn find_token(s: &SocketRef, auth: &Value) -> Option<String> {
+    if let Some(t) = auth.get("token").and_then(Value::as_str) {
+        return Some(t.to_string());
+    }
+    let parts = s.req_parts();
+    if let Some(h) = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        && let Some(t) = h
+            .strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))
+    {
+        return Some(t.trim().to_string());
+    }
+    parts.uri.query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "token")
+            .map(|(_, v)| percent_decode(v))
+    })
+}
+
+/// Enough of percent-decoding for a JWT (which is base64url and dots, so rarely encoded).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or(""), 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The development-only `{userId, gender}` handshake.
+fn insecure_identity(auth: &Value) -> Result<Identity, HandshakeError> {
+    let bad = |m: &str| HandshakeError::Unauthorized(m.to_string());
+    let id = auth
+        .get("userId")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("missing token"))?;
+    let user_id =
+        UserId::parse(id).map_err(|e| HandshakeError::Unauthorized(format!("userId: {e}")))?;
+    let gender = match auth.get("gender") {
+        None | Some(Value::Null) => None,
+        Some(g) => Some(
+            g.as_str()
+                .and_then(|g| g.parse::<Gender>().ok())
+                .ok_or_else(|| bad("gender must be male, female or other"))?,
+        ),
+    };
+    Ok(Identity {
+        user_id,
+        gender,
+        name: None,
+        roles: Roles::from(Role::User),
+    })
+}
+
+fn identify(state: &AppState, s: &SocketRef, auth: &Value) -> Result<Identity, HandshakeError> {
+    let identity = match find_token(s, auth) {
+        Some(token) => state.auth.verify(&token)?,
+        None if state.config.insecure_userid_allowed() && auth.get("userId").is_some() => {
+            insecure_identity(auth)?
+        }
+        None => return Err(HandshakeError::Unauthorized("missing token".into())),
+    };
+    identity.require(&[Role::User])?;
+    Ok(identity)
+}
+
+pub async fn authenticate(
+    s: SocketRef,
+    TryData(auth): TryData<Value>,
+    State(state): State<AppState>,
+) -> Result<(), HandshakeError> {
+    let result = admit(&s, auth.unwrap_or(Value::Null), &state).await;
+    if let Err(e) = &result {
+        state.metrics.handshake_failed(e.reason());
+        tracing::debug!(sid = %s.id, error = %e, "handshake refused");
+    }
+    result
+}
+
+async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), HandshakeError> {
+    if state.is_closing() {
+        return Err(HandshakeError::Unavailable("this replica is shutting down"));
+    }
+    let identity = identify(state, s, &auth)?;
+    if !state.engine.ready().await {
+        return Err(HandshakeError::Unavailable(
+            "presence store unreachable; retry shortly",
+        ));
+    }
+    let gender = identity.gender.unwrap_or_default();
+    let conn = Connection {
+        id: format!("{}:{}", state.config.node_id, s.id).into(),
+        user: identity.user_id.clone(),
+        gender,
+    };
+    let policy = state.config.visibility_policy;
+    let now = Timestamp::now();
+    let rate = (
+        state.config.rate_limit_per_sec,
+        state.config.rate_limit_burst,
+    );
+    let handle = Arc::new(ConnHandle::new(
+        conn,
+        s.id,
+        identity,
+        policy.audience_of(gender),
+        now,
+        rate,
+    ));
+    s.extensions.insert(handle.clone());
+    events::register(s);
+    if let Err(e) = state.engine.connect(&handle.conn, now).await {
+        tracing::warn!(error = %e, "could not register a connection");
+        return Err(HandshakeError::Unavailable(
+            "presence store unreachable; retry shortly",
+        ));
+    }
+    s.join(rooms::for_viewer(policy, &handle.conn.user, gender));
+    Ok(())
+}
+
+/// The connect handler proper: runs once the client has been told it is connected.
+pub async fn connected(s: SocketRef, State(state): State<AppState>) {
+    let Some(handle) = s.extensions.get::<Arc<ConnHandle>>() else {
+        return;
+    };
+    // Under the gate, so a disconnect that already ran keeps the socket out of the registry.
+    let added = handle
+        .while_open(async {
+            state.sockets.add(handle.clone());
+        })
+        .await;
+    if added.is_some() {
+        state.metrics.connections.increment(1);
+        state.metrics.sockets_root.increment(1.0);
+    }
+}

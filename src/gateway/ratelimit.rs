@@ -1,0 +1,54 @@
+//! A per-socket token bucket for requests.
+
+use std::time::Instant;
+
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// `rate` 0 means unlimited.
+    pub fn new(rate: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        TokenBucket {
+            rate: f64::from(rate),
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    /// Take one token if there is one.
+    pub fn try_take(&mut self) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_then_refusal() {
+        let mut b = TokenBucket::new(1, 3);
+        assert!((0..3).all(|_| b.try_take()));
+        assert!(!b.try_take(), "burst spent, and a second has not passed");
+        let mut unlimited = TokenBucket::new(0, 0);
+        assert!((0..10_000).all(|_| unlimited.try_take()));
+    }
+}

@@ -1,0 +1,99 @@
+//! Admin views: who is online, this replica's sockets, and (with a database) where the
+//! database and live presence disagree.
+
+use super::error::ApiResult;
+use super::extract::Caller;
+use crate::auth::Role;
+use crate::domain::{GenderSet, Timestamp};
+use crate::engine::ListFilter;
+use crate::error::AppError;
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use socketioxide::TransportType;
+
+#[derive(Deserialize)]
+pub struct Page {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// Online users (all of them, paged: an admin is bound by no visibility rule) and the
+/// cluster's presence figures.
+pub async fn presence(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<Page>,
+) -> ApiResult<Json<Value>> {
+    caller.require(&[Role::Admin])?;
+    let limit = q.limit.unwrap_or(500).clamp(1, 5000);
+    let all = ListFilter {
+        genders: GenderSet::ALL,
+        include: None,
+    };
+    let page = state
+        .engine
+        .list_online(&all, q.cursor.as_deref(), limit)
+        .await?;
+    let s = state.engine.stats().await?;
+    Ok(Json(json!({
+        "node": state.config.node_id,
+        "engine": state.engine.kind(),
+        "onlineUsers": page.users,
+        "nextCursor": page.next_cursor,
+        "metrics": {
+            "onlineUsers": s.online_users,
+            "peakOnline": s.peak_online,
+            "byGender": {"male": s.online_by_gender[0], "female": s.online_by_gender[1], "other": s.online_by_gender[2]},
+            "totalConnections": s.total_connections,
+            "totalDisconnections": s.total_disconnections,
+            "totalSwepts": s.total_swept,
+            "lastSweepAt": s.last_sweep_at,
+        },
+    })))
+}
+
+/// This replica's sockets: id, user, namespace, transport, when last heard.
+pub async fn socket_status(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Value>> {
+    caller.require(&[Role::Admin])?;
+    let io = state.io.get().ok_or(AppError::Internal)?;
+    let now = Timestamp::now();
+    let mut sockets: Vec<Value> = state
+        .sockets
+        .snapshot()
+        .into_iter()
+        .map(|h| {
+            let transport = io.get_socket(h.sid).map(|s| match s.transport_type() {
+                TransportType::Websocket => "websocket",
+                TransportType::Polling => "polling",
+            });
+            json!({
+                "id": h.sid.to_string(),
+                "userId": h.conn.user,
+                "gender": h.conn.gender,
+                "namespace": "/",
+                "transport": transport,
+                "connectedAt": h.connected_at,
+                "lastHeardAt": h.last_heard(),
+                "silentMs": now.micros_since(h.last_heard()) / 1000,
+            })
+        })
+        .collect();
+    sockets.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    Ok(Json(
+        json!({"node": state.config.node_id, "count": sockets.len(), "sockets": sockets}),
+    ))
+}
+
+/// Needs PostgreSQL, which this build does not use yet.
+pub async fn check_online_status(caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require(&[Role::Admin])?;
+    Err(AppError::Unavailable(
+        "needs DATABASE_URL: the database comparison is not available".into(),
+    ))
+}

@@ -1,0 +1,66 @@
+//! Liveness, readiness and the operator's health summary.
+
+use super::error::ApiResult;
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+/// 200 while the process runs.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// 200 when this replica can serve; 503 while draining or when its engine cannot serve.
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    if state.is_draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": "draining"})),
+        );
+    }
+    if !state.engine.ready().await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": "presence store unreachable"})),
+        );
+    }
+    (StatusCode::OK, Json(json!({"ready": true})))
+}
+
+pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let ready = state.engine.ready().await;
+    let redis = match (state.engine.kind(), ready) {
+        ("memory", _) => "disabled",
+        (_, true) => "up",
+        (_, false) => "down",
+    };
+    let database = if state.config.database_url.is_some() {
+        "down"
+    } else {
+        "disabled"
+    };
+    let stats = state.engine.stats().await.ok();
+    let presence = match &stats {
+        Some(s) => json!({
+            "onlineUsers": s.online_users,
+            "peakOnline": s.peak_online,
+            "totalConnections": s.total_connections,
+            "totalDisconnections": s.total_disconnections,
+            "totalSwepts": s.total_swept,
+            "lastSweepAt": s.last_sweep_at,
+            "uptimeMs": state.started_at.elapsed().as_millis() as u64,
+        }),
+        None => json!({"uptimeMs": state.started_at.elapsed().as_millis() as u64}),
+    };
+    let degraded = !ready || stats.is_none() || state.is_draining();
+    Ok(Json(json!({
+        "status": if degraded { "degraded" } else { "ok" },
+        "node": state.config.node_id,
+        "engine": state.engine.kind(),
+        "presence": presence,
+        "sockets": {"connected": state.sockets.len(), "connectedUsers": state.sockets.users()},
+        "dependencies": {"redis": redis, "database": database},
+    })))
+}

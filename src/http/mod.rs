@@ -1,0 +1,74 @@
+//! The HTTP API: health, readiness, metrics, presence, and admin views.
+//!
+//! [`router`] builds the routes over an [`AppState`]; it knows nothing of listening or
+//! shutdown, so tests drive it directly with `tower::ServiceExt::oneshot`.
+
+pub mod debug;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod presence;
+
+use crate::auth::Role;
+use crate::error::AppError;
+use crate::state::AppState;
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use extract::Caller;
+
+/// Bodies larger than this are refused with 413 before they are read.
+pub const MAX_BODY: usize = 64 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/api/health", get(health::health))
+        .route("/metrics", get(metrics))
+        .route("/api/presence", get(presence::many))
+        .route("/api/presence/{user_id}", get(presence::one))
+        .route("/api/users/search", get(needs_database_user))
+        .route("/api/stats", get(needs_database_dashboard))
+        .route("/api/events", post(needs_database_publisher))
+        .route("/api/debug/presence", get(debug::presence))
+        .route("/api/debug/socket-status", get(debug::socket_status))
+        .route("/api/check-online-status", get(debug::check_online_status))
+        .fallback(|| async { AppError::NotFound("no such endpoint".into()) })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // Cluster-wide gauges are read at scrape time, so they are never staler than the scrape.
+    if let Ok(s) = state.engine.stats().await {
+        state.metrics.online_users.set(s.online_users as f64);
+        state.metrics.peak_online.set(s.peak_online as f64);
+        state.metrics.set_online_by_gender(s.online_by_gender);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+fn database_missing() -> AppError {
+    AppError::Unavailable("needs DATABASE_URL: persistence is disabled".into())
+}
+
+async fn needs_database_user(caller: Caller) -> Result<(), AppError> {
+    caller.require(&[Role::User])?;
+    Err(database_missing())
+}
+
+async fn needs_database_dashboard(caller: Caller) -> Result<(), AppError> {
+    caller.require(&[Role::Dashboard, Role::Admin])?;
+    Err(database_missing())
+}
+
+async fn needs_database_publisher(caller: Caller) -> Result<(), AppError> {
+    caller.require(&[Role::Publisher])?;
+    Err(database_missing())
+}

@@ -1,0 +1,69 @@
+//! `GET /api/presence/{userId}` and `GET /api/presence?ids=a,b`, with the visibility rule.
+
+use super::error::ApiResult;
+use super::extract::Caller;
+use crate::auth::{Identity, Role};
+use crate::domain::UserId;
+use crate::error::AppError;
+use crate::presence::{self, Viewer};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+fn viewer(who: &Identity) -> Viewer {
+    Viewer {
+        user: who.user_id.clone(),
+        gender: who.gender.unwrap_or_default(),
+    }
+}
+
+pub async fn one(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(user_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let who = caller.require(&[Role::User])?;
+    let id = UserId::parse(&user_id).map_err(|e| AppError::bad_request(e.to_string()))?;
+    let mut found = presence::get_visible(
+        &*state.engine,
+        state.config.visibility_policy,
+        &viewer(&who),
+        &[id],
+    )
+    .await?;
+    // Invisible and unknown look the same from outside: neither reveals that the user exists.
+    let p = found
+        .pop()
+        .ok_or_else(|| AppError::NotFound("no such user".into()))?;
+    Ok(Json(
+        serde_json::to_value(p).map_err(|_| AppError::Internal)?,
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct IdsQuery {
+    ids: Option<String>,
+}
+
+pub async fn many(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<IdsQuery>,
+) -> ApiResult<Json<Value>> {
+    let who = caller.require(&[Role::User])?;
+    let raw = q
+        .ids
+        .ok_or_else(|| AppError::bad_request("ids is required: ?ids=a,b"))?;
+    let parts: Vec<&str> = raw.split(',').filter(|s| !s.is_empty()).collect();
+    let ids = presence::parse_ids(parts.into_iter())?;
+    let presences = presence::get_visible(
+        &*state.engine,
+        state.config.visibility_policy,
+        &viewer(&who),
+        &ids,
+    )
+    .await?;
+    Ok(Json(json!({"presences": presences})))
+}

@@ -1,0 +1,32 @@
+//! presence-gateway: who is online, right now, correctly, from any number of replicas.
+//!
+//! A tour of the crate, from the inside out:
+//!
+//! - [`domain`]: the presence rules — statuses, versions, the lifecycle of a user's presence,
+//!   who may see whom. Pure: no transport or storage crate is imported there.
+//! - [`engine`]: where presence state lives and how changes reach every replica. One trait,
+//!   [`engine::PresenceEngine`]; [`engine::memory`] for a single replica, the Redis engine
+//!   for a cluster.
+//! - [`presence`]: queries with the visibility rule applied, shared by both transports.
+//! - [`auth`]: JWTs in, an [`auth::Identity`] out.
+//! - [`gateway`]: Socket.IO — handshakes, client events, heartbeat batching, fan-out.
+//! - [`http`]: the HTTP API, health, readiness and `/metrics`.
+//! - [`server`]: wiring it all from a [`config::Config`], serving, and shutting down.
+//! - [`config`], [`metrics`], [`error`], [`state`], [`telemetry`], [`cli`]: the pieces
+//!   those share; `main.rs` only calls [`cli::main`].
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod engine;
+pub mod error;
+pub mod gateway;
+pub mod http;
+pub mod metrics;
+pub mod presence;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+
+pub use server::{Gateway, run};

@@ -1,0 +1,172 @@
+//! Building the gateway from a [`Config`] and running it until shutdown.
+//!
+//! [`Gateway::build`] wires engine, auth, Socket.IO and HTTP without listening, so tests can
+//! drive the router directly; [`run`] takes an already-bound listener (tests bind port 0)
+//! and a [`CancellationToken`] that starts the shutdown sequence:
+//!
+//! 1. `/readyz` turns 503 at once; the replica keeps serving for `SHUTDOWN_DELAY_MS`, so a
+//!    load balancer stops sending it new clients;
+//! 2. it stops accepting, and closes every socket's *transport* (not a namespace disconnect,
+//!    which would make socket.io-client give up): clients reconnect by themselves, elsewhere;
+//!    their connections are recorded as closed by a shutdown, so the shutdown grace applies;
+//! 3. background tasks stop, after a last heartbeat flush; grace timers are dropped (the
+//!    rest of the cluster applies them); it returns, and the process exits 0.
+
+use crate::auth::{Authenticator, KeySetup};
+use crate::config::{Config, ConfigError};
+use crate::domain::Timestamp;
+use crate::engine::{PresenceEngine, memory::MemoryEngine};
+use crate::gateway::{self, fanout, heartbeats};
+use crate::state::AppState;
+use axum::Router;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How long shutdown waits for sockets to close and tasks to end before it gives up on them.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+
+pub struct Gateway {
+    pub state: AppState,
+    pub router: Router,
+    /// The key was generated for this run (development without `JWT_SECRET`).
+    pub generated_secret: bool,
+}
+
+impl Gateway {
+    pub fn build(config: Config) -> Result<Self, ConfigError> {
+        let KeySetup {
+            authenticator,
+            generated_secret,
+        } = Authenticator::from_config(&config)?;
+        let engine: Arc<dyn PresenceEngine> = match &config.redis_url {
+            None => Arc::new(MemoryEngine::new(&config.node_id)),
+            Some(_) => {
+                return Err(ConfigError {
+                    var: "REDIS_URL",
+                    message: "the Redis engine is not part of this build yet; unset REDIS_URL to run a single replica".into(),
+                });
+            }
+        };
+        let state = AppState::new(config, engine, authenticator);
+        let router = crate::http::router(state.clone())
+            .layer(gateway::layer(&state))
+            // Web widgets connect from other origins; no cookies are involved, so any origin.
+            .layer(
+                tower_http::cors::CorsLayer::new()
+                    .allow_origin(tower_http::cors::Any)
+                    .allow_headers(tower_http::cors::Any)
+                    .allow_methods(tower_http::cors::Any),
+            );
+        Ok(Gateway {
+            state,
+            router,
+            generated_secret,
+        })
+    }
+
+    /// Start the background tasks: fan-out, heartbeat flushing, sweeping, server heartbeats.
+    pub fn spawn_background(&self) {
+        let state = &self.state;
+        state
+            .tasks
+            .spawn(fanout::run(state.clone(), state.engine.subscribe()));
+        state.tasks.spawn(heartbeats::run(state.clone()));
+        state.tasks.spawn(sweep_loop(state.clone()));
+        if state.config.enable_server_heartbeat {
+            state.tasks.spawn(server_heartbeat_loop(state.clone()));
+        }
+    }
+}
+
+async fn sweep_loop(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_millis(state.config.sweep_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        match state
+            .engine
+            .sweep(state.config.heartbeat_timeout_ms, Timestamp::now())
+            .await
+        {
+            Ok(r) => {
+                state.metrics.swept.increment(r.swept);
+                if r.swept > 0 || r.went_offline > 0 {
+                    tracing::info!(swept = r.swept, went_offline = r.went_offline, "sweep");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "sweep failed; next tick retries"),
+        }
+    }
+}
+
+async fn server_heartbeat_loop(state: AppState) {
+    let period = Duration::from_millis(state.config.server_heartbeat_interval_ms);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            _ = state.stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Some(io) = state.io.get() {
+            let _ = io
+                .emit(
+                    "server:heartbeat",
+                    &serde_json::json!({"at": Timestamp::now()}),
+                )
+                .await;
+        }
+    }
+}
+
+/// Serve on `listener` until `shutdown` is cancelled, then shut down as the module says.
+pub async fn run(
+    gw: Gateway,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let state = gw.state.clone();
+    gw.spawn_background();
+    let stop_accepting = CancellationToken::new();
+    let serve = axum::serve(listener, gw.router.into_make_service())
+        .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
+    let server = tokio::spawn(serve.into_future());
+
+    shutdown.cancelled().await;
+    tracing::info!(
+        delay_ms = state.config.shutdown_delay_ms,
+        "shutting down: readiness off"
+    );
+    state.start_draining();
+    tokio::time::sleep(Duration::from_millis(state.config.shutdown_delay_ms)).await;
+
+    state.start_closing();
+    stop_accepting.cancel();
+    if let Some(io) = state.io.get() {
+        let _ = tokio::time::timeout(SHUTDOWN_DEADLINE, io.close()).await;
+    }
+    // Disconnect handlers run as tasks of their own; let them record the closes.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
+    while !state.sockets.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    state.stop.cancel();
+    state.tasks.close();
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, state.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks did not stop in time");
+    }
+    match tokio::time::timeout(SHUTDOWN_DEADLINE, server).await {
+        Ok(Ok(r)) => r?,
+        Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+        Err(_) => tracing::warn!("connections still open at exit"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! `AppState`: the cheap, cloneable bundle of handles shared by axum, socketioxide and the
+//! background tasks.
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::engine::PresenceEngine;
+use crate::gateway::{HeartbeatBatch, SocketRegistry};
+use crate::metrics::Metrics;
+use socketioxide::SocketIo;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub engine: Arc<dyn PresenceEngine>,
+    pub auth: Arc<Authenticator>,
+    pub metrics: Metrics,
+    /// This replica's sockets.
+    pub sockets: SocketRegistry,
+    /// Connections heard from since the last flush to the engine.
+    pub heartbeats: HeartbeatBatch,
+    /// Set once the Socket.IO layer is built.
+    pub io: OnceLock<SocketIo>,
+    pub started_at: Instant,
+    /// `/readyz` answers 503 from the first shutdown signal on.
+    draining: AtomicBool,
+    /// Sockets closing from now on are closed by the shutdown (shutdown grace applies).
+    closing: AtomicBool,
+    /// Cancelled when the background tasks must stop.
+    pub stop: CancellationToken,
+    /// Every task this replica spawns that must end before it exits (grace timers,
+    /// revivals, background loops): none may outlive shutdown.
+    pub tasks: TaskTracker,
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(config: Config, engine: Arc<dyn PresenceEngine>, auth: Authenticator) -> Self {
+        let metrics = Metrics::new(&config.node_id);
+        AppState(Arc::new(Shared {
+            config: Arc::new(config),
+            engine,
+            auth: Arc::new(auth),
+            metrics,
+            sockets: SocketRegistry::default(),
+            heartbeats: HeartbeatBatch::default(),
+            io: OnceLock::new(),
+            started_at: Instant::now(),
+            draining: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }))
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    pub fn start_closing(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+}
