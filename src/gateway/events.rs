@@ -160,9 +160,9 @@ async fn list_online(
 ) {
     let r = async {
         begin(&state, &h)?;
-        // No payload at all means the defaults.
+        // No payload at all (which arrives as nothing to decode) means the defaults.
         let o = match data {
-            Ok(Value::Null) => serde_json::Map::new(),
+            Ok(Value::Null) | Err(_) => serde_json::Map::new(),
             other => object(other)?,
         };
         let limit = match o.get("limit") {
