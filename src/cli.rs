@@ -164,10 +164,11 @@ fn serve(config: Config) -> ExitCode {
             Err(e) => return fail(format!("PORT: cannot listen on {addr}: {e}")),
         };
         let bound = listener.local_addr().unwrap_or(addr);
-        tracing::info!(node = %gw.state.config.node_id, engine = gw.state.engine.kind(), "listening on {bound}");
+        // The how-to-connect banner comes first: once `listening on` shows, all is printed.
         if gw.state.config.is_development() {
             announce_development(&gw, bound.port());
         }
+        tracing::info!(node = %gw.state.config.node_id, engine = gw.state.engine.kind(), "listening on {bound}");
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
         match run(gw, listener, shutdown).await {

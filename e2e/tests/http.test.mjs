@@ -43,8 +43,8 @@ describe("HTTP API", () => {
 
   test("presence endpoints apply the visibility rule", async () => {
     const sm = await gw.connect({ token: male });
-    const sf = await gw.connect({ token: female });
     const v = recorder(sm);
+    const sf = await gw.connect({ token: female });
     await v.waitFor((p) => p.userId === "h-f");
     const one = await gw.http("/api/presence/h-f", { token: male });
     assert.equal(one.status, 200);

@@ -204,10 +204,6 @@ async fn disconnected(
     State(state): State<AppState>,
     Extension(h): Handle,
 ) {
-    if state.sockets.remove(s.id).is_some() {
-        state.metrics.disconnections.increment(1);
-        state.metrics.sockets_root.decrement(1.0);
-    }
     let cfg = &state.config;
     let grace = match reason {
         DisconnectReason::ClosingServer => cfg.shutdown_grace_ms,
@@ -216,11 +212,23 @@ async fn disconnected(
         DisconnectReason::HeartbeatTimeout => 0,
         _ => cfg.offline_grace_ms,
     };
+    debug_assert_eq!(s.id, h.sid);
+    record_close(&state, &h, grace).await;
+}
+
+/// Record that a socket closed: out of the registry, and the engine told, at most once
+/// whoever calls (the disconnect handler, or the shutdown for sockets whose handler the
+/// library never ran).
+pub async fn record_close(state: &AppState, h: &Arc<ConnHandle>, grace_ms: u64) {
+    if state.sockets.remove(h.sid).is_some() {
+        state.metrics.disconnections.increment(1);
+        state.metrics.sockets_root.decrement(1.0);
+    }
     let outcome = h
-        .close(state.engine.disconnect(&h.conn, grace, Timestamp::now()))
+        .close(state.engine.disconnect(&h.conn, grace_ms, Timestamp::now()))
         .await;
     match outcome {
-        Some(Ok(DisconnectOutcome::Pending { deadline })) => schedule_settle(&state, &h, deadline),
+        Some(Ok(DisconnectOutcome::Pending { deadline })) => schedule_settle(state, h, deadline),
         Some(Err(e)) => {
             tracing::warn!(error = %e, conn = %h.conn.id, "disconnect not recorded; the sweep will remove it")
         }

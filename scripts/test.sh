@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test: Rust unit and integration tests, then the end-to-end tests with the
+# official socket.io-client against the real binary. Brings up what it needs: Redis and
+# PostgreSQL when none answers on their standard ports, Node.js and the npm packages
+# (from e2e/package-lock.json).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+
+ensure_node
+ensure_redis
+ensure_postgres
+
+echo "==> cargo test (unit and integration)"
+cargo test --all-targets
+
+echo "==> cargo build (the binary the end-to-end tests start)"
+cargo build --bin presence-gateway
+
+echo "==> npm ci (e2e)"
+(cd e2e && npm ci --no-audit --no-fund --loglevel=error)
+
+echo "==> end-to-end tests (socket.io-client)"
+(cd e2e && GATEWAY_BIN="$PWD/../target/debug/presence-gateway" node --test --test-concurrency=4 tests/)

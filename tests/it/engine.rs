@@ -1,0 +1,411 @@
+//! The behaviour every engine must have. Each case is a function over a fresh engine; the
+//! `engine_suite!` macro instantiates all of them for one engine factory, so the memory engine
+//! and the Redis engine run exactly the same cases.
+
+use presence_gateway::domain::{Details, Gender, GenderSet, Status, Timestamp, UserId};
+use presence_gateway::engine::*;
+use std::sync::Arc;
+use tokio::sync::broadcast::Receiver;
+
+pub type Engine = Arc<dyn PresenceEngine>;
+
+fn uid(s: &str) -> UserId {
+    UserId::parse(s).unwrap()
+}
+
+fn conn(id: &str, user: &str, gender: Gender) -> Connection {
+    Connection {
+        id: id.into(),
+        user: uid(user),
+        gender,
+    }
+}
+
+/// A fixed clock origin, so cases are exact about time.
+fn t(ms: i64) -> Timestamp {
+    Timestamp::from_millis(1_800_000_000_000 + ms)
+}
+
+/// Every event published so far (engines publish before returning).
+async fn drain(rx: &mut Receiver<PresenceEvent>) -> Vec<(String, Status, i64)> {
+    // A remote engine delivers through a network hop: allow it a moment, bounded.
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(150);
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Ok(e)) => out.push((
+                e.presence.user_id.to_string(),
+                e.presence.status,
+                e.presence.version,
+            )),
+            _ => break,
+        }
+    }
+    out
+}
+
+fn statuses(events: &[(String, Status, i64)], user: &str) -> Vec<Status> {
+    events.iter().filter(|e| e.0 == user).map(|e| e.1).collect()
+}
+
+pub async fn connect_is_announced_once_per_user(e: Engine) {
+    let mut rx = e.subscribe();
+    let p = e
+        .connect(&conn("c1", "u1", Gender::Female), t(0))
+        .await
+        .unwrap();
+    assert_eq!(
+        (p.status, p.online, p.version > 0),
+        (Status::Online, true, true)
+    );
+    assert_eq!(p.updated_at, Some(t(0)));
+    let p2 = e
+        .connect(&conn("c2", "u1", Gender::Female), t(1))
+        .await
+        .unwrap();
+    assert_eq!(p2.version, p.version, "a second connection changes nothing");
+    assert_eq!(statuses(&drain(&mut rx).await, "u1"), [Status::Online]);
+    let s = e.stats().await.unwrap();
+    assert_eq!(
+        (s.online_users, s.total_connections, s.online_by_gender),
+        (1, 2, [0, 1, 0])
+    );
+}
+
+pub async fn last_disconnect_goes_offline_once(e: Engine) {
+    let mut rx = e.subscribe();
+    let (a, b) = (conn("a", "u", Gender::Male), conn("b", "u", Gender::Male));
+    e.connect(&a, t(0)).await.unwrap();
+    e.connect(&b, t(0)).await.unwrap();
+    assert_eq!(
+        e.disconnect(&a, 0, t(1)).await.unwrap(),
+        DisconnectOutcome::StillOnline
+    );
+    let DisconnectOutcome::Offline(p) = e.disconnect(&b, 0, t(2)).await.unwrap() else {
+        panic!("offline")
+    };
+    assert_eq!(
+        (p.status, p.online, p.last_seen),
+        (Status::Offline, false, Some(t(2)))
+    );
+    assert_eq!(
+        e.disconnect(&b, 0, t(3)).await.unwrap(),
+        DisconnectOutcome::Unknown,
+        "closing twice"
+    );
+    assert_eq!(
+        statuses(&drain(&mut rx).await, "u"),
+        [Status::Online, Status::Offline]
+    );
+    let s = e.stats().await.unwrap();
+    assert_eq!(
+        (s.online_users, s.peak_online, s.total_disconnections),
+        (0, 1, 3)
+    );
+}
+
+pub async fn grace_cancelled_by_a_reconnect(e: Engine) {
+    let mut rx = e.subscribe();
+    let c = conn("c", "g", Gender::Other);
+    e.connect(&c, t(0)).await.unwrap();
+    let out = e.disconnect(&c, 1000, t(10)).await.unwrap();
+    assert_eq!(out, DisconnectOutcome::Pending { deadline: t(1010) });
+    let during = e.get(&[uid("g")]).await.unwrap();
+    assert!(
+        during[0].as_ref().unwrap().online,
+        "online during the grace"
+    );
+    e.connect(&conn("c2", "g", Gender::Other), t(500))
+        .await
+        .unwrap();
+    assert_eq!(e.settle(&uid("g"), t(2000)).await.unwrap(), None);
+    e.sweep(60_000, t(2000)).await.unwrap();
+    assert_eq!(statuses(&drain(&mut rx).await, "g"), [Status::Online]);
+}
+
+pub async fn grace_expires_once(e: Engine) {
+    let mut rx = e.subscribe();
+    let c = conn("c", "g", Gender::Other);
+    e.connect(&c, t(0)).await.unwrap();
+    e.disconnect(&c, 1000, t(10)).await.unwrap();
+    assert_eq!(
+        e.settle(&uid("g"), t(500)).await.unwrap(),
+        None,
+        "not due yet"
+    );
+    let p = e.settle(&uid("g"), t(1010)).await.unwrap().expect("due");
+    assert_eq!(p.last_seen, Some(t(1010)));
+    assert_eq!(
+        e.settle(&uid("g"), t(1100)).await.unwrap(),
+        None,
+        "settled once"
+    );
+    e.sweep(60_000, t(1200)).await.unwrap();
+    assert_eq!(
+        statuses(&drain(&mut rx).await, "g"),
+        [Status::Online, Status::Offline]
+    );
+}
+
+pub async fn sweep_applies_due_graces(e: Engine) {
+    let mut rx = e.subscribe();
+    let c = conn("c", "g", Gender::Other);
+    e.connect(&c, t(0)).await.unwrap();
+    e.disconnect(&c, 1000, t(0)).await.unwrap();
+    let r = e.sweep(60_000, t(1500)).await.unwrap();
+    assert_eq!(r.went_offline, 1);
+    assert_eq!(
+        statuses(&drain(&mut rx).await, "g"),
+        [Status::Online, Status::Offline]
+    );
+}
+
+pub async fn silent_connections_are_swept_and_revived(e: Engine) {
+    let mut rx = e.subscribe();
+    let quiet = conn("q", "quiet", Gender::Female);
+    let chatty = conn("k", "chatty", Gender::Female);
+    e.connect(&quiet, t(0)).await.unwrap();
+    e.connect(&chatty, t(0)).await.unwrap();
+    let touch = Touch {
+        conn: chatty.id.clone(),
+        user: chatty.user.clone(),
+        heard_at: t(1000),
+    };
+    assert!(e.touch(&[touch], t(1000)).await.unwrap().is_empty());
+    let r = e.sweep(1500, t(2000)).await.unwrap();
+    assert_eq!((r.swept, r.went_offline), (1, 1));
+    // Two replicas sweeping at once: the second finds nothing more to do.
+    assert_eq!(
+        e.sweep(1500, t(2000)).await.unwrap(),
+        SweepReport {
+            swept: 0,
+            went_offline: 0
+        }
+    );
+    let missing = e
+        .touch(
+            &[Touch {
+                conn: quiet.id.clone(),
+                user: quiet.user.clone(),
+                heard_at: t(2100),
+            }],
+            t(2100),
+        )
+        .await
+        .unwrap();
+    assert_eq!(missing, vec![quiet.id.clone()]);
+    let p = e.revive(&quiet, t(2100)).await.unwrap();
+    assert!(p.online);
+    let ev = drain(&mut rx).await;
+    assert_eq!(
+        statuses(&ev, "quiet"),
+        [Status::Online, Status::Offline, Status::Online]
+    );
+    assert_eq!(statuses(&ev, "chatty"), [Status::Online]);
+    let s = e.stats().await.unwrap();
+    assert_eq!(
+        (s.total_swept, s.total_connections, s.last_sweep_at),
+        (1, 2, Some(t(2000)))
+    );
+}
+
+pub async fn statuses_and_versions(e: Engine) {
+    let mut rx = e.subscribe();
+    let c = conn("c", "s", Gender::Female);
+    let p0 = e.connect(&c, t(0)).await.unwrap();
+    let d = |v: serde_json::Value| Some(Details::parse(v).unwrap());
+    // The same instant for every call: versions must still grow.
+    let a = e
+        .set_status(&c, Status::Live, d(serde_json::json!({"s": 1})), t(0))
+        .await
+        .unwrap();
+    assert!(a.changed && a.presence.version > p0.version);
+    let b = e
+        .set_status(&c, Status::Live, d(serde_json::json!({"s": 1})), t(0))
+        .await
+        .unwrap();
+    assert!(!b.changed);
+    assert_eq!(b.presence.version, a.presence.version);
+    let c2 = e
+        .set_status(&c, Status::Live, d(serde_json::json!({"s": 2})), t(0))
+        .await
+        .unwrap();
+    assert!(c2.changed && c2.presence.version > a.presence.version);
+    let on = e
+        .set_status(&c, Status::Online, d(serde_json::json!({"x": 1})), t(0))
+        .await
+        .unwrap();
+    assert_eq!(on.presence.details, None);
+    assert!(matches!(
+        e.set_status(&c, Status::Offline, None, t(0)).await,
+        Err(EngineError::Status(_))
+    ));
+    let ev = drain(&mut rx).await;
+    assert_eq!(
+        statuses(&ev, "s"),
+        [Status::Online, Status::Live, Status::Live, Status::Online]
+    );
+    assert!(
+        ev.windows(2).all(|w| w[1].2 > w[0].2),
+        "versions strictly grow: {ev:?}"
+    );
+}
+
+pub async fn set_status_revives_a_swept_connection(e: Engine) {
+    let c = conn("c", "r", Gender::Female);
+    e.connect(&c, t(0)).await.unwrap();
+    e.sweep(1000, t(5000)).await.unwrap();
+    let ch = e
+        .set_status(&c, Status::InCall, None, t(5100))
+        .await
+        .unwrap();
+    assert_eq!((ch.presence.status, ch.changed), (Status::InCall, true));
+    assert_eq!(e.disconnect(&c, 0, t(5200)).await.unwrap().clone(), {
+        let p = e.get(&[uid("r")]).await.unwrap()[0].clone().unwrap();
+        DisconnectOutcome::Offline(p)
+    });
+}
+
+pub async fn get_and_list_with_filters_and_cursors(e: Engine) {
+    for i in 0..7 {
+        e.connect(
+            &conn(&format!("f{i}"), &format!("f{i}"), Gender::Female),
+            t(0),
+        )
+        .await
+        .unwrap();
+        e.connect(
+            &conn(&format!("m{i}"), &format!("m{i}"), Gender::Male),
+            t(0),
+        )
+        .await
+        .unwrap();
+    }
+    let got = e.get(&[uid("f1"), uid("nobody")]).await.unwrap();
+    assert!(got[0].as_ref().unwrap().online);
+    assert!(got[1].is_none(), "never seen");
+
+    let female_only = ListFilter {
+        genders: GenderSet::only(Gender::Female),
+        include: Some(uid("m3")),
+    };
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = e
+            .list_online(&female_only, cursor.as_deref(), 3)
+            .await
+            .unwrap();
+        assert!(page.users.len() <= 3);
+        seen.extend(page.users.iter().map(|p| p.user_id.to_string()));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let mut want: Vec<String> = (0..7).map(|i| format!("f{i}")).collect();
+    want.push("m3".into());
+    want.sort();
+    seen.sort();
+    assert_eq!(seen, want);
+    let all = ListFilter {
+        genders: GenderSet::ALL,
+        include: None,
+    };
+    assert_eq!(
+        e.list_online(&all, None, 500).await.unwrap().users.len(),
+        14
+    );
+    assert!(matches!(
+        e.list_online(&all, Some("not a cursor!"), 10).await,
+        Err(EngineError::BadCursor)
+    ));
+}
+
+pub async fn racing_connects_announce_once(e: Engine) {
+    let mut rx = e.subscribe();
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let e = e.clone();
+            tokio::spawn(async move {
+                e.connect(&conn(&format!("r{i}"), "racer", Gender::Male), t(0))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(statuses(&drain(&mut rx).await, "racer"), [Status::Online]);
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let e = e.clone();
+            tokio::spawn(async move {
+                e.disconnect(&conn(&format!("r{i}"), "racer", Gender::Male), 0, t(1))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut offline = 0;
+    for task in tasks {
+        if matches!(task.await.unwrap(), DisconnectOutcome::Offline(_)) {
+            offline += 1;
+        }
+    }
+    assert_eq!(offline, 1);
+    assert_eq!(statuses(&drain(&mut rx).await, "racer"), [Status::Offline]);
+}
+
+pub async fn a_gender_change_is_a_change(e: Engine) {
+    let mut rx = e.subscribe();
+    e.connect(&conn("a", "gc", Gender::Other), t(0))
+        .await
+        .unwrap();
+    let p = e
+        .connect(&conn("b", "gc", Gender::Female), t(1))
+        .await
+        .unwrap();
+    assert_eq!(p.gender, Gender::Female);
+    let s = e.stats().await.unwrap();
+    assert_eq!(s.online_by_gender, [0, 1, 0]);
+    assert_eq!(drain(&mut rx).await.len(), 2);
+}
+
+#[macro_export]
+macro_rules! engine_suite {
+    ($module:ident, $factory:expr) => {
+        mod $module {
+            use super::*;
+            $crate::engine_suite!(@cases $factory;
+                connect_is_announced_once_per_user,
+                last_disconnect_goes_offline_once,
+                grace_cancelled_by_a_reconnect,
+                grace_expires_once,
+                sweep_applies_due_graces,
+                silent_connections_are_swept_and_revived,
+                statuses_and_versions,
+                set_status_revives_a_swept_connection,
+                get_and_list_with_filters_and_cursors,
+                racing_connects_announce_once,
+                a_gender_change_is_a_change,
+            );
+        }
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let engine: Engine = $factory.await;
+                super::$case(engine).await;
+            }
+        )*
+    };
+}
+
+engine_suite!(memory, async {
+    Arc::new(presence_gateway::engine::memory::MemoryEngine::new(
+        "test-node",
+    )) as Engine
+});

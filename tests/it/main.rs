@@ -1,0 +1,7 @@
+//! Integration tests, built into one binary: the engine suite (run against every engine),
+//! configuration, and the HTTP router driven in-process.
+//! End-to-end tests with the real binary and socket.io-client live in `e2e/`.
+
+mod config;
+mod engine;
+mod http;
