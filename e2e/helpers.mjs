@@ -18,8 +18,8 @@ export const FAST = {
 };
 
 /** Start a gateway; resolves once it logs `listening on`. */
-export async function startGateway(env = {}, { expectExit = false } = {}) {
-  const proc = spawn(BIN, [], {
+export async function startGateway(env = {}, { expectExit = false, args = [] } = {}) {
+  const proc = spawn(BIN, args, {
     env: {
       PATH: process.env.PATH,
       APP_ENV: "development",

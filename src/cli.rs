@@ -205,7 +205,8 @@ fn announce_development(gw: &Gateway, port: u16) {
              io(\"{url}\", {{ auth: {{ token: \"{bob}\" }} }})   // bob, male\n  \
              Health:  curl {url}/api/health\n  \
              Admin:   curl -H \"Authorization: Bearer {admin}\" {url}/api/debug/presence\n  \
-             More tokens: JWT_SECRET=... presence-gateway token --sub u1 --gender female\n"
+             More tokens: JWT_SECRET=... presence-gateway token --sub u1 --gender female\n  \
+             For e2e/examples/two-users.mjs:\n    export ALICE={alice} BOB={bob}\n"
         );
         if gw.state.config.insecure_userid_allowed() {
             text.push_str(&format!("  Insecure login is on: io(\"{url}\", {{ auth: {{ userId: \"u1\", gender: \"female\" }} }})\n"));

@@ -1,0 +1,29 @@
+// The newcomer's path from the README: a development start with nothing configured, then
+// the README's JavaScript example with the tokens the start printed.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { startGateway, waitUntil } from "../helpers.mjs";
+
+test("README example: two users see each other come online, go live, go offline", async () => {
+  const gw = await startGateway({ JWT_SECRET: "", APP_ENV: "", NODE_ENV: "" }, { args: ["--dev"] });
+  try {
+    const m = gw.output().match(/export ALICE=(\S+) BOB=(\S+)/);
+    assert.ok(m, gw.output());
+    const example = fileURLToPath(new URL("../examples/two-users.mjs", import.meta.url));
+    const out = await new Promise((resolve, reject) =>
+      execFile(process.execPath, [example], { env: { ...process.env, URL: gw.url, ALICE: m[1], BOB: m[2] }, timeout: 15_000 },
+        (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stdout}\n${stderr}`)) : resolve(stdout))),
+    );
+    const lines = out.trim().split("\n");
+    assert.deepEqual(
+      lines.filter((l) => l.startsWith("bob sees alice")).map((l) => l.split(":")[1].trim().split(" ")[0]),
+      ["online", "live", "offline"],
+      out,
+    );
+    assert.match(out, /alice sees online: .*bob/);
+  } finally {
+    await gw.stop();
+  }
+});
