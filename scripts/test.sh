@@ -12,7 +12,7 @@ ensure_redis
 ensure_postgres
 
 echo "==> cargo test (unit and integration)"
-cargo test --all-targets
+cargo test --workspace --all-targets
 
 echo "==> cargo build (the binary the end-to-end tests start)"
 cargo build --bin presence-gateway

@@ -91,6 +91,9 @@ pub struct Config {
     pub rate_limit_burst: u32,
     /// `SHUTDOWN_DELAY_MS`: on SIGTERM, how long to keep serving with `/readyz` at 503.
     pub shutdown_delay_ms: u64,
+    /// `SOCKET_QUEUE_PACKETS` (ours, not the contract's): packets queued per socket before
+    /// presence updates wait in its conflated backlog.
+    pub socket_queue_packets: usize,
 }
 
 /// Defaults of the per-socket rate limit: a well-behaved client heartbeats every 5 s and
@@ -283,6 +286,10 @@ impl Config {
             rate_limit_per_sec: count("RATE_LIMIT_PER_SEC", DEFAULT_RATE_LIMIT_PER_SEC)?,
             rate_limit_burst: count("RATE_LIMIT_BURST", DEFAULT_RATE_LIMIT_BURST)?,
             shutdown_delay_ms: ms("SHUTDOWN_DELAY_MS", 0, 0)?,
+            socket_queue_packets: match ms("SOCKET_QUEUE_PACKETS", 256, 2)? {
+                n if n <= 65_536 => n as usize,
+                _ => return Err(err("SOCKET_QUEUE_PACKETS", "must be at most 65536")),
+            },
         };
         Ok(cfg)
     }

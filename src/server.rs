@@ -76,6 +76,7 @@ impl Gateway {
         state
             .tasks
             .spawn(fanout::run(state.clone(), state.engine.subscribe()));
+        state.tasks.spawn(fanout::run_backlogs(state.clone()));
         state.tasks.spawn(heartbeats::run(state.clone()));
         state.tasks.spawn(sweep_loop(state.clone()));
         if state.config.enable_server_heartbeat {

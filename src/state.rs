@@ -26,6 +26,8 @@ pub struct Shared {
     pub sockets: SocketRegistry,
     /// Connections heard from since the last flush to the engine.
     pub heartbeats: HeartbeatBatch,
+    /// Sockets with presence updates waiting for room in their queues.
+    pub backlogged: crate::gateway::fanout::Backlogged,
     /// Set once the Socket.IO layer is built.
     pub io: OnceLock<SocketIo>,
     pub started_at: Instant,
@@ -57,6 +59,7 @@ impl AppState {
             metrics,
             sockets: SocketRegistry::default(),
             heartbeats: HeartbeatBatch::default(),
+            backlogged: Default::default(),
             io: OnceLock::new(),
             started_at: Instant::now(),
             draining: AtomicBool::new(false),

@@ -27,7 +27,25 @@ pub struct ConnHandle {
     /// service, closed by construction.
     gate: tokio::sync::Mutex<bool>,
     bucket: Mutex<TokenBucket>,
+    /// Presence updates this socket's queue had no room for: the newest per user, waiting
+    /// for room. Presence is state, not a log, so only each user's latest change matters.
+    backlog: Mutex<HashMap<UserId, Pending>>,
 }
+
+/// An encoded `presence-update`, shared by every socket it is sent to.
+pub type Encoded = Arc<serde_json::value::RawValue>;
+
+#[derive(Clone)]
+pub struct Pending {
+    pub version: i64,
+    pub payload: Encoded,
+}
+
+/// Users a socket's backlog may hold. Each entry shares its payload with every other
+/// socket, so an entry costs a map slot (~100 bytes): ~6 MiB at the bound. A socket this far
+/// behind is also one socketioxide closes at its next ping (its queue stays full), after which
+/// the client reconnects and refreshes.
+pub const BACKLOG_MAX: usize = 65_536;
 
 impl ConnHandle {
     pub fn new(
@@ -48,7 +66,43 @@ impl ConnHandle {
             queued: AtomicBool::new(false),
             gate: tokio::sync::Mutex::new(false),
             bucket: Mutex::new(TokenBucket::new(rate.0, rate.1)),
+            backlog: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn backlog(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Pending>> {
+        self.backlog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn has_backlog(&self) -> bool {
+        !self.backlog().is_empty()
+    }
+
+    /// Keep `p` for later, unless a newer change of that user waits already. Returns false
+    /// when the backlog is full (the update is dropped).
+    pub fn defer(&self, user: &UserId, p: Pending) -> bool {
+        let mut b = self.backlog();
+        let full = b.len() >= BACKLOG_MAX;
+        match b.get_mut(user) {
+            Some(old) => {
+                if p.version > old.version {
+                    *old = p;
+                }
+                true
+            }
+            None if full => false,
+            None => {
+                b.insert(user.clone(), p);
+                true
+            }
+        }
+    }
+
+    /// Everything waiting, oldest change first.
+    pub fn take_backlog(&self) -> Vec<(UserId, Pending)> {
+        let mut v: Vec<_> = self.backlog().drain().collect();
+        v.sort_by_key(|(_, p)| p.version);
+        v
     }
 
     pub fn last_heard(&self) -> Timestamp {
@@ -154,19 +208,64 @@ impl SocketRegistry {
         self.lock().per_user.len()
     }
 
-    /// How many sockets a change reaches: its audiences, plus the user's own sockets when
-    /// they get it directly.
-    pub fn reach(&self, audiences: &[Audience], user: Option<&UserId>) -> u64 {
-        let r = self.lock();
-        let own = user.and_then(|u| r.per_user.get(u)).copied().unwrap_or(0) as u64;
-        audiences
-            .iter()
-            .map(|a| r.per_audience[audience_index(*a)])
-            .sum::<u64>()
-            + own
-    }
-
     pub fn snapshot(&self) -> Vec<Arc<ConnHandle>> {
         self.lock().sockets.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Role, Roles};
+    use crate::domain::Gender;
+
+    fn handle() -> ConnHandle {
+        let user = UserId::parse("u").unwrap();
+        let conn = Connection {
+            id: "n:1".into(),
+            user: user.clone(),
+            gender: Gender::Other,
+        };
+        let identity = Identity {
+            user_id: user,
+            gender: None,
+            name: None,
+            roles: Roles::from(Role::User),
+        };
+        ConnHandle::new(
+            conn,
+            Sid::new(),
+            identity,
+            Audience::Everyone,
+            Timestamp(0),
+            (0, 0),
+        )
+    }
+
+    fn pending(version: i64) -> Pending {
+        Pending {
+            version,
+            payload: Arc::from(serde_json::value::to_raw_value(&version).unwrap()),
+        }
+    }
+
+    #[test]
+    fn the_backlog_keeps_the_newest_change_per_user_oldest_first() {
+        let h = handle();
+        let (a, b) = (UserId::parse("a").unwrap(), UserId::parse("b").unwrap());
+        assert!(h.defer(&a, pending(5)));
+        assert!(h.defer(&b, pending(3)));
+        assert!(
+            h.defer(&a, pending(4)),
+            "an older change never replaces a newer one"
+        );
+        assert!(h.defer(&a, pending(7)));
+        let got: Vec<(String, i64)> = h
+            .take_backlog()
+            .into_iter()
+            .map(|(u, p)| (u.to_string(), p.version))
+            .collect();
+        assert_eq!(got, [("b".to_string(), 3), ("a".to_string(), 7)]);
+        assert!(!h.has_backlog());
     }
 }

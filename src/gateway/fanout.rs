@@ -1,15 +1,72 @@
 //! Fan-out: every committed change, from whichever replica, to this replica's viewers.
 //!
-//! One task per replica reads the engine's change stream and emits each change once per
-//! room set (the audiences allowed to see the user, plus the user's own room when needed);
-//! socketioxide encodes it once and queues it on each socket. Emitting only locally is what
-//! keeps a cluster from delivering twice: every replica receives every change exactly once.
+//! One task per replica reads the engine's change stream, encodes each change once, and
+//! queues it on every local socket of the rooms allowed to see the user (its audiences, plus
+//! the user's own room when needed). Emitting only locally is what keeps a cluster from
+//! delivering twice: every replica receives every change exactly once.
+//!
+//! A socket whose queue is full (a slow reader, or a burst such as N viewers connecting at
+//! once and each receiving N announcements) does not lose the change: it is *conflated* into
+//! the socket's backlog, newest per user, and delivered as soon as the queue has room. A
+//! socket with a backlog gets new changes through the backlog too, so it converges on the
+//! latest state of every user it may see, with memory bounded per socket.
 
+use super::connection::{BACKLOG_MAX, ConnHandle, Pending};
 use super::rooms;
 use crate::domain::Timestamp;
 use crate::engine::PresenceEvent;
 use crate::state::AppState;
+use socketioxide::extract::SocketRef;
+use socketioxide::socket::Sid;
+use socketioxide::{SendError, SocketError};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::broadcast::{Receiver, error::RecvError};
+
+/// How often backlogs are retried.
+const BACKLOG_RETRY: Duration = Duration::from_millis(25);
+
+/// The sockets that have a backlog.
+#[derive(Default)]
+pub struct Backlogged(Mutex<HashSet<Sid>>);
+
+impl Backlogged {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Sid>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+enum Sent {
+    Now,
+    Deferred,
+    Gone,
+}
+
+/// Queue one update on one socket, or defer it.
+fn offer(
+    state: &AppState,
+    s: &SocketRef,
+    h: &ConnHandle,
+    user: &crate::domain::UserId,
+    p: &Pending,
+) -> Sent {
+    if !h.has_backlog() {
+        match s.emit("presence-update", &*p.payload) {
+            Ok(()) => return Sent::Now,
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => {}
+            Err(_) => return Sent::Gone,
+        }
+    }
+    if h.defer(user, p.clone()) {
+        state.backlogged.lock().insert(s.id);
+        state.metrics.deferred.increment(1);
+    } else {
+        state.metrics.dropped.increment(1);
+        tracing::warn!(sid = %s.id, max = BACKLOG_MAX, "socket backlog full; update dropped");
+    }
+    Sent::Deferred
+}
 
 pub async fn run(state: AppState, mut rx: Receiver<PresenceEvent>) {
     loop {
@@ -38,17 +95,78 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
     if ev.origin == state.metrics.node {
         state.metrics.published.increment(1);
     }
-    let to = rooms::for_change(policy, &p.user_id, p.gender);
-    // A full socket buffer drops the packet for that socket only (see the README on slow
-    // readers); nothing here can block on a slow client.
-    if let Err(e) = io.to(to).emit("presence-update", p).await {
-        tracing::debug!(error = %e, "presence-update not queued on some sockets");
+    let payload = match serde_json::value::to_raw_value(p) {
+        Ok(raw) => Arc::from(raw),
+        Err(e) => {
+            tracing::error!(error = %e, "presence not encodable");
+            return;
+        }
+    };
+    let pending = Pending {
+        version: p.version,
+        payload,
+    };
+    let mut sent = 0u64;
+    for s in io
+        .to(rooms::for_change(policy, &p.user_id, p.gender))
+        .sockets()
+    {
+        let Some(h) = s.extensions.get::<Arc<ConnHandle>>() else {
+            continue;
+        };
+        if let Sent::Now = offer(state, &s, &h, &p.user_id, &pending) {
+            sent += 1;
+        }
     }
-    let own = policy.self_delivery_needed(p.gender).then_some(&p.user_id);
-    state
-        .metrics
-        .delivered
-        .increment(state.sockets.reach(policy.audiences_for(p.gender), own));
+    state.metrics.delivered.increment(sent);
     let latency = Timestamp::now().micros_since(ev.committed_at) as f64 / 1e6;
     state.metrics.fanout_latency.record(latency);
+}
+
+/// Deliver backlogs as their sockets' queues drain.
+pub async fn run_backlogs(state: AppState) {
+    let mut tick = tokio::time::interval(BACKLOG_RETRY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let sids: Vec<Sid> = state.backlogged.lock().iter().copied().collect();
+        let per_tick = (state.config.socket_queue_packets / 2).max(1);
+        let Some(io) = state.io.get() else { continue };
+        for sid in sids {
+            let socket = io.get_socket(sid);
+            let handle = socket
+                .as_ref()
+                .and_then(|s| s.extensions.get::<Arc<ConnHandle>>());
+            let (Some(s), Some(h)) = (socket, handle) else {
+                state.backlogged.lock().remove(&sid);
+                continue;
+            };
+            let mut sent = 0u64;
+            let mut waiting = h.take_backlog().into_iter();
+            // At most half a queue per tick: a client that keeps up at all then finds room for
+            // the acks of its own requests, which share the queue.
+            for (user, p) in waiting.by_ref().take(per_tick) {
+                match s.emit("presence-update", &*p.payload) {
+                    Ok(()) => sent += 1,
+                    Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                        h.defer(&user, p);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            // Still no room: keep the rest (a newer change deferred meanwhile wins).
+            for (user, p) in waiting {
+                h.defer(&user, p);
+            }
+            state.metrics.delivered.increment(sent);
+            let mut set = state.backlogged.lock();
+            if !h.has_backlog() {
+                set.remove(&sid);
+            }
+        }
+    }
 }

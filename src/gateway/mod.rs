@@ -30,15 +30,14 @@ use socketioxide::{SocketIo, layer::SocketIoLayer};
 pub const WS_MAX_MESSAGE: usize = 64 * 1024;
 /// Largest HTTP long-polling body (it may batch several packets).
 pub const POLLING_MAX_PAYLOAD: u64 = 128 * 1024;
-/// Packets queued per socket before new ones are dropped for it: a slow reader costs at
-/// most this many packets of memory (see the README).
-pub const SOCKET_BUFFER: usize = 128;
 
 /// Build the Socket.IO layer and register the namespaces.
 pub fn layer(state: &AppState) -> SocketIoLayer {
     let (layer, io) = SocketIo::builder()
         .with_state(state.clone())
-        .max_buffer_size(SOCKET_BUFFER)
+        // Past this many queued packets, presence updates wait in the socket's conflated backlog
+        // (see `fanout`); queue blocks are allocated as used, so idle sockets pay nothing for it.
+        .max_buffer_size(state.config.socket_queue_packets)
         .max_payload(POLLING_MAX_PAYLOAD)
         .ws_max_message_size(WS_MAX_MESSAGE)
         .ws_max_frame_size(WS_MAX_MESSAGE)

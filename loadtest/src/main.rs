@@ -1,0 +1,147 @@
+//! `loadgen`: load scenarios against presence-gateway over real Socket.IO WebSocket framing.
+//!
+//! Scenarios: `idle` (clients heartbeating), `fanout` (changers set statuses, viewers measure
+//! delivery latency and count missing or doubled updates), `storm` (connect as fast as
+//! possible until `/api/health` shows everyone online), `churn` (clients come and go while
+//! viewers check that announcements alternate, once each). Connections are spread over
+//! 127.0.0.x source addresses and over every `--url`; `--procs K` splits the clients over K
+//! processes (one process holds about 19,000 sockets here). Given the server's pids, it reports
+//! RSS per connection and CPU.
+
+mod measure;
+mod scenarios;
+mod sio;
+mod token;
+
+use clap::{Args, Parser, Subcommand};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "loadgen", about = "Load scenarios for presence-gateway")]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Gateway addresses (host:port), comma-separated; clients are spread over them.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:3000",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub target: Vec<SocketAddr>,
+    /// The gateway's JWT_SECRET (HS256), to mint tokens.
+    #[arg(
+        long,
+        env = "JWT_SECRET",
+        default_value = "loadtest-secret",
+        global = true
+    )]
+    pub secret: String,
+    /// Spread client connections over 127.0.0.1 … 127.0.0.N.
+    #[arg(long, default_value_t = 16, global = true)]
+    pub source_ips: u8,
+    /// Server pids to sample for RSS and CPU, comma-separated.
+    #[arg(long, value_delimiter = ',', global = true)]
+    pub pids: Vec<u32>,
+    /// Split clients over this many processes (idle and storm).
+    #[arg(long, default_value_t = 1, global = true)]
+    pub procs: usize,
+    /// Connections being opened at once, per process.
+    #[arg(long, default_value_t = 200, global = true)]
+    pub concurrency: usize,
+    /// User id prefix, so runs do not collide.
+    #[arg(long, default_value = "lg", global = true)]
+    pub prefix: String,
+    /// Print one JSON object instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Internal: this process is worker I of the split (set by --procs).
+    #[arg(long, hide = true, global = true)]
+    pub worker: Option<usize>,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Scenario {
+    /// N clients connect and heartbeat; report memory per connection and CPU per heartbeat rate.
+    Idle {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        #[arg(long, default_value_t = 5000)]
+        heartbeat_ms: u64,
+        /// How long to hold the connections once all are up.
+        #[arg(long, default_value_t = 30)]
+        hold_s: u64,
+    },
+    /// Viewers receive status changes from changers; latency, missing and doubled deliveries.
+    Fanout {
+        #[arg(long, default_value_t = 1000)]
+        viewers: usize,
+        #[arg(long, default_value_t = 10)]
+        changers: usize,
+        /// Changes per second, all changers together.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 20)]
+        duration_s: u64,
+        /// Viewers' gender: female viewers see every changer.
+        #[arg(long, default_value = "female")]
+        viewer_gender: String,
+    },
+    /// Connect N clients as fast as possible; time until /api/health shows them online.
+    Storm {
+        #[arg(long, default_value_t = 10000)]
+        clients: usize,
+    },
+    /// Clients connect and disconnect repeatedly; viewers check each announcement comes once.
+    Churn {
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        #[arg(long, default_value_t = 50)]
+        viewers: usize,
+        #[arg(long, default_value_t = 20)]
+        duration_s: u64,
+    },
+}
+
+impl Common {
+    pub fn source(&self, i: usize) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + (i % self.source_ips.max(1) as usize) as u8,
+        ))
+    }
+
+    pub fn target_for(&self, i: usize) -> SocketAddr {
+        self.target[i % self.target.len()]
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let result = rt.block_on(scenarios::run(cli.clone()));
+    match result {
+        Ok(report) => {
+            if cli.common.json || cli.common.worker.is_some() {
+                println!("{report}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap());
+            }
+        }
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            std::process::exit(1);
+        }
+    }
+}
