@@ -56,6 +56,7 @@ impl Gateway {
         let state = AppState::new(config, engine, authenticator);
         let router = crate::http::router(state.clone())
             .layer(gateway::layer(&state))
+            .layer(axum::middleware::map_request(gateway::detach_request))
             // Web widgets connect from other origins; no cookies are involved, so any origin.
             .layer(
                 tower_http::cors::CorsLayer::new()

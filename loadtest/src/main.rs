@@ -58,6 +58,11 @@ pub struct Common {
     /// User id prefix, so runs do not collide.
     #[arg(long, default_value = "lg", global = true)]
     pub prefix: String,
+    /// Gender of idle, storm and churn clients. `male` (the default) sees only women, so an
+    /// all-male crowd measures connections without cross-traffic; `female` sees everyone
+    /// (every connect is then announced to every client: N² deliveries).
+    #[arg(long, default_value = "male", global = true)]
+    pub gender: String,
     /// Print one JSON object instead of text.
     #[arg(long, global = true)]
     pub json: bool,

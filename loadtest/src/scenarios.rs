@@ -92,7 +92,8 @@ async fn hold_clients(c: &Common, ids: Range<usize>, heartbeat_ms: u64) -> Held 
         let (sem, tx, mut stop_rx) = (sem.clone(), tx.clone(), stop_rx.clone());
         let target = c.target_for(i);
         let source = c.source(i);
-        let auth = json!({"token": token::mint(&c.secret, &format!("{}-{i}", c.prefix), "female")});
+        let auth =
+            json!({"token": token::mint(&c.secret, &format!("{}-{i}", c.prefix), &c.gender)});
         tasks.push(tokio::spawn(async move {
             let permit = sem.acquire_owned().await.expect("open semaphore");
             let r = Client::connect(target, source, &auth).await;

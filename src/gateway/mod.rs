@@ -28,6 +28,8 @@ use socketioxide::{SocketIo, layer::SocketIoLayer};
 /// 16 MiB) would let one client make the replica buffer megabytes. A larger message closes
 /// that client's connection.
 pub const WS_MAX_MESSAGE: usize = 64 * 1024;
+/// Per-connection WebSocket read buffer.
+pub const WS_READ_BUFFER: usize = 1024;
 /// Largest HTTP long-polling body (it may batch several packets).
 pub const POLLING_MAX_PAYLOAD: u64 = 128 * 1024;
 
@@ -41,8 +43,56 @@ pub fn layer(state: &AppState) -> SocketIoLayer {
         .max_payload(POLLING_MAX_PAYLOAD)
         .ws_max_message_size(WS_MAX_MESSAGE)
         .ws_max_frame_size(WS_MAX_MESSAGE)
+        // Clients send messages of a few hundred bytes; tungstenite allocates this buffer for
+        // every connection (4 KiB by default), and larger messages are simply read in chunks.
+        .ws_read_buffer_size(WS_READ_BUFFER)
         .build_layer();
     io.ns("/", handshake::connected.with(handshake::authenticate));
     let _ = state.io.set(io);
     layer
+}
+
+/// Headers a Socket.IO request keeps: those the WebSocket upgrade and our handshake read
+/// (plus what an operator may want to see in a socket's request). The rest (cookies, accept-*,
+/// caches…) would be stored with every socket for its lifetime and never read.
+const KEPT_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+    "authorization",
+    "origin",
+    "content-type",
+    "content-length",
+    "x-forwarded-for",
+    "x-real-ip",
+];
+
+/// Give a Socket.IO request headers and a URI of their own, keeping only [`KEPT_HEADERS`].
+///
+/// hyper parses header values without copying: each is a slice of the connection's read
+/// buffer (16 KiB). socketioxide keeps every socket's request parts for its whole life
+/// (`req_parts()`), so one small header value would pin that whole buffer per connection —
+/// measured at a third of a connection's memory. Copying the few headers we need releases it.
+pub async fn detach_request(req: axum::extract::Request) -> axum::extract::Request {
+    if !req.uri().path().starts_with("/socket.io") {
+        return req;
+    }
+    let (mut parts, body) = req.into_parts();
+    let mut headers = http::HeaderMap::new();
+    for name in KEPT_HEADERS {
+        for value in parts.headers.get_all(*name) {
+            if let Ok(v) = http::HeaderValue::from_bytes(value.as_bytes()) {
+                headers.append(*name, v);
+            }
+        }
+    }
+    parts.headers = headers;
+    if let Ok(uri) = http::Uri::try_from(parts.uri.to_string()) {
+        parts.uri = uri;
+    }
+    axum::extract::Request::from_parts(parts, body)
 }

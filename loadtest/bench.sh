@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Reproducible benchmarks on this machine: builds release binaries, starts one gateway per
+# scenario (memory engine, production mode with a fixed secret), runs loadgen against it,
+# prints loadgen's JSON. Usage: loadtest/bench.sh [idle10k|idle5k|idle15k|fanout|storm|churn|all]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --workspace -q
+export JWT_SECRET=loadtest-secret
+GW=./target/release/presence-gateway
+LG=./target/release/loadgen
+PORT=${PORT:-3300}
+
+run() { # run <gateway env...> -- <loadgen args...>
+  local envs=() ; while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
+  env "${envs[@]}" HOST=127.0.0.1 PORT=$PORT RUST_LOG=warn $GW > /tmp/bench-gw.log 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 100); do curl -sf "127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+  $LG --target 127.0.0.1:$PORT --pids $pid --json "$@" || true
+  kill -TERM $pid; wait $pid || true
+}
+
+case "${1:-all}" in
+  idle5k|all)   run X=1 -- idle --clients 5000 --heartbeat-ms 5000 --hold-s 30 ;;&
+  idle10k|all)  run X=1 -- idle --clients 10000 --heartbeat-ms 5000 --hold-s 30 ;;&
+  idle15k|all)  run X=1 -- --procs 2 idle --clients 15000 --heartbeat-ms 5000 --hold-s 30 ;;&
+  fanout|all)   run RATE_LIMIT_PER_SEC=0 -- fanout --viewers 5000 --changers 20 --rate 20 --duration-s 30 ;;&
+  storm|all)    run X=1 -- --procs 2 storm --clients 10000 ;;&
+  churn|all)    run X=1 -- churn --clients 300 --viewers 50 --duration-s 30 ;;&
+  *) ;;
+esac
