@@ -159,7 +159,7 @@ fn serve(config: Config) -> ExitCode {
             Ok(g) => g,
             Err(e) => return fail(e),
         };
-        let listener = match tokio::net::TcpListener::bind(addr).await {
+        let listener = match bind(addr) {
             Ok(l) => l,
             Err(e) => return fail(format!("PORT: cannot listen on {addr}: {e}")),
         };
@@ -179,6 +179,20 @@ fn serve(config: Config) -> ExitCode {
             }
         }
     })
+}
+
+/// Listen with a deep accept queue: after a deploy or an outage, thousands of clients
+/// reconnect at once, and tokio's default backlog (1024) overflows, which costs each dropped
+/// client a one-second SYN retransmission. The kernel caps it at `net.core.somaxconn`.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(8192)
 }
 
 /// Tell a newcomer how to connect, with tokens that work against this very process.

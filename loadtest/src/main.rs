@@ -94,8 +94,9 @@ pub enum Scenario {
         rate: f64,
         #[arg(long, default_value_t = 20)]
         duration_s: u64,
-        /// Viewers' gender: female viewers see every changer.
-        #[arg(long, default_value = "female")]
+        /// Viewers' gender. Changers are women, so every viewer sees them; men (the
+        /// default) see only women, so viewers do not also receive each other's connects.
+        #[arg(long, default_value = "male")]
         viewer_gender: String,
     },
     /// Connect N clients as fast as possible; time until /api/health shows them online.

@@ -11,17 +11,38 @@ use crate::error::AppError;
 use crate::presence::{self, Viewer};
 use crate::state::AppState;
 use serde_json::{Value, json};
-use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
+use socketioxide::extract::{AckSender, Event, Extension, SocketRef, State, TryData};
 use socketioxide::socket::DisconnectReason;
 use std::sync::Arc;
 
 pub fn register(s: &SocketRef) {
-    s.on("user:heartbeat", heartbeat);
-    s.on("presence:set-status", set_status);
-    s.on("presence:get", get);
-    s.on("presence:list-online", list_online);
-    s.on_fallback(unknown_event);
+    // One fallback that dispatches by name rather than one `on` per event: `on` builds a
+    // handler map per socket, and at tens of thousands of sockets that map is memory.
+    s.on_fallback(dispatch);
     s.on_disconnect(disconnected);
+}
+
+async fn dispatch(
+    Event(event): Event,
+    ack: AckSender,
+    TryData(data): TryData<Value>,
+    State(state): State<AppState>,
+    Extension(h): Handle,
+) {
+    if event == "user:heartbeat" {
+        state.metrics.heartbeats.increment(1);
+    }
+    let r = match begin(&state, &h) {
+        Err(e) => Err(e),
+        Ok(()) => match event.as_str() {
+            "user:heartbeat" => Ok(json!({})),
+            "presence:set-status" => set_status(&state, &h, data).await,
+            "presence:get" => get(&state, &h, data).await,
+            "presence:list-online" => list_online(&state, &h, data).await,
+            _ => Err(AppError::bad_request("unknown event")),
+        },
+    };
+    reply(&state, ack, r);
 }
 
 type Handle = Extension<Arc<ConnHandle>>;
@@ -71,131 +92,102 @@ fn object(
     }
 }
 
-async fn heartbeat(ack: AckSender, State(state): State<AppState>, Extension(h): Handle) {
-    state.metrics.heartbeats.increment(1);
-    let r = begin(&state, &h).map(|_| json!({}));
-    reply(&state, ack, r);
-}
-
 async fn set_status(
-    ack: AckSender,
-    TryData(data): TryData<Value>,
-    State(state): State<AppState>,
-    Extension(h): Handle,
-) {
-    let r = async {
-        begin(&state, &h)?;
-        let o = object(data)?;
-        let status: Status = o
-            .get("status")
-            .and_then(Value::as_str)
-            .ok_or_else(|| AppError::bad_request("status is required"))?
-            .parse()
-            .map_err(|e: crate::domain::StatusError| AppError::bad_request(e.to_string()))?;
-        if status == Status::Offline {
-            return Err(AppError::bad_request(
-                "offline cannot be set; it follows from closing every connection",
-            ));
-        }
-        let details = match o.get("details") {
-            None | Some(Value::Null) => None,
-            Some(d) if status.keeps_details() => {
-                Some(Details::parse(d.clone()).map_err(|e| AppError::bad_request(e.to_string()))?)
-            }
-            Some(_) => None,
-        };
-        let change = h
-            .while_open(
-                state
-                    .engine
-                    .set_status(&h.conn, status, details, Timestamp::now()),
-            )
-            .await
-            .ok_or_else(|| AppError::Unavailable("connection closed".into()))??;
-        Ok(json!({"presence": change.presence}))
+    state: &AppState,
+    h: &Arc<ConnHandle>,
+    data: Result<Value, socketioxide::ParserError>,
+) -> Result<Value, AppError> {
+    let o = object(data)?;
+    let status: Status = o
+        .get("status")
+        .and_then(Value::as_str)
+        .ok_or_else(|| AppError::bad_request("status is required"))?
+        .parse()
+        .map_err(|e: crate::domain::StatusError| AppError::bad_request(e.to_string()))?;
+    if status == Status::Offline {
+        return Err(AppError::bad_request(
+            "offline cannot be set; it follows from closing every connection",
+        ));
     }
-    .await;
-    reply(&state, ack, r);
+    let details = match o.get("details") {
+        None | Some(Value::Null) => None,
+        Some(d) if status.keeps_details() => {
+            Some(Details::parse(d.clone()).map_err(|e| AppError::bad_request(e.to_string()))?)
+        }
+        Some(_) => None,
+    };
+    let change = h
+        .while_open(
+            state
+                .engine
+                .set_status(&h.conn, status, details, Timestamp::now()),
+        )
+        .await
+        .ok_or_else(|| AppError::Unavailable("connection closed".into()))??;
+    Ok(json!({"presence": change.presence}))
 }
 
 async fn get(
-    ack: AckSender,
-    TryData(data): TryData<Value>,
-    State(state): State<AppState>,
-    Extension(h): Handle,
-) {
-    let r = async {
-        begin(&state, &h)?;
-        let o = object(data)?;
-        let ids = o
-            .get("userIds")
-            .and_then(Value::as_array)
-            .ok_or_else(|| AppError::bad_request("userIds must be an array of user ids"))?;
-        let strs: Vec<&str> = ids
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .ok_or_else(|| AppError::bad_request("userIds must be strings"))
-            })
-            .collect::<Result<_, _>>()?;
-        let ids = presence::parse_ids(strs.into_iter())?;
-        let presences = presence::get_visible(
-            &*state.engine,
-            state.config.visibility_policy,
-            &viewer(&h),
-            &ids,
-        )
-        .await?;
-        Ok(json!({"presences": presences}))
-    }
-    .await;
-    reply(&state, ack, r);
+    state: &AppState,
+    h: &Arc<ConnHandle>,
+    data: Result<Value, socketioxide::ParserError>,
+) -> Result<Value, AppError> {
+    let o = object(data)?;
+    let ids = o
+        .get("userIds")
+        .and_then(Value::as_array)
+        .ok_or_else(|| AppError::bad_request("userIds must be an array of user ids"))?;
+    let strs: Vec<&str> = ids
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .ok_or_else(|| AppError::bad_request("userIds must be strings"))
+        })
+        .collect::<Result<_, _>>()?;
+    let ids = presence::parse_ids(strs.into_iter())?;
+    let presences = presence::get_visible(
+        &*state.engine,
+        state.config.visibility_policy,
+        &viewer(&h),
+        &ids,
+    )
+    .await?;
+    Ok(json!({"presences": presences}))
 }
 
 async fn list_online(
-    ack: AckSender,
-    TryData(data): TryData<Value>,
-    State(state): State<AppState>,
-    Extension(h): Handle,
-) {
-    let r = async {
-        begin(&state, &h)?;
-        // No payload at all (which arrives as nothing to decode) means the defaults.
-        let o = match data {
-            Ok(Value::Null) | Err(_) => serde_json::Map::new(),
-            other => object(other)?,
-        };
-        let limit = match o.get("limit") {
-            None | Some(Value::Null) => presence::DEFAULT_PAGE,
-            Some(v) => v
-                .as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-                .ok_or_else(|| {
-                    AppError::bad_request(format!("limit must be 1 to {}", presence::MAX_PAGE))
-                })?,
-        };
-        let cursor = match o.get("cursor") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(c)) => Some(c.as_str()),
-            Some(_) => return Err(AppError::bad_request("malformed cursor")),
-        };
-        let page = presence::list_online(
-            &*state.engine,
-            state.config.visibility_policy,
-            &viewer(&h),
-            cursor,
-            limit,
-        )
-        .await?;
-        Ok(json!({"users": page.users, "nextCursor": page.next_cursor}))
-    }
-    .await;
-    reply(&state, ack, r);
-}
-
-async fn unknown_event(ack: AckSender, State(state): State<AppState>, Extension(h): Handle) {
-    let r = begin(&state, &h).and(Err(AppError::bad_request("unknown event")));
-    reply(&state, ack, r);
+    state: &AppState,
+    h: &Arc<ConnHandle>,
+    data: Result<Value, socketioxide::ParserError>,
+) -> Result<Value, AppError> {
+    // No payload at all (which arrives as nothing to decode) means the defaults.
+    let o = match data {
+        Ok(Value::Null) | Err(_) => serde_json::Map::new(),
+        other => object(other)?,
+    };
+    let limit = match o.get("limit") {
+        None | Some(Value::Null) => presence::DEFAULT_PAGE,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| {
+                AppError::bad_request(format!("limit must be 1 to {}", presence::MAX_PAGE))
+            })?,
+    };
+    let cursor = match o.get("cursor") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(c)) => Some(c.as_str()),
+        Some(_) => return Err(AppError::bad_request("malformed cursor")),
+    };
+    let page = presence::list_online(
+        &*state.engine,
+        state.config.visibility_policy,
+        &viewer(&h),
+        cursor,
+        limit,
+    )
+    .await?;
+    Ok(json!({"users": page.users, "nextCursor": page.next_cursor}))
 }
 
 async fn disconnected(
