@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproducible benchmarks on this machine: builds release binaries, starts one gateway per
 # scenario (memory engine, production mode with a fixed secret), runs loadgen against it,
-# prints loadgen's JSON. Usage: loadtest/bench.sh [idle10k|idle5k|idle15k|fanout|storm|churn|all]
+# prints loadgen's JSON. Usage: loadtest/bench.sh [idle5k|idle10k|idle15k|fanout|fanout5|storm|churn|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace -q
@@ -24,6 +24,7 @@ case "${1:-all}" in
   idle10k|all)  run X=1 -- idle --clients 10000 --heartbeat-ms 5000 --hold-s 30 ;;&
   idle15k|all)  run X=1 -- --procs 2 idle --clients 15000 --heartbeat-ms 5000 --hold-s 30 ;;&
   fanout|all)   run RATE_LIMIT_PER_SEC=0 -- fanout --viewers 5000 --changers 20 --rate 20 --duration-s 30 ;;&
+  fanout5|all)  run RATE_LIMIT_PER_SEC=0 -- fanout --viewers 5000 --changers 10 --rate 5 --duration-s 30 ;;&
   storm|all)    run X=1 -- --procs 2 storm --clients 10000 ;;&
   churn|all)    run X=1 -- churn --clients 300 --viewers 50 --duration-s 30 ;;&
   *) ;;
