@@ -155,7 +155,7 @@ fn serve(config: Config) -> ExitCode {
             tracing::warn!("SOCKET_ALLOW_INSECURE_USERID is ignored in production");
         }
         let addr = std::net::SocketAddr::new(config.host, config.port);
-        let gw = match Gateway::build(config) {
+        let gw = match Gateway::build(config).await {
             Ok(g) => g,
             Err(e) => return fail(e),
         };

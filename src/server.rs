@@ -15,7 +15,7 @@
 use crate::auth::{Authenticator, KeySetup};
 use crate::config::{Config, ConfigError};
 use crate::domain::Timestamp;
-use crate::engine::{PresenceEngine, memory::MemoryEngine};
+use crate::engine::{PresenceEngine, memory::MemoryEngine, redis::RedisEngine};
 use crate::gateway::{self, fanout, heartbeats};
 use crate::state::AppState;
 use axum::Router;
@@ -39,18 +39,21 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn build(config: Config) -> Result<Self, ConfigError> {
+    pub async fn build(config: Config) -> Result<Self, ConfigError> {
         let KeySetup {
             authenticator,
             generated_secret,
         } = Authenticator::from_config(&config)?;
         let engine: Arc<dyn PresenceEngine> = match &config.redis_url {
             None => Arc::new(MemoryEngine::new(&config.node_id)),
-            Some(_) => {
-                return Err(ConfigError {
-                    var: "REDIS_URL",
-                    message: "the Redis engine is not part of this build yet; unset REDIS_URL to run a single replica".into(),
-                });
+            Some(url) => {
+                let e = RedisEngine::connect(url, &config.redis_key_prefix, &config.node_id)
+                    .await
+                    .map_err(|e| ConfigError {
+                        var: "REDIS_URL",
+                        message: format!("cannot use Redis: {e}"),
+                    })?;
+                Arc::new(e)
             }
         };
         let state = AppState::new(config, engine, authenticator);

@@ -17,6 +17,7 @@
 //!   Nothing is announced that was not stored, and nothing is delivered twice.
 
 pub mod memory;
+pub mod redis;
 
 use crate::domain::{Details, Gender, GenderSet, Presence, Status, StatusError, Timestamp, UserId};
 use async_trait::async_trait;

@@ -409,3 +409,22 @@ engine_suite!(memory, async {
         "test-node",
     )) as Engine
 });
+
+/// A Redis engine under a key prefix of its own, so tests never see each other's keys.
+/// The test command starts Redis when none answers (`scripts/services.sh`).
+async fn redis_engine() -> Engine {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let prefix = format!(
+        "t{}x{}x{n}",
+        std::process::id(),
+        Timestamp::now().as_micros() % 1_000_000
+    );
+    let e = presence_gateway::engine::redis::RedisEngine::connect(&url, &prefix, "test-node")
+        .await
+        .unwrap_or_else(|e| panic!("Redis at {url}: {e} (scripts/test.sh starts one)"));
+    Arc::new(e) as Engine
+}
+
+engine_suite!(redis, redis_engine());

@@ -29,15 +29,15 @@ async fn call(gw: &Gateway, path: &str, token: Option<&str>) -> (StatusCode, Val
     )
 }
 
-fn gateway() -> Gateway {
+async fn gateway() -> Gateway {
     let mut c = Config::development();
     c.node_id = "router-test".into();
-    Gateway::build(c).unwrap()
+    Gateway::build(c).await.unwrap()
 }
 
 #[tokio::test]
 async fn health_reports_the_memory_engine() {
-    let gw = gateway();
+    let gw = gateway().await;
     let (status, body) = call(&gw, "/api/health", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "ok");
@@ -48,7 +48,7 @@ async fn health_reports_the_memory_engine() {
 
 #[tokio::test]
 async fn readiness_turns_off_when_draining() {
-    let gw = gateway();
+    let gw = gateway().await;
     assert_eq!(call(&gw, "/readyz", None).await.0, StatusCode::OK);
     gw.state.start_draining();
     assert_eq!(
@@ -60,7 +60,7 @@ async fn readiness_turns_off_when_draining() {
 
 #[tokio::test]
 async fn errors_are_json_with_stable_codes_and_no_internals() {
-    let gw = gateway();
+    let gw = gateway().await;
     let (status, body) = call(&gw, "/api/presence/u1", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"]["code"], "unauthorized");

@@ -1,0 +1,72 @@
+// Several replicas sharing Redis (section 8): presence is cluster-wide, every change is
+// announced once to each viewer on every replica, and a replica killed without warning
+// loses its users within PRESENCE_HEARTBEAT_TIMEOUT_MS + 2 x PRESENCE_SWEEP_INTERVAL_MS.
+import { test, describe, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { startGateway, user, ask, recorder, barrier, waitUntil } from "../helpers.mjs";
+
+const REDIS_URL = process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
+
+describe("three replicas on one Redis", () => {
+  const prefix = `e2e${process.pid}x${Date.now() % 100000}`;
+  const env = { REDIS_URL, REDIS_KEY_PREFIX: prefix, PRESENCE_HEARTBEAT_TIMEOUT_MS: "1500", PRESENCE_SWEEP_INTERVAL_MS: "250" };
+  let a, b, c;
+  before(async () => ([a, b, c] = await Promise.all([startGateway(env), startGateway(env), startGateway(env)])));
+  after(async () => Promise.all([a, b, c].map((g) => g?.stop())));
+
+  test("a change on one replica reaches viewers on the others, once", async () => {
+    const va = await a.connect(user("cl-viewer-a", "other"));
+    const vc = await c.connect(user("cl-viewer-c", "female"));
+    const seenA = recorder(va);
+    const seenC = recorder(vc);
+    const u = await b.connect(user("cl-u", "female"));
+    await seenA.waitFor((p) => p.userId === "cl-u" && p.online);
+    await ask(u, "presence:set-status", { status: "live", details: { s: 1 } });
+    await seenC.waitFor((p) => p.userId === "cl-u" && p.status === "live");
+    // A second connection elsewhere keeps the user online when the first closes.
+    const u2 = await c.connect(user("cl-u", "female"));
+    u.disconnect();
+    const h = await a.http("/api/health");
+    assert.equal(h.json.dependencies.redis, "up");
+    assert.ok(h.json.presence.onlineUsers >= 3, "cluster-wide figures");
+    u2.disconnect();
+    await seenA.waitFor((p) => p.userId === "cl-u" && !p.online);
+    await barrier(a, seenA);
+    await barrier(c, seenC);
+    for (const seen of [seenA, seenC]) {
+      assert.deepEqual(seen.of("cl-u").map((p) => p.status), ["online", "live", "offline"]);
+      const v = seen.of("cl-u").map((p) => p.version);
+      assert.deepEqual(v, [...v].sort((x, y) => x - y));
+    }
+    const got = await ask(va, "presence:get", { userIds: ["cl-u"] });
+    assert.equal(got.presences[0].status, "offline");
+    va.disconnect();
+    vc.disconnect();
+  });
+
+  test("kill -9: the dead replica's users go offline in time, once; users also elsewhere stay", async () => {
+    const d = await startGateway(env);
+    const viewer = await a.connect(user("kill-viewer", "other"));
+    const keep = setInterval(() => viewer.emit("user:heartbeat"), 300);
+    const seen = recorder(viewer);
+    const lone = await d.connect(user("kill-lone", "female"));
+    const both1 = await d.connect(user("kill-both", "female"));
+    const both2 = await b.connect(user("kill-both", "female"));
+    const keepBoth = setInterval(() => both2.emit("user:heartbeat"), 300);
+    await seen.waitFor((p) => p.userId === "kill-lone" && p.online);
+    await seen.waitFor((p) => p.userId === "kill-both" && p.online);
+    const killedAt = Date.now();
+    d.proc.kill("SIGKILL");
+    await seen.waitFor((p) => p.userId === "kill-lone" && !p.online, 6000, "the dead replica's user offline");
+    const took = Date.now() - killedAt;
+    // Silent since its last event: within the timeout plus two sweeps of the kill (and the
+    // test's own scheduling slack).
+    assert.ok(took <= 1500 + 2 * 250 + 500, `offline after ${took} ms`);
+    await barrier(a, seen);
+    assert.deepEqual(seen.of("kill-lone").map((p) => p.status), ["online", "offline"]);
+    assert.deepEqual(seen.of("kill-both").map((p) => p.status), ["online"], "still connected on another replica");
+    clearInterval(keep);
+    clearInterval(keepBoth);
+    for (const s of [viewer, lone, both1, both2]) s.disconnect();
+  });
+});

@@ -1,0 +1,77 @@
+-- Shared by every presence script. KEYS (all share the bucket's hash tag, so a script runs
+-- on one cluster slot): 1 user record (hash), 2 user's connections (set), 3-5 the bucket's
+-- online users by gender (male, female, other; sorted sets read by lex), 6 the bucket's
+-- counters (hash), 7 the bucket's pending offlines (sorted set, score = deadline).
+-- ARGV: 1 user id, 2 now (µs), 3 event channel, 4 this replica's id, 5 offline retention (ms),
+-- then the script's own arguments from 6 on.
+local U, C, CNT, PEND = KEYS[1], KEYS[2], KEYS[6], KEYS[7]
+local uid, now, chan, node, retention = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+
+-- Lua numbers are doubles: exact for µs timestamps (< 2^53), but tostring() would print them
+-- in exponent form.
+local function fmt(n) return string.format('%.0f', n) end
+
+local function online_key(g)
+  if g == 'male' then return KEYS[3] elseif g == 'female' then return KEYS[4] end
+  return KEYS[5]
+end
+
+local function load()
+  local r = redis.call('HMGET', U, 'st', 'det', 'g', 'ls', 'ua', 'v', 'po')
+  return { st = r[1] or 'offline', det = r[2] or '', g = r[3] or 'other', ls = r[4] or '',
+           ua = r[5] or '', v = tonumber(r[6] or '0'), po = r[7] or '',
+           was_on = (r[1] or 'offline') ~= 'offline', was_g = r[3] or 'other' }
+end
+
+local function encode(p)
+  return cjson.encode({ u = uid, st = p.st, g = p.g, ls = p.ls, ua = p.ua, v = fmt(p.v), d = p.det, at = fmt(now), o = node })
+end
+
+-- Commit a change: version, record, online index, TTL, announcement. Nothing is announced
+-- that was not stored, and it is stored and announced in one atomic step.
+-- +1 / -1 when this script took the user online / offline: the caller adds it to the
+-- cluster-wide online counter that `peak` follows.
+local DELTA = 0
+
+local function commit(p)
+  local now_on = p.st ~= 'offline'
+  if now_on and not p.was_on then DELTA = 1 elseif p.was_on and not now_on then DELTA = -1 end
+  local nv = p.v + 1
+  if now > nv then nv = now end
+  p.v = nv
+  p.ua = fmt(now)
+  redis.call('HSET', U, 'st', p.st, 'det', p.det, 'g', p.g, 'ls', p.ls, 'ua', p.ua, 'v', fmt(p.v))
+  if p.was_on then redis.call('ZREM', online_key(p.was_g), uid) end
+  if p.st ~= 'offline' then
+    redis.call('ZADD', online_key(p.g), 0, uid)
+    redis.call('PERSIST', U)
+  else
+    redis.call('PEXPIRE', U, retention)
+  end
+  redis.call('PUBLISH', chan, encode(p))
+end
+
+local function clear_pending(p)
+  if p.po ~= '' then
+    p.po = ''
+    redis.call('HDEL', U, 'po')
+    redis.call('ZREM', PEND, uid)
+  end
+end
+
+-- Register connection `conn`; offline -> online. Returns whether the presence changed.
+local function attach(p, conn, gender, fresh)
+  redis.call('SADD', C, conn)
+  if fresh then redis.call('HINCRBY', CNT, 'conns', 1) end
+  clear_pending(p)
+  local changed = false
+  if p.g ~= gender then p.g = gender; changed = true end
+  if p.st == 'offline' then p.st = 'online'; p.det = ''; p.ls = ''; changed = true end
+  return changed
+end
+
+local function go_offline(p)
+  clear_pending(p)
+  p.st = 'offline'; p.det = ''; p.ls = fmt(now)
+  commit(p)
+end
