@@ -21,4 +21,4 @@ echo "==> npm ci (e2e)"
 (cd e2e && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "==> end-to-end tests (socket.io-client)"
-(cd e2e && GATEWAY_BIN="$PWD/../target/debug/presence-gateway" node --test --test-concurrency=4 tests/)
+(cd e2e && GATEWAY_BIN="$PWD/../target/debug/presence-gateway" node --test --test-concurrency=4 --test-timeout=120000 tests/)

@@ -69,4 +69,45 @@ describe("three replicas on one Redis", () => {
     clearInterval(keepBoth);
     for (const s of [viewer, lone, both1, both2]) s.disconnect();
   });
+
+  test("rolling restart: users who reconnect within the shutdown grace are never announced offline", async () => {
+    const genv = { ...env, PRESENCE_SHUTDOWN_GRACE_MS: "3000" };
+    const r1 = await startGateway(genv);
+    const r2 = await startGateway(genv);
+    const viewer = await a.connect(user("roll-viewer", "other"));
+    const keep = setInterval(() => viewer.emit("user:heartbeat"), 300);
+    const seen = recorder(viewer);
+    const { io } = await import("socket.io-client");
+    // Clients on r1 reconnect by themselves, and a load balancer would send them to r2.
+    const clients = ["roll-1", "roll-2", "roll-3"].map((id) => {
+      const s = io(r1.url, { auth: user(id, "female"), reconnectionDelay: 50, reconnectionDelayMax: 100 });
+      s.io.on("reconnect_attempt", () => (s.io.uri = r2.url));
+      return s;
+    });
+    // Real clients heartbeat; silent ones would (rightly) be swept after 1.5 s.
+    const beats = setInterval(() => clients.forEach((s) => s.connected && s.emit("user:heartbeat")), 300);
+    try {
+      await waitUntil(() => clients.every((s) => s.connected), 5000, "clients on r1");
+      for (const id of ["roll-1", "roll-2", "roll-3"]) await seen.waitFor((p) => p.userId === id && p.online);
+      const stoppedAt = Date.now();
+      r1.proc.kill("SIGTERM");
+      assert.equal((await r1.exited).code, 0);
+      await waitUntil(() => clients.every((s) => s.connected), 8000, "clients back, on r2");
+      const h = await r2.http("/api/health");
+      assert.equal(h.json.sockets.connected, 3);
+      // Past the grace, with sweeps after it: a pending offline would have fired by now.
+      await waitUntil(() => Date.now() > stoppedAt + 3500, 6000, "the grace to pass");
+      await barrier(a, seen);
+      for (const id of ["roll-1", "roll-2", "roll-3"]) {
+        assert.deepEqual(seen.of(id).map((p) => p.status), ["online"], `${id} never offline`);
+      }
+    } finally {
+      clearInterval(keep);
+      clearInterval(beats);
+      clients.forEach((s) => s.disconnect());
+      viewer.disconnect();
+      if (r1.proc.exitCode === null) r1.proc.kill("SIGKILL");
+      await r2.stop();
+    }
+  });
 });
