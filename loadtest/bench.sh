@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproducible benchmarks on this machine: builds release binaries, starts one gateway per
 # scenario (memory engine, production mode with a fixed secret), runs loadgen against it,
-# prints loadgen's JSON. Usage: loadtest/bench.sh [idle5k|idle10k|idle15k|fanout|fanout5|storm|churn|all]
+# prints loadgen's JSON. Usage: loadtest/bench.sh [idle5k|idle10k|idle15k|fanout|fanout5|storm|churn|redis-idle10k|redis-fanout|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace -q
@@ -19,6 +19,23 @@ run() { # run <gateway env...> -- <loadgen args...>
   kill -TERM $pid; wait $pid || true
 }
 
+redis_calls() { redis-cli -p 6379 info commandstats | awk -F'[=,:]' '/^cmdstat_/ {n+=$3} END {print n+0}'; }
+
+# Three Redis-backed replicas; loadgen spreads clients over them.
+run3() { # run3 <loadgen args...>
+  local pids=() targets=()
+  for i in 0 1 2; do
+    REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX=bench$$ NODE_ID=bench-$i RATE_LIMIT_PER_SEC=0 \
+      HOST=127.0.0.1 PORT=$((PORT + i)) RUST_LOG=warn $GW > /tmp/bench-gw$i.log 2>&1 &
+    pids+=($!); targets+=(127.0.0.1:$((PORT + i)))
+  done
+  for i in 0 1 2; do for _ in $(seq 1 100); do curl -sf "127.0.0.1:$((PORT + i))/readyz" >/dev/null && break; sleep 0.1; done; done
+  local before; before=$(redis_calls)
+  $LG --target "$(IFS=,; echo "${targets[*]}")" --pids "$(IFS=,; echo "${pids[*]}")" --json "$@" || true
+  echo "{\"redis_commands\": $(( $(redis_calls) - before ))}"
+  kill -TERM "${pids[@]}"; wait "${pids[@]}" || true
+}
+
 case "${1:-all}" in
   idle5k|all)   run X=1 -- idle --clients 5000 --heartbeat-ms 5000 --hold-s 30 ;;&
   idle10k|all)  run X=1 -- idle --clients 10000 --heartbeat-ms 5000 --hold-s 30 ;;&
@@ -27,5 +44,7 @@ case "${1:-all}" in
   fanout5|all)  run RATE_LIMIT_PER_SEC=0 -- fanout --viewers 5000 --changers 10 --rate 5 --duration-s 30 ;;&
   storm|all)    run X=1 -- --procs 2 storm --clients 10000 ;;&
   churn|all)    run X=1 -- churn --clients 300 --viewers 50 --duration-s 30 ;;&
+  redis-idle10k|all) run3 --redis 127.0.0.1:6379 idle --clients 10000 --heartbeat-ms 5000 --hold-s 30 ;;&
+  redis-fanout|all)  run3 fanout --viewers 5000 --changers 10 --rate 10 --duration-s 30 ;;&
   *) ;;
 esac

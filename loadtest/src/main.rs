@@ -63,6 +63,10 @@ pub struct Common {
     /// (every connect is then announced to every client: N² deliveries).
     #[arg(long, default_value = "male", global = true)]
     pub gender: String,
+    /// A Redis (host:port) whose `INFO commandstats` is sampled over the idle hold, to report
+    /// Redis commands per heartbeat.
+    #[arg(long, global = true)]
+    pub redis: Option<SocketAddr>,
     /// Print one JSON object instead of text.
     #[arg(long, global = true)]
     pub json: bool,

@@ -64,3 +64,26 @@ pub fn sum(pids: &[u32]) -> ProcSample {
             cpu_s: a.cpu_s + s.cpu_s,
         })
 }
+
+/// Total commands Redis has executed (`INFO commandstats`, scripts' inner calls included).
+pub async fn redis_calls(addr: std::net::SocketAddr) -> Option<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"INFO commandstats\r\nQUIT\r\n").await.ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with("cmdstat_"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum(),
+    )
+}

@@ -301,9 +301,17 @@ async fn idle(cli: &Cli, clients: usize, heartbeat_ms: u64, hold_s: u64) -> Resu
     // settle, then measure over the hold.
     tokio::time::sleep(Duration::from_millis(heartbeat_ms)).await;
     let before = measure::sum(&c.pids);
+    let redis_before = match c.redis {
+        Some(r) => measure::redis_calls(r).await,
+        None => None,
+    };
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(hold_s)).await;
     let end = measure::sum(&c.pids);
+    let redis_after = match c.redis {
+        Some(r) => measure::redis_calls(r).await,
+        None => None,
+    };
     let held_s = t0.elapsed().as_secs_f64();
     let beats = fleet.stop().await;
     let conns = ready.connected.max(1) as f64;
@@ -314,6 +322,11 @@ async fn idle(cli: &Cli, clients: usize, heartbeat_ms: u64, hold_s: u64) -> Resu
         "clients": clients, "connected": ready.connected, "failed": ready.failed, "errors": ready.errors,
         "connect_all_s": connect_s, "connect_latency": ready.latencies.summary(),
         "heartbeats_sent": beats, "heartbeats_per_s": hb_rate,
+        "redis": match (redis_before, redis_after) {
+            (Some(a), Some(b)) => json!({"commands_during_hold": b - a, "heartbeats_during_hold": hb_rate * held_s,
+                                          "commands_per_heartbeat": (b - a) as f64 / (hb_rate * held_s).max(1.0)}),
+            _ => Value::Null,
+        },
         "server": if c.pids.is_empty() { Value::Null } else { json!({
             "rss_before_kib": kib(base.rss_kib), "rss_connected_kib": kib(before.rss_kib), "rss_end_kib": kib(end.rss_kib),
             "kib_per_connection": (end.rss_kib as f64 - base.rss_kib as f64) / conns,

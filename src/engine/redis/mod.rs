@@ -197,6 +197,12 @@ impl RedisEngine {
         format!("{}:nodes", self.prefix)
     }
 
+    /// Buckets that hold pending offlines, scored by their earliest deadline: an idle sweep
+    /// reads this one key instead of every bucket.
+    fn pending_buckets_key(&self) -> String {
+        format!("{}:pendb", self.prefix)
+    }
+
     fn stats_key(&self) -> String {
         format!("{}:stats", self.prefix)
     }
@@ -451,9 +457,23 @@ impl PresenceEngine for RedisEngine {
         Ok(match int_at(&r, 0) {
             0 => DisconnectOutcome::Unknown,
             1 => DisconnectOutcome::StillOnline,
-            2 => DisconnectOutcome::Pending {
-                deadline: str_at(&r, 1).and_then(|s| ts(&s)).unwrap_or(now),
-            },
+            2 => {
+                let deadline = str_at(&r, 1).and_then(|s| ts(&s)).unwrap_or(now);
+                // Index the bucket for the sweeps (LT keeps its earliest deadline).
+                let bucket_id = bucket(conn.user.as_str()).to_string();
+                let args = vec![
+                    self.pending_buckets_key(),
+                    "LT".into(),
+                    deadline.as_micros().to_string(),
+                    bucket_id,
+                ];
+                let _: i64 = self
+                    .client
+                    .custom(cmd("ZADD"), args)
+                    .await
+                    .map_err(unavailable)?;
+                DisconnectOutcome::Pending { deadline }
+            }
             _ => DisconnectOutcome::Offline(presence_at(&r, 1)?),
         })
     }
@@ -501,14 +521,30 @@ impl PresenceEngine for RedisEngine {
                 report.went_offline += offline as u64;
             }
         }
-        for b in 0..BUCKETS {
+        let due_buckets: Vec<String> = self
+            .client
+            .custom(
+                cmd("ZRANGEBYSCORE"),
+                vec![
+                    self.pending_buckets_key(),
+                    "-inf".into(),
+                    now.as_micros().to_string(),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        for b in due_buckets
+            .iter()
+            .filter_map(|b| b.parse::<u32>().ok())
+            .filter(|b| *b < BUCKETS)
+        {
             let pend = format!("{}:pend:{}", self.prefix, self.tag(b));
             let due: Vec<String> = self
                 .client
                 .custom(
                     cmd("ZRANGEBYSCORE"),
                     vec![
-                        pend,
+                        pend.clone(),
                         "-inf".into(),
                         now.as_micros().to_string(),
                         "LIMIT".into(),
@@ -525,6 +561,31 @@ impl PresenceEngine for RedisEngine {
                     report.went_offline += 1;
                 }
             }
+            // Re-index the bucket by its next deadline, or drop it when none is left.
+            let next: Vec<String> = self
+                .client
+                .custom(
+                    cmd("ZRANGE"),
+                    vec![pend, "0".into(), "0".into(), "WITHSCORES".into()],
+                )
+                .await
+                .map_err(unavailable)?;
+            let _: i64 = match next.get(1) {
+                Some(score) => {
+                    self.client
+                        .custom(
+                            cmd("ZADD"),
+                            vec![self.pending_buckets_key(), score.clone(), b.to_string()],
+                        )
+                        .await
+                }
+                None => {
+                    self.client
+                        .custom(cmd("ZREM"), vec![self.pending_buckets_key(), b.to_string()])
+                        .await
+                }
+            }
+            .map_err(unavailable)?;
         }
         let _: i64 = self
             .client
@@ -538,7 +599,6 @@ impl PresenceEngine for RedisEngine {
             )
             .await
             .map_err(unavailable)?;
-        let _ = self.stats().await?;
         Ok(report)
     }
 
