@@ -92,10 +92,22 @@ impl Gateway {
 async fn sweep_loop(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_millis(state.config.sweep_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_ready = true;
     loop {
         tokio::select! {
             _ = state.stop.cancelled() => break,
             _ = tick.tick() => {}
+        }
+        // The store is back after an outage (and may have lost everything): have the next
+        // heartbeat flush check, and restore, every local connection.
+        let ready = state.engine.ready().await;
+        if ready && !was_ready {
+            tracing::info!("presence store reachable again; restoring local connections");
+            heartbeats::requeue_all(&state);
+        }
+        was_ready = ready;
+        if !ready {
+            continue;
         }
         match state
             .engine

@@ -138,6 +138,19 @@ pub trait PresenceEngine: Send + Sync + 'static {
     /// new connection. Returns the presence after it (announced if it changed).
     async fn revive(&self, conn: &Connection, now: Timestamp) -> Result<Presence, EngineError>;
 
+    /// Like [`revive`](Self::revive), for a store that may have lost its data: if the user's
+    /// record is gone, re-create it as `last` (the presence this replica last saw for the
+    /// user) without announcing anything, since nothing changed for anyone.
+    async fn restore(
+        &self,
+        conn: &Connection,
+        last: Option<&Presence>,
+        now: Timestamp,
+    ) -> Result<Presence, EngineError> {
+        let _ = last;
+        self.revive(conn, now).await
+    }
+
     /// Record when connections were last heard from. Returns the ids the engine does not
     /// know (swept meanwhile), for the caller to [`revive`](Self::revive) if still open.
     async fn touch(&self, batch: &[Touch], now: Timestamp) -> Result<Vec<ConnId>, EngineError>;

@@ -30,6 +30,9 @@ pub struct ConnHandle {
     /// Presence updates this socket's queue had no room for: the newest per user, waiting
     /// for room. Presence is state, not a log, so only each user's latest change matters.
     backlog: Mutex<HashMap<UserId, Pending>>,
+    /// The latest presence of this socket's own user that this replica saw: what to restore
+    /// if the shared store comes back without it.
+    last_known: Mutex<Option<crate::domain::Presence>>,
 }
 
 /// An encoded `presence-update`, shared by every socket it is sent to.
@@ -67,7 +70,26 @@ impl ConnHandle {
             gate: tokio::sync::Mutex::new(false),
             bucket: Mutex::new(TokenBucket::new(rate.0, rate.1)),
             backlog: Mutex::new(HashMap::new()),
+            last_known: Mutex::new(None),
         }
+    }
+
+    /// Remember `p` if it is this socket's user and newer than what is remembered.
+    pub fn remember(&self, p: &crate::domain::Presence) {
+        if p.user_id != self.conn.user {
+            return;
+        }
+        let mut k = self.last_known.lock().unwrap_or_else(|e| e.into_inner());
+        if k.as_ref().is_none_or(|old| p.version > old.version) {
+            *k = Some(p.clone());
+        }
+    }
+
+    pub fn last_known(&self) -> Option<crate::domain::Presence> {
+        self.last_known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn backlog(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Pending>> {

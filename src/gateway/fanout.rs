@@ -114,6 +114,7 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
         let Some(h) = s.extensions.get::<Arc<ConnHandle>>() else {
             continue;
         };
+        h.remember(p);
         if let Sent::Now = offer(state, &s, &h, &p.user_id, &pending) {
             sent += 1;
         }

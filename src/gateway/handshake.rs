@@ -174,11 +174,14 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Hands
     ));
     s.extensions.insert(handle.clone());
     events::register(s);
-    if let Err(e) = state.engine.connect(&handle.conn, now).await {
-        tracing::warn!(error = %e, "could not register a connection");
-        return Err(HandshakeError::Unavailable(
-            "presence store unreachable; retry shortly",
-        ));
+    match state.engine.connect(&handle.conn, now).await {
+        Ok(p) => handle.remember(&p),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not register a connection");
+            return Err(HandshakeError::Unavailable(
+                "presence store unreachable; retry shortly",
+            ));
+        }
     }
     s.join(rooms::for_viewer(policy, &handle.conn.user, gender));
     Ok(())

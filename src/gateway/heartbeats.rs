@@ -76,13 +76,33 @@ pub async fn flush(state: &AppState) {
 fn revive(state: &AppState, h: Arc<ConnHandle>) {
     let state2 = state.clone();
     state.tasks.spawn(async move {
+        // Restore rather than revive: if the store lost the user's record (it came back
+        // empty), it is re-created as this replica last saw it, unannounced.
+        let last = h.last_known();
         let r = h
-            .while_open(state2.engine.revive(&h.conn, h.last_heard()))
+            .while_open(
+                state2
+                    .engine
+                    .restore(&h.conn, last.as_ref(), h.last_heard()),
+            )
             .await;
+        if let Some(Ok(p)) = &r {
+            h.remember(p);
+        }
         if let Some(Err(e)) = r {
             tracing::warn!(error = %e, conn = %h.conn.id, "could not revive a connection");
         }
     });
+}
+
+/// Queue every local connection for the next flush: after the store was unreachable, the
+/// flush finds the connections it lost and restores them.
+pub fn requeue_all(state: &AppState) {
+    for h in state.sockets.snapshot() {
+        if h.heard(h.last_heard()) {
+            state.heartbeats.push(h);
+        }
+    }
 }
 
 pub async fn run(state: AppState) {

@@ -38,6 +38,7 @@ const PEAK: &str = "local n = redis.call('HINCRBY', KEYS[1], 'online', ARGV[1]) 
 
 struct Scripts {
     peak: Script,
+    restore: Script,
     connect: Script,
     set_status: Script,
     disconnect: Script,
@@ -146,6 +147,7 @@ impl RedisEngine {
             events,
             scripts: Scripts {
                 peak: Script::from_lua(PEAK),
+                restore: script(include_str!("restore.lua")),
                 connect: script(include_str!("connect.lua")),
                 set_status: script(include_str!("set_status.lua")),
                 disconnect: script(include_str!("disconnect.lua")),
@@ -324,6 +326,16 @@ fn ts(s: &str) -> Option<Timestamp> {
     s.parse::<i64>().ok().map(Timestamp)
 }
 
+/// A presence in the scripts' encoding (the inverse of [`decode_event`]'s presence part).
+fn encode_presence(p: &Presence) -> String {
+    let t = |t: Option<Timestamp>| t.map(|t| t.as_micros().to_string()).unwrap_or_default();
+    serde_json::json!({
+        "u": p.user_id, "st": p.status.as_str(), "g": p.gender.as_str(), "ls": t(p.last_seen), "ua": t(p.updated_at),
+        "v": p.version.to_string(), "d": p.details.as_ref().map(|d| d.value().to_string()).unwrap_or_default(),
+    })
+    .to_string()
+}
+
 /// A presence as the scripts encode it: `{u, st, g, ls, ua, v, d, at, o}`, numbers as strings.
 fn decode_event(text: &str) -> Option<PresenceEvent> {
     let j: Json = serde_json::from_str(text).ok()?;
@@ -358,6 +370,32 @@ impl PresenceEngine for RedisEngine {
 
     async fn revive(&self, conn: &Connection, now: Timestamp) -> Result<Presence, EngineError> {
         self.attach(conn, now, false).await
+    }
+
+    async fn restore(
+        &self,
+        conn: &Connection,
+        last: Option<&Presence>,
+        now: Timestamp,
+    ) -> Result<Presence, EngineError> {
+        let _: i64 = self
+            .client
+            .custom(
+                cmd("ZADD"),
+                vec![
+                    self.node_set(&self.node),
+                    now.as_micros().to_string(),
+                    member(&conn.user, &conn.id),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        let last = last.map(encode_presence).unwrap_or_default();
+        let extra = [conn.id.to_string(), conn.gender.as_str().to_string(), last];
+        let r = self
+            .run(&self.scripts.restore, conn.user.as_str(), now, &extra)
+            .await?;
+        presence_at(&r, 1)
     }
 
     async fn touch(&self, batch: &[Touch], _now: Timestamp) -> Result<Vec<ConnId>, EngineError> {
@@ -796,7 +834,9 @@ impl PresenceEngine for RedisEngine {
     }
 
     async fn ready(&self) -> bool {
-        self.client.is_connected() && self.subscribed.load(Ordering::Acquire)
+        self.client.is_connected()
+            && self._subscriber.is_connected()
+            && self.subscribed.load(Ordering::Acquire)
     }
 
     fn kind(&self) -> &'static str {

@@ -1,0 +1,74 @@
+// Redis goes away and comes back empty (it keeps nothing on disk): replicas keep their
+// sockets, refuse new handshakes as `unavailable`, report not ready, and once Redis is back
+// rebuild presence from their live connections, announcing nothing that did not change.
+// Uses a Redis of its own, on its own port, so stopping it disturbs no other test.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { startGateway, user, ask, recorder, barrier, waitUntil, connect } from "../helpers.mjs";
+
+const port = 16000 + (process.pid % 1000);
+const redisUp = () => {
+  try {
+    return execFileSync("redis-cli", ["-p", String(port), "ping"]).toString().trim() === "PONG";
+  } catch {
+    return false;
+  }
+};
+function startRedis() {
+  const p = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+  return p;
+}
+
+test("Redis stops for a while and returns empty: nothing is lost or announced twice", async () => {
+  let redis = startRedis();
+  await waitUntil(redisUp, 5000, "test Redis up");
+  const env = { REDIS_URL: `redis://127.0.0.1:${port}`, PRESENCE_HEARTBEAT_TIMEOUT_MS: "1500", PRESENCE_SWEEP_INTERVAL_MS: "250" };
+  const a = await startGateway(env);
+  const b = await startGateway(env);
+  const viewer = await a.connect(user("out-viewer", "other"));
+  const seen = recorder(viewer);
+  const x = await b.connect(user("out-x", "female"));
+  const beats = setInterval(() => [viewer, x].forEach((s) => s.connected && s.emit("user:heartbeat")), 300);
+  try {
+    const live = await ask(x, "presence:set-status", { status: "live", details: { stream: 7 } });
+    await seen.waitFor((p) => p.userId === "out-x" && p.status === "live");
+
+    execFileSync("redis-cli", ["-p", String(port), "shutdown", "nosave"]);
+    await waitUntil(async () => (await a.http("/readyz")).status === 503, 5000, "readyz 503");
+    const h = await a.http("/api/health");
+    assert.equal(h.json.status, "degraded");
+    assert.equal(h.json.dependencies.redis, "down");
+    await assert.rejects(connect(a.url, user("out-new", "male")), /^Error: unavailable/);
+    const refused = await ask(viewer, "presence:get", { userIds: ["out-x"] });
+    assert.deepEqual([refused.ok, refused.error?.code], [false, "unavailable"]);
+    // Outage long enough to cover several heartbeat timeouts.
+    const downSince = Date.now();
+    await waitUntil(() => Date.now() - downSince > 4000, 6000, "the outage");
+    assert.equal(viewer.connected && x.connected, true, "sockets kept through the outage");
+
+    redis = startRedis();
+    await waitUntil(redisUp, 5000, "test Redis back");
+    const backAt = Date.now();
+    await waitUntil(async () => (await a.http("/readyz")).status === 200 && (await b.http("/readyz")).status === 200, 5000, "ready again");
+    const restored = await waitUntil(async () => {
+      const r = await ask(viewer, "presence:get", { userIds: ["out-x"] });
+      return r.ok && r.presences[0].status === "live" && r.presences[0];
+    }, 5000, "x restored as live");
+    assert.ok(Date.now() - backAt < 5000, "rebuilt within 5 s of Redis returning");
+    assert.equal(restored.version, live.presence.version, "restored as it was, same version");
+    assert.deepEqual(restored.details, { stream: 7 });
+    // Changes flow again (subscriptions are back), and nothing else was announced meanwhile.
+    x.disconnect();
+    await seen.waitFor((p) => p.userId === "out-x" && !p.online, 5000, "offline after the outage");
+    await barrier(a, seen);
+    assert.deepEqual(seen.of("out-x").map((p) => p.status), ["online", "live", "offline"]);
+  } finally {
+    clearInterval(beats);
+    viewer.disconnect();
+    x.disconnect();
+    await Promise.all([a.stop(), b.stop()]);
+    try { execFileSync("redis-cli", ["-p", String(port), "shutdown", "nosave"]); } catch {}
+    redis.kill();
+  }
+});
