@@ -19,6 +19,7 @@ export const FAST = {
 
 /** Start a gateway; resolves once it logs `listening on`. */
 export async function startGateway(env = {}, { expectExit = false, args = [] } = {}) {
+  const procEnvNodeId = `e2e-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
   const proc = spawn(BIN, args, {
     env: {
       PATH: process.env.PATH,
@@ -26,7 +27,7 @@ export async function startGateway(env = {}, { expectExit = false, args = [] } =
       JWT_SECRET: SECRET,
       HOST: "127.0.0.1",
       PORT: "0",
-      NODE_ID: `e2e-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
+      NODE_ID: procEnvNodeId,
       RUST_LOG: "info",
       ...env,
     },
@@ -57,6 +58,7 @@ export async function startGateway(env = {}, { expectExit = false, args = [] } =
   const sockets = [];
   return {
     url,
+    nodeId: env.NODE_ID ?? procEnvNodeId,
     port,
     proc,
     exited,

@@ -65,6 +65,14 @@ describe("three replicas on one Redis", () => {
     await barrier(a, seen);
     assert.deepEqual(seen.of("kill-lone").map((p) => p.status), ["online", "offline"]);
     assert.deepEqual(seen.of("kill-both").map((p) => p.status), ["online"], "still connected on another replica");
+    // No key outlives its purpose: the dead replica's connection set is gone, and so is its
+    // entry in the replica index.
+    const { execFileSync } = await import("node:child_process");
+    const redis = (...args) => execFileSync("redis-cli", ["-u", REDIS_URL, ...args]).toString().trim();
+    await d.exited;
+    const dNode = d.nodeId;
+    await waitUntil(() => redis("sismember", `${prefix}:nodes`, dNode) === "0", 3000, "dead replica forgotten");
+    assert.equal(redis("exists", `${prefix}:nc:{${dNode}}`), "0");
     clearInterval(keep);
     clearInterval(keepBoth);
     for (const s of [viewer, lone, both1, both2]) s.disconnect();

@@ -553,10 +553,27 @@ impl PresenceEngine for RedisEngine {
                 )
                 .await
                 .map_err(unavailable)?;
+            let had_stale = !stale.is_empty();
             for m in stale {
                 let (removed, offline) = self.expire_member(&set, &m, now).await?;
                 report.swept += removed as u64;
                 report.went_offline += offline as u64;
+            }
+            // A replica whose every connection went stale is gone: forget it once its set is
+            // empty (Redis deletes the empty set itself). A live replica re-adds itself.
+            if had_stale && node != *self.node {
+                let left: u64 = self
+                    .client
+                    .custom(cmd("ZCARD"), vec![set.clone()])
+                    .await
+                    .map_err(unavailable)?;
+                if left == 0 {
+                    let _: i64 = self
+                        .client
+                        .custom(cmd("SREM"), vec![self.nodes_key(), node.clone()])
+                        .await
+                        .map_err(unavailable)?;
+                }
             }
         }
         let due_buckets: Vec<String> = self
