@@ -250,26 +250,29 @@ impl RedisEngine {
         Ok(r)
     }
 
+    /// Put a connection in this replica's set, before the script that registers it: if this
+    /// replica dies in between, the sweep still finds (and removes) the connection.
+    async fn index_conn(&self, conn: &Connection, now: Timestamp) -> Result<(), EngineError> {
+        let args = vec![
+            self.node_set(&self.node),
+            now.as_micros().to_string(),
+            member(&conn.user, &conn.id),
+        ];
+        let _: i64 = self
+            .client
+            .custom(cmd("ZADD"), args)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn attach(
         &self,
         conn: &Connection,
         now: Timestamp,
         fresh: bool,
     ) -> Result<Presence, EngineError> {
-        // The replica's index first: if this replica dies right after, the sweep still finds
-        // (and removes) the connection the script is about to register.
-        let _: i64 = self
-            .client
-            .custom(
-                cmd("ZADD"),
-                vec![
-                    self.node_set(&self.node),
-                    now.as_micros().to_string(),
-                    member(&conn.user, &conn.id),
-                ],
-            )
-            .await
-            .map_err(unavailable)?;
+        self.index_conn(conn, now).await?;
         let extra = [
             conn.id.to_string(),
             conn.gender.as_str().to_string(),
@@ -378,18 +381,7 @@ impl PresenceEngine for RedisEngine {
         last: Option<&Presence>,
         now: Timestamp,
     ) -> Result<Presence, EngineError> {
-        let _: i64 = self
-            .client
-            .custom(
-                cmd("ZADD"),
-                vec![
-                    self.node_set(&self.node),
-                    now.as_micros().to_string(),
-                    member(&conn.user, &conn.id),
-                ],
-            )
-            .await
-            .map_err(unavailable)?;
+        self.index_conn(conn, now).await?;
         let last = last.map(encode_presence).unwrap_or_default();
         let extra = [conn.id.to_string(), conn.gender.as_str().to_string(), last];
         let r = self
@@ -442,18 +434,7 @@ impl PresenceEngine for RedisEngine {
         if status == Status::Offline {
             return Err(StatusError::OfflineNotSettable.into());
         }
-        let _: i64 = self
-            .client
-            .custom(
-                cmd("ZADD"),
-                vec![
-                    self.node_set(&self.node),
-                    now.as_micros().to_string(),
-                    member(&conn.user, &conn.id),
-                ],
-            )
-            .await
-            .map_err(unavailable)?;
+        self.index_conn(conn, now).await?;
         let det = details.map(|d| d.value().to_string()).unwrap_or_default();
         let extra = [
             conn.id.to_string(),
