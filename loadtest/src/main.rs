@@ -146,7 +146,7 @@ fn main() {
             if cli.common.json || cli.common.worker.is_some() {
                 println!("{report}");
             } else {
-                println!("{}", serde_json::to_string_pretty(&report).unwrap());
+                print!("{}", human(&report, ""));
             }
         }
         Err(e) => {
@@ -154,4 +154,27 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// The report as indented `name: value` lines, for a person at a terminal.
+fn human(v: &serde_json::Value, indent: &str) -> String {
+    let mut out = String::new();
+    if let serde_json::Value::Object(map) = v {
+        for (k, val) in map {
+            let name = k.replace('_', " ");
+            match val {
+                serde_json::Value::Object(_) => {
+                    out.push_str(&format!("{indent}{name}:\n"));
+                    out.push_str(&human(val, &format!("{indent}  ")));
+                }
+                serde_json::Value::Number(n) => match n.as_f64() {
+                    Some(f) if n.is_f64() => out.push_str(&format!("{indent}{name}: {f:.3}\n")),
+                    _ => out.push_str(&format!("{indent}{name}: {n}\n")),
+                },
+                serde_json::Value::Null => {}
+                other => out.push_str(&format!("{indent}{name}: {other}\n")),
+            }
+        }
+    }
+    out
 }
