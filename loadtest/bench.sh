@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproducible benchmarks on this machine: builds release binaries, starts one gateway per
 # scenario (memory engine, production mode with a fixed secret), runs loadgen against it,
-# prints loadgen's JSON. Usage: loadtest/bench.sh [idle5k|idle10k|idle15k|fanout|fanout5|storm|churn|redis-idle10k|redis-fanout|all]
+# prints loadgen's JSON. Usage: loadtest/bench.sh [idle5k|idle10k|idle15k|fanout|fanout5|storm|churn|redis-idle10k|redis-fanout|redis-fanout10k|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace -q
@@ -46,5 +46,6 @@ case "${1:-all}" in
   churn|all)    run X=1 -- churn --clients 300 --viewers 50 --duration-s 30 ;;&
   redis-idle10k|all) run3 --redis 127.0.0.1:6379 idle --clients 10000 --heartbeat-ms 5000 --hold-s 30 ;;&
   redis-fanout|all)  run3 fanout --viewers 5000 --changers 10 --rate 10 --duration-s 30 ;;&
+  redis-fanout10k|all) run3 fanout --viewers 10000 --changers 10 --rate 10 --duration-s 30 ;;&
   *) ;;
 esac
