@@ -12,13 +12,12 @@
 //!   replica's set, which is how a replica killed without warning loses its users.
 
 use super::*;
-use crate::domain::{Presence, presence::Details as _D};
+use crate::domain::Presence;
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand};
 use serde_json::Value as Json;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Buckets of the cluster-wide indexes.
 pub const BUCKETS: u32 = 64;
@@ -58,7 +57,6 @@ pub struct RedisEngine {
     channel: String,
     events: broadcast::Sender<PresenceEvent>,
     scripts: Scripts,
-    subscribed: Arc<AtomicBool>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> EngineError {
@@ -108,7 +106,6 @@ impl RedisEngine {
         let _ = subscriber.manage_subscriptions();
         let channel = format!("{prefix}:events");
         let (events, _) = broadcast::channel(8192);
-        let subscribed = Arc::new(AtomicBool::new(false));
         {
             let mut rx = subscriber.message_rx();
             let events = events.clone();
@@ -137,7 +134,6 @@ impl RedisEngine {
             .subscribe(channel.clone())
             .await
             .map_err(unavailable)?;
-        subscribed.store(true, Ordering::Release);
         let engine = RedisEngine {
             client,
             _subscriber: subscriber,
@@ -154,7 +150,6 @@ impl RedisEngine {
                 settle: script(include_str!("settle.lua")),
                 expire: script(include_str!("expire.lua")),
             },
-            subscribed,
         };
         engine.sadd_node().await?;
         Ok(engine)
@@ -248,6 +243,24 @@ impl RedisEngine {
                 .map_err(unavailable)?;
         }
         Ok(r)
+    }
+
+    /// Several independent commands in one round trip; replies in order.
+    async fn batch(
+        &self,
+        cmds: Vec<(&'static str, Vec<String>)>,
+    ) -> Result<Vec<fred::types::Value>, EngineError> {
+        if cmds.is_empty() {
+            return Ok(vec![]);
+        }
+        let pipeline = self.client.pipeline();
+        for (name, args) in cmds {
+            let _: () = pipeline
+                .custom(cmd(name), args)
+                .await
+                .map_err(unavailable)?;
+        }
+        pipeline.all().await.map_err(unavailable)
     }
 
     /// Put a connection in this replica's set, before the script that registers it: if this
@@ -346,7 +359,7 @@ fn decode_event(text: &str) -> Option<PresenceEvent> {
     let status: Status = s("st").parse().ok()?;
     let details = match s("d") {
         "" => None,
-        d => Some(_D::parse(serde_json::from_str(d).ok()?).ok()?),
+        d => Some(Details::parse(serde_json::from_str(d).ok()?).ok()?),
     };
     let presence = Presence {
         user_id: UserId::parse(s("u")).ok()?,
@@ -639,49 +652,38 @@ impl PresenceEngine for RedisEngine {
     }
 
     async fn get(&self, users: &[UserId]) -> Result<Vec<Option<Presence>>, EngineError> {
-        let mut out = Vec::with_capacity(users.len());
-        for u in users {
-            let key = self.keys(u.as_str()).swap_remove(0);
-            let f: Vec<Option<String>> = self
-                .client
-                .custom(
-                    cmd("HMGET"),
-                    vec![
-                        key,
-                        "st".into(),
-                        "det".into(),
-                        "g".into(),
-                        "ls".into(),
-                        "ua".into(),
-                        "v".into(),
-                    ],
-                )
-                .await
-                .map_err(unavailable)?;
-            let Some(st) = f[0].as_deref().and_then(|s| s.parse::<Status>().ok()) else {
-                out.push(None);
-                continue;
-            };
-            let details = f[1]
-                .as_deref()
-                .filter(|d| !d.is_empty())
-                .and_then(|d| serde_json::from_str(d).ok())
-                .and_then(|v| _D::parse(v).ok());
-            out.push(Some(Presence {
-                user_id: u.clone(),
-                status: st,
-                online: st != Status::Offline,
-                gender: f[2]
-                    .as_deref()
-                    .and_then(|g| g.parse().ok())
-                    .unwrap_or_default(),
-                last_seen: f[3].as_deref().and_then(ts),
-                updated_at: f[4].as_deref().and_then(ts),
-                version: f[5].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0),
-                details,
-            }));
-        }
-        Ok(out)
+        let fields = ["st", "det", "g", "ls", "ua", "v"];
+        let cmds = users
+            .iter()
+            .map(|u| {
+                let mut args = vec![self.keys(u.as_str()).swap_remove(0)];
+                args.extend(fields.iter().map(|f| f.to_string()));
+                ("HMGET", args)
+            })
+            .collect();
+        let replies = self.batch(cmds).await?;
+        Ok(users
+            .iter()
+            .zip(replies)
+            .map(|(u, reply)| {
+                let f: Vec<Option<String>> = reply.convert().ok()?;
+                let st = f.first()?.as_deref()?.parse::<Status>().ok()?;
+                let field = |i: usize| f.get(i).cloned().flatten().filter(|v| !v.is_empty());
+                let details = field(1)
+                    .and_then(|d| serde_json::from_str(&d).ok())
+                    .and_then(|v| Details::parse(v).ok());
+                Some(Presence {
+                    user_id: u.clone(),
+                    status: st,
+                    online: st != Status::Offline,
+                    gender: field(2).and_then(|g| g.parse().ok()).unwrap_or_default(),
+                    last_seen: field(3).as_deref().and_then(ts),
+                    updated_at: field(4).as_deref().and_then(ts),
+                    version: field(5).and_then(|v| v.parse().ok()).unwrap_or(0),
+                    details,
+                })
+            })
+            .collect())
     }
 
     async fn list_online(
@@ -771,55 +773,48 @@ impl PresenceEngine for RedisEngine {
     }
 
     async fn stats(&self) -> Result<ClusterStats, EngineError> {
-        let mut s = ClusterStats::default();
+        // One round trip: per bucket three online counts and the counters, then the globals.
+        let mut cmds = Vec::with_capacity(BUCKETS as usize * 4 + 1);
         for b in 0..BUCKETS {
             let t = self.tag(b);
             for g in crate::domain::Gender::ALL {
-                let n: u64 = self
-                    .client
-                    .custom(
-                        cmd("ZCARD"),
-                        vec![format!("{}:on:{t}:{}", self.prefix, g.as_str())],
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                s.online_by_gender[g.index()] += n;
+                cmds.push((
+                    "ZCARD",
+                    vec![format!("{}:on:{t}:{}", self.prefix, g.as_str())],
+                ));
             }
-            let c: Vec<Option<u64>> = self
-                .client
-                .custom(
-                    cmd("HMGET"),
-                    vec![
-                        format!("{}:cnt:{t}", self.prefix),
-                        "conns".into(),
-                        "disconns".into(),
-                        "swept".into(),
-                    ],
-                )
-                .await
-                .map_err(unavailable)?;
-            s.total_connections += c.first().copied().flatten().unwrap_or(0);
-            s.total_disconnections += c.get(1).copied().flatten().unwrap_or(0);
-            s.total_swept += c.get(2).copied().flatten().unwrap_or(0);
+            let counters = ["conns", "disconns", "swept"].map(String::from);
+            let mut args = vec![format!("{}:cnt:{t}", self.prefix)];
+            args.extend(counters);
+            cmds.push(("HMGET", args));
+        }
+        cmds.push((
+            "HMGET",
+            vec![self.stats_key(), "peak".into(), "lastSweep".into()],
+        ));
+        let replies = self.batch(cmds).await?;
+        let mut s = ClusterStats::default();
+        let mut it = replies.into_iter();
+        for _ in 0..BUCKETS {
+            for g in crate::domain::Gender::ALL {
+                s.online_by_gender[g.index()] +=
+                    it.next().and_then(|v| v.convert::<u64>().ok()).unwrap_or(0);
+            }
+            let c: Vec<Option<u64>> = it.next().and_then(|v| v.convert().ok()).unwrap_or_default();
+            let at = |i: usize| c.get(i).copied().flatten().unwrap_or(0);
+            s.total_connections += at(0);
+            s.total_disconnections += at(1);
+            s.total_swept += at(2);
         }
         s.online_users = s.online_by_gender.iter().sum();
-        let g: Vec<Option<i64>> = self
-            .client
-            .custom(
-                cmd("HMGET"),
-                vec![self.stats_key(), "peak".into(), "lastSweep".into()],
-            )
-            .await
-            .map_err(unavailable)?;
+        let g: Vec<Option<i64>> = it.next().and_then(|v| v.convert().ok()).unwrap_or_default();
         let peak = g.first().copied().flatten().unwrap_or(0).max(0) as u64;
         s.peak_online = peak.max(s.online_users);
         if s.online_users > peak {
+            let args = vec![self.stats_key(), "peak".into(), s.online_users.to_string()];
             let _: i64 = self
                 .client
-                .custom(
-                    cmd("HSET"),
-                    vec![self.stats_key(), "peak".into(), s.online_users.to_string()],
-                )
+                .custom(cmd("HSET"), args)
                 .await
                 .map_err(unavailable)?;
         }
@@ -832,9 +827,7 @@ impl PresenceEngine for RedisEngine {
     }
 
     async fn ready(&self) -> bool {
-        self.client.is_connected()
-            && self._subscriber.is_connected()
-            && self.subscribed.load(Ordering::Acquire)
+        self.client.is_connected() && self._subscriber.is_connected()
     }
 
     fn kind(&self) -> &'static str {
