@@ -55,3 +55,13 @@ ensure_postgres() {
     su postgres -c "psql -tAc 'select pg_reload_conf()'" >/dev/null
   fi
 }
+
+# Tests create a database each (pgw_it_*, pgw_e2e_*); drop those of earlier runs.
+drop_test_databases() {
+  local dbs
+  dbs=$(psql -h 127.0.0.1 -U postgres -d postgres -tAc \
+    "select datname from pg_database where datname like 'pgw\_it\_%' or datname like 'pgw\_e2e\_%'" 2>/dev/null || true)
+  for d in $dbs; do
+    psql -h 127.0.0.1 -U postgres -d postgres -qc "drop database if exists \"$d\" with (force)" >/dev/null 2>&1 || true
+  done
+}

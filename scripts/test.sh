@@ -10,6 +10,7 @@ source scripts/services.sh
 ensure_node
 ensure_redis
 ensure_postgres
+drop_test_databases
 
 echo "==> cargo test (unit and integration)"
 cargo test --workspace --all-targets

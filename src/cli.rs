@@ -78,13 +78,7 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         None | Some(Command::Serve) => serve(config),
-        Some(Command::Migrate) => match config.database_url {
-            None => fail("DATABASE_URL: migrate needs a database URL"),
-            Some(_) => {
-                eprintln!("error: migrations are not part of this build yet");
-                ExitCode::FAILURE
-            }
-        },
+        Some(Command::Migrate) => migrate(&config),
         Some(Command::Token {
             sub,
             gender,
@@ -136,6 +130,54 @@ fn token(
         }
         None => fail("JWT_SECRET: cannot sign"),
     }
+}
+
+/// `migrate`: apply the embedded migrations and exit. Waits up to a minute for the
+/// database (a deployment hook may start before it), then fails with exit 1.
+fn migrate(config: &Config) -> ExitCode {
+    let Some(url) = &config.database_url else {
+        return fail("DATABASE_URL: migrate needs a database URL");
+    };
+    crate::telemetry::init();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let db = match crate::db::Database::new(crate::db::DbSettings {
+            url,
+            max_connections: 1,
+            online_debounce: std::time::Duration::ZERO,
+            offline_debounce: std::time::Duration::ZERO,
+            node: &config.node_id,
+        }) {
+            Ok(db) => db,
+            Err(e) => return fail(format!("DATABASE_URL: {e}")),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match db.migrate().await {
+                Ok(()) => {
+                    eprintln!("migrations applied");
+                    return ExitCode::SUCCESS;
+                }
+                Err(e) if std::time::Instant::now() < deadline && !db.is_up() => {
+                    tracing::warn!(error = %e, "database not reachable yet; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    })
 }
 
 fn serve(config: Config) -> ExitCode {

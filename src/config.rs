@@ -49,6 +49,11 @@ pub struct Config {
     pub redis_key_prefix: String,
     /// `DATABASE_URL`: PostgreSQL; unset turns persistence, search and analytics off.
     pub database_url: Option<String>,
+    /// `DATABASE_SKIP_MIGRATIONS` (ours): do not migrate at start-up (run `migrate` instead,
+    /// e.g. from a deployment hook).
+    pub database_skip_migrations: bool,
+    /// `DATABASE_POOL_SIZE` (ours): connections per replica.
+    pub database_pool_size: u32,
     /// `APP_ENV` (falls back to `NODE_ENV`): development or production.
     pub app_env: AppEnv,
     /// `JWT_SECRET`: HS256 secret.
@@ -266,6 +271,11 @@ impl Config {
             redis_url,
             redis_key_prefix,
             database_url,
+            database_skip_migrations: flag("DATABASE_SKIP_MIGRATIONS")?,
+            database_pool_size: match count("DATABASE_POOL_SIZE", 10)? {
+                n @ 1..=1000 => n,
+                _ => return Err(err("DATABASE_POOL_SIZE", "must be 1 to 1000")),
+            },
             app_env,
             jwt_secret,
             jwt_public_key_file,

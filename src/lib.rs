@@ -7,6 +7,8 @@
 //! - [`engine`]: where presence state lives and how changes reach every replica. One trait,
 //!   [`engine::PresenceEngine`]; [`engine::memory`] for a single replica, the Redis engine
 //!   for a cluster.
+//! - [`db`]: PostgreSQL — users, a durable copy of presence written behind the live path,
+//!   search. Optional: without `DATABASE_URL` the rest works unchanged.
 //! - [`presence`]: queries with the visibility rule applied, shared by both transports.
 //! - [`auth`]: JWTs in, an [`auth::Identity`] out.
 //! - [`gateway`]: Socket.IO — handshakes, client events, heartbeat batching, fan-out.
@@ -18,6 +20,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod domain;
 pub mod engine;
 pub mod error;

@@ -1,6 +1,8 @@
 //! Presence queries with the visibility rule applied: the one place both transports
 //! (Socket.IO events and the HTTP API) read presence through, so the rule holds on every path.
 
+use crate::auth::Identity;
+use crate::db::Database;
 use crate::domain::{Gender, Presence, UserId, VisibilityPolicy};
 use crate::engine::{ListFilter, OnlinePage, PresenceEngine};
 use crate::error::AppError;
@@ -18,6 +20,37 @@ pub struct Viewer {
     pub gender: Gender,
 }
 
+/// The gender that decides whom this user sees and who sees them: the token's, else the database's (cached),
+/// else `other`. A database that is down costs the handshake nothing: `other` is shown to
+/// fewer viewers than any gender a database could have returned, so it reveals no one.
+pub async fn gender_of(db: Option<&Database>, identity: &Identity) -> Gender {
+    let Some(db) = db else {
+        return identity.gender.unwrap_or_default();
+    };
+    if let Some(g) = identity.gender {
+        db.users.remember_gender(&identity.user_id, g);
+        return g;
+    }
+    if !db.is_up() {
+        return Gender::Other;
+    }
+    match db.gender_of(&identity.user_id).await {
+        Ok(g) => g.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "gender lookup failed; using other");
+            Gender::Other
+        }
+    }
+}
+
+/// Who is looking, with their gender resolved as for a connection.
+pub async fn viewer_of(db: Option<&Database>, who: &Identity) -> Viewer {
+    Viewer {
+        user: who.user_id.clone(),
+        gender: gender_of(db, who).await,
+    }
+}
+
 /// Parse and bound a list of requested ids.
 pub fn parse_ids<'a>(ids: impl ExactSizeIterator<Item = &'a str>) -> Result<Vec<UserId>, AppError> {
     if ids.len() > MAX_IDS {
@@ -32,6 +65,7 @@ pub fn parse_ids<'a>(ids: impl ExactSizeIterator<Item = &'a str>) -> Result<Vec<
 /// The presences of `ids` that `viewer` may see, in the order asked, each once.
 pub async fn get_visible(
     engine: &dyn PresenceEngine,
+    db: Option<&Database>,
     policy: VisibilityPolicy,
     viewer: &Viewer,
     ids: &[UserId],
@@ -39,11 +73,32 @@ pub async fn get_visible(
     let mut seen = std::collections::HashSet::with_capacity(ids.len());
     let ids: Vec<UserId> = ids.iter().filter(|u| seen.insert(*u)).cloned().collect();
     let found = engine.get(&ids).await?;
+    // Users the engine has forgotten (or never had): the database may remember their gender
+    // and when they were last seen. If it cannot answer, they are shown as never seen
+    // rather than failing the whole request.
+    let missing: Vec<UserId> = ids
+        .iter()
+        .zip(&found)
+        .filter(|(_, p)| p.is_none())
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mut remembered = match db {
+        Some(db) if !missing.is_empty() && db.is_up() => {
+            db.last_known(&missing).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "last presence not read from the database");
+                Default::default()
+            })
+        }
+        _ => Default::default(),
+    };
     Ok(ids
         .into_iter()
         .zip(found)
-        // A user never seen is offline; their gender is unknown here, so `other`.
-        .map(|(id, p)| p.unwrap_or_else(|| Presence::unseen(id, Gender::Other)))
+        // A user never seen is offline; with no record of their gender, `other`.
+        .map(|(id, p)| {
+            p.or_else(|| remembered.remove(&id))
+                .unwrap_or_else(|| Presence::unseen(id, Gender::Other))
+        })
         .filter(|p| {
             policy.can_see(
                 (viewer.user.as_str(), viewer.gender),

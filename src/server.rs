@@ -14,6 +14,7 @@
 
 use crate::auth::{Authenticator, KeySetup};
 use crate::config::{Config, ConfigError};
+use crate::db::{Database, DbSettings};
 use crate::domain::Timestamp;
 use crate::engine::{PresenceEngine, memory::MemoryEngine, redis::RedisEngine};
 use crate::gateway::{self, fanout, heartbeats};
@@ -56,7 +57,23 @@ impl Gateway {
                 Arc::new(e)
             }
         };
-        let state = AppState::new(config, engine, authenticator);
+        let db = match &config.database_url {
+            None => None,
+            Some(url) => Some(Arc::new(
+                Database::new(DbSettings {
+                    url,
+                    max_connections: config.database_pool_size,
+                    online_debounce: Duration::from_millis(config.db_online_debounce_ms),
+                    offline_debounce: Duration::from_millis(config.db_offline_debounce_ms),
+                    node: &config.node_id,
+                })
+                .map_err(|e| ConfigError {
+                    var: "DATABASE_URL",
+                    message: e.to_string(),
+                })?,
+            )),
+        };
+        let state = AppState::new(config, engine, db, authenticator);
         let router = crate::http::router(state.clone())
             .layer(gateway::layer(&state))
             .layer(axum::middleware::map_request(gateway::detach_request))
@@ -85,6 +102,14 @@ impl Gateway {
         state.tasks.spawn(sweep_loop(state.clone()));
         if state.config.enable_server_heartbeat {
             state.tasks.spawn(server_heartbeat_loop(state.clone()));
+        }
+        if let Some(db) = &state.db {
+            state.tasks.spawn(database_loop(state.clone(), db.clone()));
+            state.tasks.spawn(record_changes(
+                state.clone(),
+                db.clone(),
+                state.engine.subscribe(),
+            ));
         }
     }
 }
@@ -121,6 +146,102 @@ async fn sweep_loop(state: AppState) {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "sweep failed; next tick retries"),
+        }
+    }
+}
+
+/// How often the database is pinged while nothing else shows whether it answers.
+const DB_PING: Duration = Duration::from_secs(2);
+
+/// The database side: migrate (retrying until the database answers), then run the presence
+/// writer and a health ping; on shutdown, flush what is pending.
+async fn database_loop(state: AppState, db: Arc<Database>) {
+    if !state.config.database_skip_migrations {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match db.migrate().await {
+                Ok(()) => break,
+                Err(e) => tracing::warn!(error = %e, "migrations not applied yet; retrying"),
+            }
+            tokio::select! {
+                _ = state.stop.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+    if state.engine.kind() == "memory" {
+        // This replica is the whole cluster and it starts empty: whoever the database still
+        // believes online (the last run's users, whose offline writes a shutdown could not
+        // make) is offline now.
+        match db.settle_all_offline(Timestamp::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                users = n,
+                "marked offline in the database: left online by the last run"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not settle the last run's online users"),
+        }
+    } else {
+        db.ping().await;
+    }
+    let ping = async {
+        let mut tick = tokio::time::interval(DB_PING);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            db.ping().await;
+        }
+    };
+    tokio::select! {
+        _ = db.writer.run(&db, state.stop.clone()) => {}
+        _ = ping => {}
+    }
+    let pending = db.writer.pending();
+    if pending > 0 {
+        if db.writer.flush_all(&db, SHUTDOWN_DEADLINE).await {
+            tracing::info!(users = pending, "pending presence writes flushed");
+        } else {
+            tracing::warn!(
+                left = db.writer.pending(),
+                "pending presence writes not flushed at exit"
+            );
+        }
+    }
+}
+
+/// Queue, for the database, every change this replica committed. Each change is committed
+/// by exactly one replica, so each is written once (the version guard makes a second write
+/// harmless anyway).
+async fn record_changes(
+    state: AppState,
+    db: Arc<Database>,
+    mut rx: tokio::sync::broadcast::Receiver<crate::engine::PresenceEvent>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let node = state.config.node_id.as_str();
+    loop {
+        let ev = tokio::select! {
+            _ = state.stop.cancelled() => break,
+            r = rx.recv() => r,
+        };
+        match ev {
+            Ok(ev) if &*ev.origin == node => db.writer.record(&ev.presence),
+            Ok(_) => {}
+            Err(RecvError::Lagged(n)) => {
+                // Cannot happen short of a stalled runtime (recording is a map insert), but
+                // if it does, say so: the database may miss these changes until the users'
+                // next ones, and /api/check-online-status shows them.
+                db.writer.note_lost(n);
+                tracing::error!(missed = n, "presence writer fell behind the change stream");
+            }
+            Err(RecvError::Closed) => break,
+        }
+    }
+    // Whatever arrived before the stop is still recorded.
+    while let Ok(ev) = rx.try_recv() {
+        if &*ev.origin == node {
+            db.writer.record(&ev.presence);
         }
     }
 }

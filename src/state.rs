@@ -3,6 +3,7 @@
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::db::Database;
 use crate::engine::PresenceEngine;
 use crate::gateway::{HeartbeatBatch, SocketRegistry};
 use crate::metrics::Metrics;
@@ -20,6 +21,8 @@ pub struct AppState(Arc<Shared>);
 pub struct Shared {
     pub config: Arc<Config>,
     pub engine: Arc<dyn PresenceEngine>,
+    /// PostgreSQL, when `DATABASE_URL` is set.
+    pub db: Option<Arc<Database>>,
     pub auth: Arc<Authenticator>,
     pub metrics: Metrics,
     /// This replica's sockets.
@@ -50,11 +53,17 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, engine: Arc<dyn PresenceEngine>, auth: Authenticator) -> Self {
+    pub fn new(
+        config: Config,
+        engine: Arc<dyn PresenceEngine>,
+        db: Option<Arc<Database>>,
+        auth: Authenticator,
+    ) -> Self {
         let metrics = Metrics::new(&config.node_id);
         AppState(Arc::new(Shared {
             config: Arc::new(config),
             engine,
+            db,
             auth: Arc::new(auth),
             metrics,
             sockets: SocketRegistry::default(),

@@ -147,6 +147,7 @@ async fn get(
     let ids = presence::parse_ids(strs.into_iter())?;
     let presences = presence::get_visible(
         &*state.engine,
+        state.db.as_deref(),
         state.config.visibility_policy,
         &viewer(&h),
         &ids,

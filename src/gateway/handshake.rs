@@ -8,6 +8,7 @@
 use super::connection::ConnHandle;
 use super::{events, rooms};
 use crate::auth::{AuthError, Identity, Role, Roles};
+use crate::db::writer::Profile;
 use crate::domain::{Gender, Timestamp, UserId};
 use crate::engine::Connection;
 use crate::state::AppState;
@@ -152,7 +153,7 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Hands
             "presence store unreachable; retry shortly",
         ));
     }
-    let gender = identity.gender.unwrap_or_default();
+    let gender = crate::presence::gender_of(state.db.as_deref(), &identity).await;
     let conn = Connection {
         id: format!("{}:{}", state.config.node_id, s.id).into(),
         user: identity.user_id.clone(),
@@ -175,7 +176,20 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Hands
     s.extensions.insert(handle.clone());
     events::register(s);
     match state.engine.connect(&handle.conn, now).await {
-        Ok(p) => handle.remember(&p),
+        Ok(p) => {
+            handle.remember(&p);
+            if let Some(db) = &state.db {
+                let user = &handle.conn.user;
+                let profile = Profile {
+                    name: handle.identity.name.clone(),
+                    gender: handle.identity.gender,
+                };
+                db.writer.record_profile(user, profile);
+                // Written even when nothing changed: if the replica that announced this
+                // user online died before its write, this one still records it.
+                db.writer.record(&p);
+            }
+        }
         Err(e) => {
             tracing::warn!(error = %e, "could not register a connection");
             return Err(HandshakeError::Unavailable(

@@ -4,7 +4,7 @@
 use super::error::ApiResult;
 use super::extract::Caller;
 use crate::auth::Role;
-use crate::domain::{GenderSet, Timestamp};
+use crate::domain::{GenderSet, Timestamp, UserId};
 use crate::engine::ListFilter;
 use crate::error::AppError;
 use crate::state::AppState;
@@ -90,10 +90,69 @@ pub async fn socket_status(
     ))
 }
 
-/// Needs PostgreSQL, which this build does not use yet.
-pub async fn check_online_status(caller: Caller) -> ApiResult<Json<Value>> {
+/// At most this many users are compared (the database's online rows, and live pages).
+const CHECK_MAX: usize = 100_000;
+
+/// Users on which the database and live presence disagree. A user whose write is still
+/// pending on this replica is flagged `pendingWrite`: the disagreement is expected for up to
+/// the debounce (writes pending on other replicas look the same, and settle as quickly).
+pub async fn check_online_status(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Value>> {
     caller.require(&[Role::Admin])?;
-    Err(AppError::Unavailable(
-        "needs DATABASE_URL: the database comparison is not available".into(),
-    ))
+    let db = state.db.as_deref().ok_or_else(super::database_missing)?;
+    let mut live = std::collections::BTreeMap::new();
+    let filter = ListFilter {
+        genders: GenderSet::ALL,
+        include: None,
+    };
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = state
+            .engine
+            .list_online(&filter, cursor.as_deref(), 500)
+            .await?;
+        for p in page.users {
+            live.insert(p.user_id.clone(), p);
+        }
+        cursor = page.next_cursor;
+        if cursor.is_none() || live.len() >= CHECK_MAX {
+            break;
+        }
+    }
+    let stored_online = db.believed_online(CHECK_MAX).await?;
+    let live_ids: Vec<UserId> = live.keys().cloned().collect();
+    let stored_of_live = db.stored_status(&live_ids).await?;
+    let mut disagreements = Vec::new();
+    for (id, p) in &live {
+        let stored = stored_of_live.get(id);
+        if stored.map(|(s, _)| *s) != Some(p.status) {
+            disagreements.push(json!({
+                "userId": id,
+                "live": {"status": p.status, "version": p.version},
+                "database": stored.map(|(s, v)| json!({"status": s, "version": v})),
+                "pendingWrite": db.writer.is_pending(id),
+            }));
+        }
+    }
+    for (id, status, version) in &stored_online {
+        if !live.contains_key(id) {
+            disagreements.push(json!({
+                "userId": id,
+                "live": {"status": "offline"},
+                "database": {"status": status, "version": version},
+                "pendingWrite": db.writer.is_pending(id),
+            }));
+        }
+    }
+    Ok(Json(json!({
+        "node": state.config.node_id,
+        "checkedAt": Timestamp::now(),
+        "liveOnline": live.len(),
+        "databaseOnline": stored_online.len(),
+        "pendingWrites": db.writer.pending(),
+        "count": disagreements.len(),
+        "disagreements": disagreements,
+    })))
 }

@@ -36,10 +36,10 @@ pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         (_, true) => "up",
         (_, false) => "down",
     };
-    let database = if state.config.database_url.is_some() {
-        "down"
-    } else {
-        "disabled"
+    let database = match &state.db {
+        None => "disabled",
+        Some(db) if db.is_up() => "up",
+        Some(_) => "down",
     };
     let stats = state.engine.stats().await.ok();
     let presence = match &stats {
@@ -54,7 +54,7 @@ pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         }),
         None => json!({"uptimeMs": state.started_at.elapsed().as_millis() as u64}),
     };
-    let degraded = !ready || stats.is_none() || state.is_draining();
+    let degraded = !ready || stats.is_none() || state.is_draining() || database == "down";
     Ok(Json(json!({
         "status": if degraded { "degraded" } else { "ok" },
         "node": state.config.node_id,
@@ -62,5 +62,6 @@ pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         "presence": presence,
         "sockets": {"connected": state.sockets.len(), "connectedUsers": state.sockets.users()},
         "dependencies": {"redis": redis, "database": database},
+        "database": state.db.as_ref().map(|db| json!({"pendingWrites": db.writer.pending()})),
     })))
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod presence;
+pub mod users;
 
 use crate::auth::Role;
 use crate::error::AppError;
@@ -30,7 +31,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/presence", get(presence::many))
         .route("/api/presence/{user_id}", get(presence::one))
-        .route("/api/users/search", get(needs_database_user))
+        .route("/api/users/search", get(users::search))
         .route("/api/stats", get(needs_database_dashboard))
         .route("/api/events", post(needs_database_publisher))
         .route("/api/debug/presence", get(debug::presence))
@@ -54,13 +55,8 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-fn database_missing() -> AppError {
+pub(crate) fn database_missing() -> AppError {
     AppError::Unavailable("needs DATABASE_URL: persistence is disabled".into())
-}
-
-async fn needs_database_user(caller: Caller) -> Result<(), AppError> {
-    caller.require(&[Role::User])?;
-    Err(database_missing())
 }
 
 async fn needs_database_dashboard(caller: Caller) -> Result<(), AppError> {

@@ -2,22 +2,15 @@
 
 use super::error::ApiResult;
 use super::extract::Caller;
-use crate::auth::{Identity, Role};
+use crate::auth::Role;
 use crate::domain::UserId;
 use crate::error::AppError;
-use crate::presence::{self, Viewer};
+use crate::presence;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
-
-fn viewer(who: &Identity) -> Viewer {
-    Viewer {
-        user: who.user_id.clone(),
-        gender: who.gender.unwrap_or_default(),
-    }
-}
 
 pub async fn one(
     State(state): State<AppState>,
@@ -28,8 +21,9 @@ pub async fn one(
     let id = UserId::parse(&user_id).map_err(|e| AppError::bad_request(e.to_string()))?;
     let mut found = presence::get_visible(
         &*state.engine,
+        state.db.as_deref(),
         state.config.visibility_policy,
-        &viewer(&who),
+        &presence::viewer_of(state.db.as_deref(), &who).await,
         &[id],
     )
     .await?;
@@ -60,8 +54,9 @@ pub async fn many(
     let ids = presence::parse_ids(parts.into_iter())?;
     let presences = presence::get_visible(
         &*state.engine,
+        state.db.as_deref(),
         state.config.visibility_policy,
-        &viewer(&who),
+        &presence::viewer_of(state.db.as_deref(), &who).await,
         &ids,
     )
     .await?;

@@ -3,5 +3,6 @@
 //! End-to-end tests with the real binary and socket.io-client live in `e2e/`.
 
 mod config;
+mod db;
 mod engine;
 mod http;

@@ -1,0 +1,268 @@
+//! Reads: a user's gender (cached), offline users' last presence, search, and the users the
+//! database believes online.
+
+use super::{Database, DbError};
+use crate::domain::{Gender, GenderSet, Presence, Status, Timestamp, UserId};
+use sqlx::Row;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
+
+/// How long a looked-up gender is trusted. A user's gender rarely changes, and a token that
+/// carries one refreshes the cache at once.
+const GENDER_TTL: Duration = Duration::from_secs(300);
+/// Entries kept before the cache sheds expired ones (then, if still full, everything).
+const GENDER_CAP: usize = 200_000;
+
+type Slot = Arc<OnceCell<Option<Gender>>>;
+
+/// Genders looked up for tokens without one. A reconnect storm of N such users costs at
+/// most N queries, and concurrent handshakes of one user share a single query.
+#[derive(Default)]
+pub struct Users {
+    genders: Mutex<HashMap<UserId, (Slot, Instant)>>,
+}
+
+impl Users {
+    fn slot(&self, user: &UserId) -> Slot {
+        let mut map = self.genders.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if let Some((slot, at)) = map.get(user)
+            && now.duration_since(*at) < GENDER_TTL
+        {
+            return slot.clone();
+        }
+        if map.len() >= GENDER_CAP {
+            map.retain(|_, (_, at)| now.duration_since(*at) < GENDER_TTL);
+            if map.len() >= GENDER_CAP {
+                map.clear();
+            }
+        }
+        let slot = Slot::default();
+        map.insert(user.clone(), (slot.clone(), now));
+        slot
+    }
+
+    /// A token said so: later handshakes without a gender claim use it without a query.
+    pub fn remember_gender(&self, user: &UserId, gender: Gender) {
+        let slot = Slot::new(OnceCell::new_with(Some(Some(gender))));
+        let mut map = self.genders.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(user.clone(), (slot, Instant::now()));
+    }
+}
+
+impl Database {
+    /// The stored gender of `user`, `None` if unknown. Fails only when the database does.
+    pub async fn gender_of(&self, user: &UserId) -> Result<Option<Gender>, DbError> {
+        let slot = self.users.slot(user);
+        let r = slot
+            .get_or_try_init(|| async {
+                let row = sqlx::query("SELECT gender FROM users WHERE id = $1")
+                    .bind(user.as_str())
+                    .fetch_optional(self.pool())
+                    .await
+                    .map_err(DbError::from);
+                self.observe(&row);
+                Ok::<_, DbError>(
+                    row?.and_then(|r| r.get::<Option<String>, _>(0))
+                        .and_then(|g| g.parse().ok()),
+                )
+            })
+            .await;
+        r.copied()
+    }
+
+    /// What the database remembers of users the engine does not know (their keys expired
+    /// long ago): offline, with their last `lastSeen`, version and gender. Users the
+    /// database does not know either are absent from the map.
+    pub async fn last_known(&self, users: &[UserId]) -> Result<HashMap<UserId, Presence>, DbError> {
+        if users.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
+        const SQL: &str = "SELECT q.id, u.gender, p.online,
+                (extract(epoch FROM p.last_seen) * 1000000)::int8, p.version,
+                (extract(epoch FROM p.updated_at) * 1000000)::int8
+             FROM UNNEST($1::text[]) AS q(id)
+             LEFT JOIN users u ON u.id = q.id
+             LEFT JOIN user_presence p ON p.user_id = q.id
+             WHERE u.id IS NOT NULL OR p.user_id IS NOT NULL";
+        let r = sqlx::query(SQL)
+            .bind(ids)
+            .fetch_all(self.pool())
+            .await
+            .map_err(DbError::from);
+        self.observe(&r);
+        let mut out = HashMap::with_capacity(users.len());
+        for row in r? {
+            let p = offline_presence(&row, 0)?;
+            out.insert(p.user_id.clone(), p);
+        }
+        Ok(out)
+    }
+
+    /// Users whose name contains `q` (case-insensitive, every character literal) that a
+    /// viewer of `genders` (plus `viewer` themselves) may see, by name.
+    pub async fn search(
+        &self,
+        q: &str,
+        genders: GenderSet,
+        viewer: &UserId,
+        limit: usize,
+    ) -> Result<Vec<SearchHit>, DbError> {
+        let pattern = format!("%{}%", escape_like(q));
+        let genders: Vec<&str> = genders.iter().map(Gender::as_str).collect();
+        const SQL: &str = "SELECT u.id, u.gender, p.online,
+                (extract(epoch FROM p.last_seen) * 1000000)::int8, p.version,
+                (extract(epoch FROM p.updated_at) * 1000000)::int8, u.name
+             FROM users u LEFT JOIN user_presence p ON p.user_id = u.id
+             WHERE lower(u.name) LIKE lower($1) ESCAPE '\\'
+               AND (COALESCE(u.gender, 'other') = ANY($2) OR u.id = $3)
+             ORDER BY lower(u.name), u.id
+             LIMIT $4";
+        // Unnamed statement: planned with the actual pattern, so the planner can choose
+        // between the trigram index (rare patterns) and walking names in order (common ones).
+        let r = sqlx::query(SQL)
+            .persistent(false)
+            .bind(pattern)
+            .bind(genders)
+            .bind(viewer.as_str())
+            .bind(limit as i64)
+            .fetch_all(self.pool())
+            .await
+            .map_err(DbError::from);
+        self.observe(&r);
+        r?.iter()
+            .map(|row| {
+                Ok(SearchHit {
+                    presence: offline_presence(row, 0)?,
+                    name: row.try_get::<Option<String>, _>(6).map_err(DbError::from)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Users the database believes online, with their stored status and version.
+    pub async fn believed_online(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(UserId, Status, i64)>, DbError> {
+        let r = sqlx::query(
+            "SELECT user_id, status, version FROM user_presence WHERE online ORDER BY user_id LIMIT $1",
+        )
+        .bind(limit as i64)
+        .fetch_all(self.pool())
+        .await
+        .map_err(DbError::from);
+        self.observe(&r);
+        let mut out = Vec::new();
+        for row in r? {
+            let id: String = row.try_get(0)?;
+            let status: String = row.try_get(1)?;
+            let (Ok(id), Ok(status)) = (UserId::parse(&id), status.parse::<Status>()) else {
+                continue;
+            };
+            out.push((id, status, row.try_get(2)?));
+        }
+        Ok(out)
+    }
+
+    /// The stored status and version of these users (for the comparison with live presence).
+    pub async fn stored_status(
+        &self,
+        users: &[UserId],
+    ) -> Result<HashMap<UserId, (Status, i64)>, DbError> {
+        let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
+        let r = sqlx::query(
+            "SELECT user_id, status, version FROM user_presence WHERE user_id = ANY($1::text[])",
+        )
+        .bind(ids)
+        .fetch_all(self.pool())
+        .await
+        .map_err(DbError::from);
+        self.observe(&r);
+        let mut out = HashMap::new();
+        for row in r? {
+            let id: String = row.try_get(0)?;
+            let status: String = row.try_get(1)?;
+            if let (Ok(id), Ok(status)) = (UserId::parse(&id), status.parse::<Status>()) {
+                out.insert(id, (status, row.try_get(2)?));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Database {
+    /// Mark offline every user the database believes online (a single replica starting
+    /// empty). Returns how many.
+    pub async fn settle_all_offline(&self, now: Timestamp) -> Result<u64, DbError> {
+        const SQL: &str = "UPDATE user_presence
+             SET status = 'offline', online = false, details = NULL,
+                 last_seen = COALESCE(updated_at, 'epoch'::timestamptz + ($1::int8 * interval '1 microsecond')),
+                 updated_at = 'epoch'::timestamptz + ($1::int8 * interval '1 microsecond'),
+                 version = GREATEST(version + 1, $1::int8)
+             WHERE online";
+        let r = sqlx::query(SQL)
+            .bind(now.as_micros())
+            .execute(self.pool())
+            .await
+            .map_err(DbError::from);
+        self.observe(&r);
+        Ok(r?.rows_affected())
+    }
+}
+
+pub struct SearchHit {
+    /// As the database has it, offline; the caller overlays live presence.
+    pub presence: Presence,
+    pub name: Option<String>,
+}
+
+/// Columns from `first`: id, gender, online, last_seen µs, version, updated_at µs. The
+/// presence is always offline: whoever asks has found no live record, so whatever the
+/// database believed, the user is not online now. A row it believed online (its offline
+/// write never landed) gives its last update as the last-seen time.
+fn offline_presence(row: &sqlx::postgres::PgRow, first: usize) -> Result<Presence, DbError> {
+    let id: String = row.try_get(first)?;
+    let user_id = UserId::parse(&id).map_err(|e| DbError::Sql(sqlx::Error::Decode(e.into())))?;
+    let gender = row
+        .try_get::<Option<String>, _>(first + 1)?
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(Gender::Other);
+    let online: Option<bool> = row.try_get(first + 2)?;
+    let last_seen: Option<i64> = row.try_get(first + 3)?;
+    let version: Option<i64> = row.try_get(first + 4)?;
+    let updated: Option<i64> = row.try_get(first + 5)?;
+    let mut p = Presence::unseen(user_id, gender);
+    p.version = version.unwrap_or(0);
+    p.updated_at = updated.map(Timestamp);
+    p.last_seen = last_seen
+        .or(if online == Some(true) { updated } else { None })
+        .map(Timestamp);
+    Ok(p)
+}
+
+/// Make every character of `q` literal in a `LIKE ... ESCAPE '\'` pattern.
+pub fn escape_like(q: &str) -> String {
+    let mut out = String::with_capacity(q.len() + 8);
+    for c in q.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_like;
+
+    #[test]
+    fn like_metacharacters_are_literal() {
+        assert_eq!(escape_like(r"50%_a\b"), r"50\%\_a\\b");
+        assert_eq!(escape_like(".*(["), ".*([");
+    }
+}
