@@ -149,7 +149,7 @@ async fn get(
         &*state.engine,
         state.db.as_deref(),
         state.config.visibility_policy,
-        &viewer(&h),
+        &viewer(h),
         &ids,
     )
     .await?;
@@ -183,7 +183,7 @@ async fn list_online(
     let page = presence::list_online(
         &*state.engine,
         state.config.visibility_policy,
-        &viewer(&h),
+        &viewer(h),
         cursor,
         limit,
     )

@@ -103,7 +103,7 @@ impl RedisEngine {
         client.init().await.map_err(unavailable)?;
         subscriber.init().await.map_err(unavailable)?;
         // Resubscribe after every reconnect; without it subscriptions vanish with a restart.
-        let _ = subscriber.manage_subscriptions();
+        drop(subscriber.manage_subscriptions());
         let channel = format!("{prefix}:events");
         let (events, _) = broadcast::channel(8192);
         {
