@@ -18,6 +18,11 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Install the recorder if it is not yet: metric handles made before it would record nothing.
+pub fn install() {
+    handle();
+}
+
 fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
@@ -88,6 +93,18 @@ fn describe() {
         "From a change's commit (committing side's clock) to its emission on this replica"
     );
     describe_counter!("stats_events_total", "Statistics events recorded, by type");
+    describe_gauge!(
+        "db_pending_writes",
+        "Users whose presence waits to be written to PostgreSQL (at most one entry per user)"
+    );
+    describe_counter!(
+        "db_write_errors_total",
+        "Failed presence write batches (each is kept and retried), and changes the writer missed"
+    );
+    describe_counter!(
+        "db_presence_writes_total",
+        "User rows written to PostgreSQL by the presence writer"
+    );
 }
 
 /// Handles to this replica's metrics; cheap to clone, cheap to update.

@@ -70,7 +70,9 @@ impl Database {
             .connect_lazy_with(options);
         Ok(Database {
             pool,
-            up: AtomicBool::new(false),
+            // Presumed up until a query fails: lookups right after start-up are tried, not
+            // skipped (they fail fast enough if it is in fact down).
+            up: AtomicBool::new(true),
             users: users::Users::default(),
             writer: writer::PresenceWriter::new(s.online_debounce, s.offline_debounce, s.node),
         })

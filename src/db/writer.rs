@@ -61,8 +61,23 @@ impl Pending {
     }
 }
 
+/// The pending entries, and when the flush loop plans to wake next (so that a new entry
+/// due earlier wakes it, and one due later does not).
+struct Inner {
+    map: HashMap<UserId, Pending>,
+    planned: Option<Instant>,
+    /// Entries taken out for a write that has not finished: still pending to the outside.
+    in_flight: usize,
+}
+
+impl Inner {
+    fn pending(&self) -> usize {
+        self.map.len() + self.in_flight
+    }
+}
+
 pub struct PresenceWriter {
-    pending: Mutex<HashMap<UserId, Pending>>,
+    pending: Mutex<Inner>,
     wake: Notify,
     online_debounce: Duration,
     offline_debounce: Duration,
@@ -73,6 +88,7 @@ pub struct PresenceWriter {
 
 impl PresenceWriter {
     pub fn new(online_debounce: Duration, offline_debounce: Duration, node: &str) -> Self {
+        crate::metrics::install();
         let errors = counter!("db_write_errors_total", "node" => node.to_string());
         errors.increment(0);
         let written = counter!("db_presence_writes_total", "node" => node.to_string());
@@ -80,7 +96,11 @@ impl PresenceWriter {
         let pending_gauge = gauge!("db_pending_writes", "node" => node.to_string());
         pending_gauge.set(0.0);
         PresenceWriter {
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Inner {
+                map: HashMap::new(),
+                planned: None,
+                in_flight: 0,
+            }),
             wake: Notify::new(),
             online_debounce,
             offline_debounce,
@@ -90,7 +110,7 @@ impl PresenceWriter {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Pending>> {
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -125,19 +145,23 @@ impl PresenceWriter {
     }
 
     fn put(&self, user: UserId, p: Pending) {
-        let immediate = p.due <= Instant::now() + COALESCE;
-        let len = {
-            let mut map = self.lock();
-            match map.get_mut(&user) {
+        let (len, wake) = {
+            let mut inner = self.inner();
+            let wake = inner.planned.is_none_or(|at| p.due < at);
+            if wake {
+                // Until the loop replans, do not wake it again for entries due later.
+                inner.planned = Some(p.due);
+            }
+            match inner.map.get_mut(&user) {
                 Some(e) => e.merge(p),
                 None => {
-                    map.insert(user, p);
+                    inner.map.insert(user, p);
                 }
             }
-            map.len()
+            (inner.pending(), wake)
         };
         self.pending_gauge.set(len as f64);
-        if immediate {
+        if wake {
             self.wake.notify_one();
         }
     }
@@ -149,38 +173,43 @@ impl PresenceWriter {
 
     /// Entries waiting to be written.
     pub fn pending(&self) -> usize {
-        self.lock().len()
+        self.inner().pending()
     }
 
     /// Whether a write for `user` is waiting.
     pub fn is_pending(&self, user: &UserId) -> bool {
-        self.lock().contains_key(user)
+        self.inner().map.contains_key(user)
     }
 
     /// Take what is due by `horizon`, at most `MAX_BATCH` entries.
     fn take_due(&self, horizon: Instant) -> Vec<(UserId, Pending)> {
-        let mut map = self.lock();
-        let due: Vec<UserId> = map
+        let mut inner = self.inner();
+        let due: Vec<UserId> = inner
+            .map
             .iter()
             .filter(|(_, p)| p.due <= horizon)
             .map(|(u, _)| u.clone())
             .take(MAX_BATCH)
             .collect();
-        due.into_iter()
-            .filter_map(|u| map.remove_entry(&u))
-            .collect()
+        let taken: Vec<_> = due
+            .into_iter()
+            .filter_map(|u| inner.map.remove_entry(&u))
+            .collect();
+        inner.in_flight += taken.len();
+        taken
     }
 
     /// Put back a batch whose write failed, under anything newer that arrived meanwhile.
     fn restore(&self, batch: Vec<(UserId, Pending)>) {
-        let mut map = self.lock();
+        let mut inner = self.inner();
+        inner.in_flight -= batch.len();
         for (user, mut old) in batch {
-            if let Some(newer) = map.remove(&user) {
+            if let Some(newer) = inner.map.remove(&user) {
                 old.merge(newer);
             }
-            map.insert(user, old);
+            inner.map.insert(user, old);
         }
-        self.pending_gauge.set(map.len() as f64);
+        self.pending_gauge.set(inner.pending() as f64);
     }
 
     /// Write everything due by `horizon`. Returns how many users were written.
@@ -198,7 +227,9 @@ impl PresenceWriter {
                 Ok(()) => {
                     total += n;
                     self.written.increment(n as u64);
-                    self.pending_gauge.set(self.pending() as f64);
+                    let mut inner = self.inner();
+                    inner.in_flight -= n;
+                    self.pending_gauge.set(inner.pending() as f64);
                 }
                 Err(e) => {
                     self.errors.increment(1);
@@ -222,8 +253,18 @@ impl PresenceWriter {
         ) && self.pending() == 0
     }
 
-    fn next_due(&self) -> Option<Instant> {
-        self.lock().values().map(|p| p.due).min()
+    /// When the loop should wake next (an hour from now if nothing is pending), recorded
+    /// for [`put`](Self::put).
+    fn plan(&self) -> Instant {
+        let mut inner = self.inner();
+        let at = inner
+            .map
+            .values()
+            .map(|p| p.due)
+            .min()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        inner.planned = Some(at);
+        at
     }
 
     /// The flush loop: sleep until the earliest due entry (or a wake-up for an immediate
@@ -232,9 +273,7 @@ impl PresenceWriter {
     pub async fn run(&self, db: &Database, stop: CancellationToken) {
         let mut backoff = BACKOFF_MIN;
         loop {
-            let until = self
-                .next_due()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let until = self.plan();
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep_until(until) => {}

@@ -43,7 +43,9 @@ pub async fn search(
         Some(l) => match l.parse::<usize>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
             _ => {
-                return Err(AppError::bad_request(format!("limit must be 1 to {MAX_LIMIT}")));
+                return Err(AppError::bad_request(format!(
+                    "limit must be 1 to {MAX_LIMIT}"
+                )));
             }
         },
     };
