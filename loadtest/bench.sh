@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproducible benchmarks on this machine: builds release binaries, starts one gateway per
 # scenario (memory engine, production mode with a fixed secret), runs loadgen against it,
-# prints loadgen's JSON. Usage: loadtest/bench.sh [idle5k|idle10k|idle15k|fanout|fanout5|storm|churn|redis-idle10k|redis-fanout|redis-fanout10k|all]
+# prints loadgen's JSON. Usage: loadtest/bench.sh [idle5k|idle10k|idle15k|fanout|fanout5|storm|churn|redis-idle10k|redis-fanout|redis-fanout10k|search|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace -q
@@ -47,5 +47,16 @@ case "${1:-all}" in
   redis-idle10k|all) run3 --redis 127.0.0.1:6379 idle --clients 10000 --heartbeat-ms 5000 --hold-s 30 ;;&
   redis-fanout|all)  run3 fanout --viewers 5000 --changers 10 --rate 10 --duration-s 30 ;;&
   redis-fanout10k|all) run3 fanout --viewers 10000 --changers 10 --rate 10 --duration-s 30 ;;&
+  search|all)
+    # 1,000,000 users in a database of its own (seeded once, kept for later runs).
+    PGURL=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432}
+    psql "$PGURL/postgres" -tAc "select 1 from pg_database where datname='pgw_bench_search'" | grep -q 1 \
+      || psql "$PGURL/postgres" -qc "create database pgw_bench_search"
+    DATABASE_URL=$PGURL/pgw_bench_search $GW migrate
+    if [ "$(psql "$PGURL/pgw_bench_search" -tAc "select count(*) from users")" -lt 1000000 ]; then
+      echo "seeding 1,000,000 users (a few minutes)..." >&2
+      time psql "$PGURL/pgw_bench_search" -q -f loadtest/seed-users.sql
+    fi
+    run DATABASE_URL=$PGURL/pgw_bench_search -- search --rounds 100 ;;&
   *) ;;
 esac

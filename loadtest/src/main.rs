@@ -8,6 +8,7 @@
 //! processes (one process holds about 19,000 sockets here). Given the server's pids, it reports
 //! RSS per connection and CPU.
 
+mod http;
 mod measure;
 mod scenarios;
 mod sio;
@@ -107,6 +108,13 @@ pub enum Scenario {
     Storm {
         #[arg(long, default_value_t = 10000)]
         clients: usize,
+    },
+    /// `GET /api/users/search` with a mix of queries (short, common, rare, none), as a man
+    /// and as a woman; latency per query.
+    Search {
+        /// Passes over the query mix.
+        #[arg(long, default_value_t = 100)]
+        rounds: usize,
     },
     /// Clients connect and disconnect repeatedly; viewers check each announcement comes once.
     Churn {

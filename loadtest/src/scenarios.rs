@@ -62,6 +62,7 @@ pub async fn run(cli: Cli) -> Result<Value, String> {
             viewers,
             duration_s,
         } => churn(c, clients, viewers, duration_s).await,
+        Scenario::Search { rounds } => search(c, rounds).await,
     }
 }
 
@@ -638,4 +639,39 @@ async fn churn(
         "announcements_seen": announcements, "doubled_or_flapping": doubled, "versions_out_of_order": out_of_order,
         "users_not_offline_at_end": not_offline_at_end,
     }))
+}
+
+/// The search mix: what people type (one or two letters, a first name, a surname, a full
+/// name), what matches one user (a number), and what matches nobody.
+async fn search(c: &Common, rounds: usize) -> Result<Value, String> {
+    let q = |class: &str, q: &str, limit: usize| {
+        (
+            class.to_string(),
+            format!("/api/users/search?q={q}&limit={limit}"),
+        )
+    };
+    let queries = vec![
+        q("1 char", "a", 20),
+        q("2 chars", "an", 20),
+        q("first name", "anna", 20),
+        q("surname", "kowalski", 20),
+        q("full name", "maria%20garcia", 20),
+        q("one user", "123457", 20),
+        q("no match", "zzqxv", 20),
+        q("limit 100", "el", 100),
+    ];
+    let mut out = serde_json::Map::new();
+    for (viewer, gender) in [("as_woman", "female"), ("as_man", "male")] {
+        let token = crate::token::mint(&c.secret, &format!("{}-search-{viewer}", c.prefix), gender);
+        let r = crate::http::query_mix(
+            c.target[0],
+            token,
+            queries.clone(),
+            rounds,
+            c.concurrency.min(8),
+        )
+        .await?;
+        out.insert(viewer.into(), r);
+    }
+    Ok(Value::Object(out))
 }
