@@ -16,11 +16,12 @@ CREATE TABLE IF NOT EXISTS users (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
--- User search: case-insensitive substring over names. The trigram index serves patterns of
--- three or more characters; the btree on lower(name) lets short, frequent patterns walk the
--- names in order and stop at `limit`.
+-- User search: case-insensitive substring over names, names that start with the query
+-- first. The btree (in "C" collation, so that LIKE 'q%' is a range scan and its order is the
+-- index's) serves the prefix matches in name order and stops at `limit`; the trigram index
+-- finds the other matches of three or more characters without reading every name.
+CREATE INDEX IF NOT EXISTS users_name_prefix ON users ((lower(name) COLLATE "C"), id);
 CREATE INDEX IF NOT EXISTS users_name_trgm ON users USING gin (lower(name) gin_trgm_ops);
-CREATE INDEX IF NOT EXISTS users_name_lower ON users (lower(name), id);
 
 CREATE TABLE IF NOT EXISTS user_presence (
     user_id     text        PRIMARY KEY,

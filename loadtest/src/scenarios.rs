@@ -658,6 +658,7 @@ async fn search(c: &Common, rounds: usize) -> Result<Value, String> {
         q("full name", "maria%20garcia", 20),
         q("one user", "123457", 20),
         q("no match", "zzqxv", 20),
+        q("2 chars, no match", "zq", 20),
         q("limit 100", "el", 100),
     ];
     let mut out = serde_json::Map::new();

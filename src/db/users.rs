@@ -103,7 +103,8 @@ impl Database {
     }
 
     /// Users whose name contains `q` (case-insensitive, every character literal) that a
-    /// viewer of `genders` (plus `viewer` themselves) may see, by name.
+    /// viewer of `genders` (plus `viewer` themselves) may see: names starting with `q` first,
+    /// by name, then the others.
     pub async fn search(
         &self,
         q: &str,
@@ -111,16 +112,35 @@ impl Database {
         viewer: &UserId,
         limit: usize,
     ) -> Result<Vec<SearchHit>, DbError> {
-        let pattern = format!("%{}%", escape_like(q));
+        let pattern = escape_like(q);
         let genders: Vec<&str> = genders.iter().map(Gender::as_str).collect();
-        const SQL: &str = "SELECT u.id, u.gender, p.online,
-                (extract(epoch FROM p.last_seen) * 1000000)::int8, p.version,
-                (extract(epoch FROM p.updated_at) * 1000000)::int8, u.name
-             FROM users u LEFT JOIN user_presence p ON p.user_id = u.id
-             WHERE lower(u.name) LIKE lower($1) ESCAPE '\\'
-               AND (COALESCE(u.gender, 'other') = ANY($2) OR u.id = $3)
-             ORDER BY lower(u.name), u.id
-             LIMIT $4";
+        // Names that start with `q` first, in name order (a range scan of the "C"-collated
+        // btree that stops at `limit`), then other names containing it (the trigram index),
+        // unordered among themselves. The outer LIMIT stops the second branch from running
+        // at all when the first filled the page: a common query costs a few index entries,
+        // not every match.
+        const SQL: &str = r#"
+SELECT m.id, m.gender, p.online,
+       (extract(epoch FROM p.last_seen) * 1000000)::int8, p.version,
+       (extract(epoch FROM p.updated_at) * 1000000)::int8, m.name
+FROM (
+    SELECT * FROM (
+        (SELECT u.id, u.gender, u.name, 0 AS rank FROM users u
+         WHERE lower(u.name) COLLATE "C" LIKE lower($1) || '%' ESCAPE '\'
+           AND (COALESCE(u.gender, 'other') = ANY($2) OR u.id = $3)
+         ORDER BY lower(u.name) COLLATE "C", u.id
+         LIMIT $4)
+        UNION ALL
+        (SELECT u.id, u.gender, u.name, 1 FROM users u
+         WHERE lower(u.name) LIKE '%' || lower($1) || '%' ESCAPE '\'
+           AND NOT (lower(u.name) COLLATE "C" LIKE lower($1) || '%' ESCAPE '\')
+           AND (COALESCE(u.gender, 'other') = ANY($2) OR u.id = $3)
+         LIMIT $4)
+    ) matches
+    LIMIT $4
+) m
+LEFT JOIN user_presence p ON p.user_id = m.id
+ORDER BY m.rank, lower(m.name) COLLATE "C", m.id"#;
         // Unnamed statement: planned with the actual pattern, so the planner can choose
         // between the trigram index (rare patterns) and walking names in order (common ones).
         let r = sqlx::query(SQL)

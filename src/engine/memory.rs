@@ -25,6 +25,7 @@ pub struct MemoryEngine {
     node: Arc<str>,
     inner: Mutex<Inner>,
     events: broadcast::Sender<PresenceEvent>,
+    stats_bus: broadcast::Sender<Arc<str>>,
 }
 
 /// Where committed changes go, and whose they are.
@@ -65,6 +66,7 @@ impl MemoryEngine {
             node: Arc::from(node),
             inner: Mutex::new(Inner::default()),
             events: broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
+            stats_bus: broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
         }
     }
 
@@ -395,11 +397,21 @@ impl PresenceEngine for MemoryEngine {
             total_disconnections: inner.total_disconnections,
             total_swept: inner.total_swept,
             last_sweep_at: inner.last_sweep_at,
+            nodes: 1,
         })
     }
 
     fn subscribe(&self) -> broadcast::Receiver<PresenceEvent> {
         self.events.subscribe()
+    }
+
+    async fn publish_stats(&self, payload: String) -> Result<(), EngineError> {
+        let _ = self.stats_bus.send(Arc::from(payload));
+        Ok(())
+    }
+
+    fn subscribe_stats(&self) -> broadcast::Receiver<Arc<str>> {
+        self.stats_bus.subscribe()
     }
 
     async fn ready(&self) -> bool {

@@ -116,6 +116,8 @@ pub struct ClusterStats {
     pub total_disconnections: u64,
     pub total_swept: u64,
     pub last_sweep_at: Option<Timestamp>,
+    /// Replicas in the cluster.
+    pub nodes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +197,12 @@ pub trait PresenceEngine: Send + Sync + 'static {
 
     /// Every committed change, from every replica, in commit order per user.
     fn subscribe(&self) -> broadcast::Receiver<PresenceEvent>;
+
+    /// Send `payload` to every replica's [`subscribe_stats`](Self::subscribe_stats), this one
+    /// included, in the order of the calls (the statistics bus; the payload is opaque here).
+    async fn publish_stats(&self, payload: String) -> Result<(), EngineError>;
+
+    fn subscribe_stats(&self) -> broadcast::Receiver<Arc<str>>;
 
     /// Whether the engine can serve right now (readiness).
     async fn ready(&self) -> bool;

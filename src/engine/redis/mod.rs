@@ -56,6 +56,9 @@ pub struct RedisEngine {
     node: Arc<str>,
     channel: String,
     events: broadcast::Sender<PresenceEvent>,
+    /// The statistics bus: its channel, and what arrives on it.
+    stats_channel: String,
+    stats_bus: broadcast::Sender<Arc<str>>,
     scripts: Scripts,
 }
 
@@ -105,13 +108,22 @@ impl RedisEngine {
         // Resubscribe after every reconnect; without it subscriptions vanish with a restart.
         drop(subscriber.manage_subscriptions());
         let channel = format!("{prefix}:events");
+        let stats_channel = format!("{prefix}:stats");
         let (events, _) = broadcast::channel(8192);
+        let (stats_bus, _) = broadcast::channel(8192);
         {
             let mut rx = subscriber.message_rx();
             let events = events.clone();
+            let stats_bus = stats_bus.clone();
+            let stats_channel = stats_channel.clone();
             tokio::spawn(async move {
                 loop {
                     match rx.recv().await {
+                        Ok(msg) if &*msg.channel == stats_channel.as_str() => {
+                            if let Some(text) = msg.value.as_str() {
+                                let _ = stats_bus.send(Arc::from(&*text));
+                            }
+                        }
                         Ok(msg) => {
                             if let Some(text) = msg.value.as_str()
                                 && let Some(ev) = decode_event(&text)
@@ -131,7 +143,7 @@ impl RedisEngine {
             });
         }
         subscriber
-            .subscribe(channel.clone())
+            .subscribe(vec![channel.clone(), stats_channel.clone()])
             .await
             .map_err(unavailable)?;
         let engine = RedisEngine {
@@ -141,6 +153,8 @@ impl RedisEngine {
             node: Arc::from(node),
             channel,
             events,
+            stats_channel,
+            stats_bus,
             scripts: Scripts {
                 peak: Script::from_lua(PEAK),
                 restore: script(include_str!("restore.lua")),
@@ -792,6 +806,7 @@ impl PresenceEngine for RedisEngine {
             "HMGET",
             vec![self.stats_key(), "peak".into(), "lastSweep".into()],
         ));
+        cmds.push(("SCARD", vec![self.nodes_key()]));
         let replies = self.batch(cmds).await?;
         let mut s = ClusterStats::default();
         let mut it = replies.into_iter();
@@ -819,11 +834,25 @@ impl PresenceEngine for RedisEngine {
                 .map_err(unavailable)?;
         }
         s.last_sweep_at = g.get(1).copied().flatten().map(Timestamp);
+        s.nodes = it.next().and_then(|v| v.convert::<u64>().ok()).unwrap_or(1);
         Ok(s)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<PresenceEvent> {
         self.events.subscribe()
+    }
+
+    async fn publish_stats(&self, payload: String) -> Result<(), EngineError> {
+        let _: i64 = self
+            .client
+            .custom(cmd("PUBLISH"), vec![self.stats_channel.clone(), payload])
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn subscribe_stats(&self) -> broadcast::Receiver<Arc<str>> {
+        self.stats_bus.subscribe()
     }
 
     async fn ready(&self) -> bool {
