@@ -9,6 +9,8 @@
 //!   for a cluster.
 //! - [`db`]: PostgreSQL — users, a durable copy of presence written behind the live path,
 //!   search. Optional: without `DATABASE_URL` the rest works unchanged.
+//! - [`stats`]: live statistics of the chat widgets — stored, then announced in `seq` order
+//!   to every dashboard, and the `/api/stats` report.
 //! - [`presence`]: queries with the visibility rule applied, shared by both transports.
 //! - [`auth`]: JWTs in, an [`auth::Identity`] out.
 //! - [`gateway`]: Socket.IO — handshakes, client events, heartbeat batching, fan-out.
@@ -30,6 +32,7 @@ pub mod metrics;
 pub mod presence;
 pub mod server;
 pub mod state;
+pub mod stats;
 pub mod telemetry;
 
 pub use server::{Gateway, run};

@@ -133,8 +133,12 @@ test("search: literal, case-insensitive, visibility in the query, bounded, with 
     assert.deepEqual(ids(r), ["s-f1"], "% is literal");
     r = await gw.http(`/api/users/search?q=${encodeURIComponent("(.*) [x] 'q'")}`, { token: woman });
     assert.deepEqual(ids(r), ["s-f4"], "regex characters and quotes are literal");
-    r = await gw.http(`/api/users/search?q=${encodeURIComponent(".*")}`, { token: woman });
+    r = await gw.http(`/api/users/search?q=${encodeURIComponent("(.*)")}`, { token: woman });
     assert.deepEqual(ids(r), ["s-f4"]);
+    r = await gw.http(`/api/users/search?q=${encodeURIComponent("an")}`, { token: woman });
+    assert.deepEqual(ids(r), ["s-f1", "s-f2", "s-f3", "s-f4", "s-m1", "s-o1"], "two characters: names starting with them");
+    r = await gw.http(`/api/users/search?q=${encodeURIComponent("nn")}`, { token: woman });
+    assert.deepEqual(ids(r), [], "two characters do not match inside names");
     r = await gw.http("/api/users/search?q=anna&limit=2", { token: woman });
     assert.equal(r.json.users.length, 2);
     const first = (await gw.http("/api/users/search?q=real", { token: woman })).json.users[0];

@@ -104,7 +104,9 @@ impl Database {
 
     /// Users whose name contains `q` (case-insensitive, every character literal) that a
     /// viewer of `genders` (plus `viewer` themselves) may see: names starting with `q` first,
-    /// by name, then the others.
+    /// by name, then the others. A `q` shorter than [`MIN_INFIX_CHARS`] matches names that
+    /// start with it only: no index finds one or two characters inside names, and reading
+    /// every name for a rare pair would cost a second at a million users.
     pub async fn search(
         &self,
         q: &str,
@@ -134,6 +136,7 @@ FROM (
         (SELECT u.id, u.gender, u.name, 1 FROM users u
          WHERE lower(u.name) LIKE '%' || lower($1) || '%' ESCAPE '\'
            AND NOT (lower(u.name) COLLATE "C" LIKE lower($1) || '%' ESCAPE '\')
+           AND $5
            AND (COALESCE(u.gender, 'other') = ANY($2) OR u.id = $3)
          LIMIT $4)
     ) matches
@@ -149,6 +152,7 @@ ORDER BY m.rank, lower(m.name) COLLATE "C", m.id"#;
             .bind(genders)
             .bind(viewer.as_str())
             .bind(limit as i64)
+            .bind(q.chars().count() >= MIN_INFIX_CHARS)
             .fetch_all(self.pool())
             .await
             .map_err(DbError::from);
@@ -233,6 +237,9 @@ impl Database {
         Ok(r?.rows_affected())
     }
 }
+
+/// Shortest query matched inside names (the trigram index needs three characters).
+pub const MIN_INFIX_CHARS: usize = 3;
 
 pub struct SearchHit {
     /// As the database has it, offline; the caller overlays live presence.

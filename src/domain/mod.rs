@@ -6,6 +6,7 @@
 //! Redis engine's scripts and every transport path agree by construction.
 
 pub mod presence;
+pub mod stats;
 pub mod time;
 pub mod user;
 pub mod visibility;

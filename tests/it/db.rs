@@ -333,8 +333,17 @@ async fn search_is_literal_case_insensitive_and_applies_visibility_in_the_query(
         ["m1", "o1", "f1"]
     );
     assert_eq!(ids(db.search("100%", all, &me, 10).await.unwrap()), ["f1"]);
-    assert_eq!(ids(db.search("_", all, &me, 10).await.unwrap()), ["f2"]);
-    assert_eq!(ids(db.search(r"\", all, &me, 10).await.unwrap()), ["f3"]);
+    assert_eq!(ids(db.search("r_s", all, &me, 10).await.unwrap()), ["f2"]);
+    assert_eq!(ids(db.search(r"k\s", all, &me, 10).await.unwrap()), ["f3"]);
+    // One or two characters: names that start with them.
+    assert_eq!(
+        ids(db.search("UN", all, &me, 10).await.unwrap()),
+        ["f2", "f5"]
+    );
+    assert_eq!(
+        ids(db.search("re", all, &me, 10).await.unwrap()),
+        ["m1", "o1"]
+    );
     assert_eq!(
         ids(db.search(".*", all, &me, 10).await.unwrap()),
         Vec::<String>::new()
@@ -354,5 +363,5 @@ async fn search_is_literal_case_insensitive_and_applies_visibility_in_the_query(
         ids(db.search("real", women, &me, 10).await.unwrap()),
         ["f1"]
     );
-    assert_eq!(db.search("e", all, &me, 2).await.unwrap().len(), 2);
+    assert_eq!(db.search("real", all, &me, 2).await.unwrap().len(), 2);
 }

@@ -1,0 +1,345 @@
+//! Live statistics: events stored, then announced to every dashboard on every replica, in
+//! `seq` order; the `/api/stats` report with a cache that never predates an announcement.
+//!
+//! The old pipeline announced events before they were written and had dashboards sleep
+//! 800 ms before refetching. Here:
+//!
+//! 1. **Store.** Events queue to this replica's committer, which writes a batch in one
+//!    statement while holding a PostgreSQL advisory lock ([`SEQ_LOCK`]), so `seq` order is
+//!    commit order cluster-wide;
+//! 2. **Announce.** Still holding the lock, it publishes the stored batch on the engine's
+//!    statistics bus (Redis pub/sub, or in-process), so publication order is `seq` order;
+//! 3. **Deliver.** Each replica's receiver emits `stats_update` to its `/dashboard` sockets in
+//!    `seq` order. A jump in `seq` (a message lost, a publisher that died between commit and
+//!    publish) is filled from the database before going on, and a once-a-second check of the
+//!    highest stored `seq` catches a tail nobody announced.
+//!
+//! Since an event reaches a dashboard only after its commit, `GET /api/stats` on any
+//! replica afterwards reflects it. The report cache is keyed by query and valid only while
+//! its `lastEventSeq` is at least the last `seq` this replica delivered.
+//!
+//! A dashboard that cannot keep up (its socket queue is full) is not buffered for without
+//! bound and not silently skipped: it stops receiving `stats_update` and gets a
+//! `stats_resync` `{"lastEventSeq"}` as soon as it has room, telling it to refetch
+//! `/api/stats` (which includes everything up to that seq) and carry on from there.
+
+use crate::db::stats::{ReportQuery, SEQ_LOCK, Stored};
+use crate::db::{Database, DbError};
+use crate::domain::Timestamp;
+use crate::domain::stats::{Channel, EventType, NewEvent, StatsUpdate};
+use crate::engine::PresenceEngine;
+use crate::error::AppError;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Events waiting for the committer; beyond this, recording answers `unavailable` rather
+/// than queue without bound behind a stalled database.
+const QUEUE: usize = 10_000;
+/// Events per insert statement.
+const BATCH: usize = 500;
+/// How often the receiver checks for stored events nobody announced.
+const TAIL_CHECK: Duration = Duration::from_secs(1);
+/// A cached report also expires after this (a default window slides with the clock).
+const CACHE_TTL: Duration = Duration::from_secs(10);
+const CACHE_MAX: usize = 256;
+
+struct Job {
+    events: Vec<NewEvent>,
+    done: oneshot::Sender<Result<Vec<Stored>, ()>>,
+}
+
+pub struct Stats {
+    db: Arc<Database>,
+    jobs: mpsc::Sender<Job>,
+    queue: Mutex<Option<mpsc::Receiver<Job>>>,
+    /// The highest seq delivered to this replica's dashboards.
+    delivered: AtomicI64,
+    cache: Mutex<HashMap<ReportQuery, (Arc<Value>, Instant)>>,
+}
+
+/// Per-dashboard-socket state.
+#[derive(Default)]
+pub struct DashboardHandle {
+    /// Its queue overflowed: skip updates until it got a `stats_resync`.
+    pub behind: AtomicBool,
+}
+
+/// The bus payload: a stored batch, in seq order.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Wire(i64, String, String, String, i64);
+
+fn encode(updates: &[&StatsUpdate]) -> String {
+    let w: Vec<Wire> = updates
+        .iter()
+        .map(|u| {
+            Wire(
+                u.seq,
+                u.kind.as_str().into(),
+                u.channel.as_str().into(),
+                u.visitor_id.clone(),
+                u.at.as_micros(),
+            )
+        })
+        .collect();
+    serde_json::to_string(&w).unwrap_or_default()
+}
+
+fn decode(payload: &str) -> Vec<StatsUpdate> {
+    let w: Vec<Wire> = serde_json::from_str(payload).unwrap_or_default();
+    w.into_iter()
+        .filter_map(|Wire(seq, kind, channel, visitor_id, at)| {
+            Some(StatsUpdate {
+                seq,
+                kind: EventType::parse(&kind)?,
+                channel: Channel::parse(&channel)?,
+                visitor_id,
+                at: Timestamp(at),
+            })
+        })
+        .collect()
+}
+
+impl Stats {
+    pub fn new(db: Arc<Database>) -> Self {
+        let (jobs, rx) = mpsc::channel(QUEUE);
+        Stats {
+            db,
+            jobs,
+            queue: Mutex::new(Some(rx)),
+            delivered: AtomicI64::new(0),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// Store `events` (consecutive seqs, in this order) and have them announced. Returns when
+    /// they are committed.
+    pub async fn record(&self, events: Vec<NewEvent>) -> Result<Vec<Stored>, AppError> {
+        let (done, rx) = oneshot::channel();
+        self.jobs
+            .try_send(Job { events, done })
+            .map_err(|_| AppError::Unavailable("statistics are backed up; retry shortly".into()))?;
+        rx.await
+            .map_err(|_| AppError::Unavailable("statistics are shutting down".into()))?
+            .map_err(|()| AppError::Unavailable("the database is temporarily unavailable".into()))
+    }
+
+    /// The committer: batches of queued events, stored and published under [`SEQ_LOCK`].
+    pub async fn run_committer(
+        &self,
+        engine: Arc<dyn PresenceEngine>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let Some(mut rx) = self.queue.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        loop {
+            let first = tokio::select! {
+                _ = stop.cancelled() => None,
+                j = rx.recv() => j,
+            };
+            let Some(first) = first else { break };
+            let mut jobs = vec![first];
+            let mut n = jobs[0].events.len();
+            while n < BATCH {
+                match rx.try_recv() {
+                    Ok(j) => {
+                        n += j.events.len();
+                        jobs.push(j);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let events: Vec<NewEvent> =
+                jobs.iter().flat_map(|j| j.events.iter().cloned()).collect();
+            let result = self.commit(&*engine, &events).await;
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, events = events.len(), "statistics events not stored");
+            }
+            let mut stored = result.map(Vec::into_iter).map_err(|_| ());
+            for j in jobs {
+                let mine = match &mut stored {
+                    Ok(it) => Ok(it.by_ref().take(j.events.len()).collect()),
+                    Err(()) => Err(()),
+                };
+                let _ = j.done.send(mine);
+            }
+        }
+        // Stopping: refuse what is still queued rather than leave its senders waiting.
+        rx.close();
+        while let Ok(j) = rx.try_recv() {
+            let _ = j.done.send(Err(()));
+        }
+    }
+
+    async fn commit(
+        &self,
+        engine: &dyn PresenceEngine,
+        events: &[NewEvent],
+    ) -> Result<Vec<Stored>, DbError> {
+        let mut conn = self.db.pool().acquire().await.map_err(DbError::from)?;
+        let r = async {
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(SEQ_LOCK)
+                .execute(&mut *conn)
+                .await?;
+            let stored = crate::db::stats::insert(&mut conn, events).await?;
+            let new: Vec<&StatsUpdate> = stored
+                .iter()
+                .filter_map(|s| match s {
+                    Stored::New(u) => Some(u),
+                    Stored::Duplicate(_) => None,
+                })
+                .collect();
+            for u in &new {
+                metrics::counter!("stats_events_total", "type" => u.kind.as_str()).increment(1);
+            }
+            // Still under the lock, so publication order is seq order. A failed publish
+            // loses nothing: receivers fill gaps, and find the tail, from the database.
+            if !new.is_empty()
+                && let Err(e) = engine.publish_stats(encode(&new)).await
+            {
+                tracing::warn!(error = %e, "statistics not published; replicas will read them from the database");
+            }
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(SEQ_LOCK)
+                .execute(&mut *conn)
+                .await?;
+            Ok::<_, DbError>(stored)
+        }
+        .await;
+        self.db.observe(&r);
+        if r.is_err() {
+            // The session may still hold the lock: end it rather than pool it.
+            let _ = conn.close().await;
+        }
+        r
+    }
+
+    /// The receiver: every stored event, in seq order, to this replica's dashboards.
+    pub async fn run_receiver(
+        &self,
+        engine: Arc<dyn PresenceEngine>,
+        emit: impl Fn(&StatsUpdate),
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let mut rx = engine.subscribe_stats();
+        // Dashboards connecting from now on get what is stored from now on.
+        loop {
+            match self.db.last_event_seq().await {
+                Ok(seq) => {
+                    self.delivered.store(seq, Ordering::Release);
+                    break;
+                }
+                Err(_) => tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(TAIL_CHECK) => {}
+                },
+            }
+        }
+        let mut tick = tokio::time::interval(TAIL_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                m = rx.recv() => match m {
+                    Ok(payload) => {
+                        for u in decode(&payload) {
+                            self.deliver_through(u, &emit).await;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.catch_up(&emit).await,
+                    Err(_) => break,
+                },
+                _ = tick.tick() => self.catch_up(&emit).await,
+            }
+        }
+    }
+
+    /// Deliver `u`, after whatever stored events precede it that were not delivered.
+    async fn deliver_through(&self, u: StatsUpdate, emit: &impl Fn(&StatsUpdate)) {
+        let last = self.delivered.load(Ordering::Acquire);
+        if u.seq <= last {
+            return;
+        }
+        if u.seq > last + 1 {
+            self.fill(last, u.seq, emit).await;
+        }
+        emit(&u);
+        self.delivered.store(u.seq, Ordering::Release);
+    }
+
+    /// Deliver stored events with `after < seq < before` (a gap; possibly none exist: a
+    /// failed insert burns seqs).
+    async fn fill(&self, after: i64, before: i64, emit: &impl Fn(&StatsUpdate)) {
+        let mut from = after;
+        loop {
+            match self.db.events_between(from, before, 1000).await {
+                Ok(missing) if missing.is_empty() => return,
+                Ok(missing) => {
+                    for m in &missing {
+                        emit(m);
+                        self.delivered.store(m.seq, Ordering::Release);
+                    }
+                    from = missing.last().map_or(before, |m| m.seq);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, after, before, "could not fill a gap in statistics events");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn catch_up(&self, emit: &impl Fn(&StatsUpdate)) {
+        let Ok(max) = self.db.last_event_seq().await else {
+            return;
+        };
+        let last = self.delivered.load(Ordering::Acquire);
+        if max > last {
+            self.fill(last, max + 1, emit).await;
+        }
+    }
+
+    /// The highest seq delivered here.
+    pub fn delivered(&self) -> i64 {
+        self.delivered.load(Ordering::Acquire)
+    }
+
+    /// The report, from the cache when that cannot predate anything delivered here.
+    pub async fn report(&self, q: ReportQuery, cacheable: bool) -> Result<Arc<Value>, AppError> {
+        let floor = self.delivered();
+        if cacheable {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((v, at)) = cache.get(&q)
+                && at.elapsed() < CACHE_TTL
+                && v["lastEventSeq"].as_i64().unwrap_or(0) >= floor
+            {
+                metrics::counter!("stats_report_cache_hits_total").increment(1);
+                return Ok(v.clone());
+            }
+        }
+        let v = Arc::new(self.db.stats_report(&q).await.map_err(|e| match &e {
+            // invalid_parameter_value: an unknown time zone.
+            DbError::Sql(sqlx::Error::Database(d)) if d.code().as_deref() == Some("22023") => {
+                AppError::bad_request("tz: unknown time zone")
+            }
+            _ => AppError::from(e),
+        })?);
+        if cacheable {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(q, (v.clone(), Instant::now()));
+        }
+        Ok(v)
+    }
+}
