@@ -122,6 +122,8 @@ pub struct Metrics {
     pub dropped: Counter,
     pub fanout_latency: Histogram,
     pub sockets_root: Gauge,
+    pub sockets_widget: Gauge,
+    pub sockets_dashboard: Gauge,
     pub online_users: Gauge,
     pub peak_online: Gauge,
 }
@@ -143,6 +145,8 @@ impl Metrics {
             dropped: counter!("presence_updates_dropped_total", "node" => n.clone()),
             fanout_latency: histogram!("presence_fanout_latency_seconds", "node" => n.clone()),
             sockets_root: gauge!("gateway_connected_sockets", "node" => n.clone(), "namespace" => "/"),
+            sockets_widget: gauge!("gateway_connected_sockets", "node" => n.clone(), "namespace" => "/widget"),
+            sockets_dashboard: gauge!("gateway_connected_sockets", "node" => n.clone(), "namespace" => "/dashboard"),
             online_users: gauge!("presence_online_users"),
             peak_online: gauge!("presence_peak_online_users"),
         };
@@ -160,6 +164,8 @@ impl Metrics {
             c.increment(0);
         }
         m.sockets_root.increment(0.0);
+        m.sockets_widget.increment(0.0);
+        m.sockets_dashboard.increment(0.0);
         for t in [
             "widget_opened",
             "new_message",

@@ -103,6 +103,28 @@ impl Gateway {
         if state.config.enable_server_heartbeat {
             state.tasks.spawn(server_heartbeat_loop(state.clone()));
         }
+        state
+            .tasks
+            .spawn(gateway::dashboard::run_presence_stats(state.clone()));
+        if let Some(stats) = &state.stats {
+            let (s, st) = (stats.clone(), state.clone());
+            state
+                .tasks
+                .spawn(async move { s.run_committer(st.engine.clone(), st.stop.clone()).await });
+            let (s, st) = (stats.clone(), state.clone());
+            state.tasks.spawn(async move {
+                let emit_state = st.clone();
+                s.run_receiver(
+                    st.engine.clone(),
+                    move |u| gateway::dashboard::emit_update(&emit_state, u),
+                    st.stop.clone(),
+                )
+                .await
+            });
+            state
+                .tasks
+                .spawn(gateway::dashboard::run_resync(state.clone()));
+        }
         if let Some(db) = &state.db {
             state.tasks.spawn(database_loop(state.clone(), db.clone()));
             state.tasks.spawn(record_changes(
@@ -160,7 +182,10 @@ async fn database_loop(state: AppState, db: Arc<Database>) {
         let mut delay = Duration::from_millis(200);
         loop {
             match db.migrate().await {
-                Ok(()) => break,
+                Ok(()) => {
+                    db.set_schema_ready();
+                    break;
+                }
                 Err(e) => tracing::warn!(error = %e, "migrations not applied yet; retrying"),
             }
             tokio::select! {
@@ -170,6 +195,7 @@ async fn database_loop(state: AppState, db: Arc<Database>) {
             delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
+    db.set_schema_ready();
     if state.engine.kind() == "memory" {
         // This replica is the whole cluster and it starts empty: whoever the database still
         // believes online (the last run's users, whose offline writes a shutdown could not

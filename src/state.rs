@@ -23,6 +23,8 @@ pub struct Shared {
     pub engine: Arc<dyn PresenceEngine>,
     /// PostgreSQL, when `DATABASE_URL` is set.
     pub db: Option<Arc<Database>>,
+    /// Live statistics, when there is a database to store them.
+    pub stats: Option<Arc<crate::stats::Stats>>,
     pub auth: Arc<Authenticator>,
     pub metrics: Metrics,
     /// This replica's sockets.
@@ -63,6 +65,7 @@ impl AppState {
         AppState(Arc::new(Shared {
             config: Arc::new(config),
             engine,
+            stats: db.clone().map(|d| Arc::new(crate::stats::Stats::new(d))),
             db,
             auth: Arc::new(auth),
             metrics,

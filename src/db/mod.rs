@@ -47,6 +47,8 @@ impl From<DbError> for crate::error::AppError {
 pub struct Database {
     pool: PgPool,
     up: AtomicBool,
+    /// The schema is migrated (or migrations are someone else's job): queries may run.
+    schema: tokio::sync::watch::Sender<bool>,
     pub users: users::Users,
     pub writer: writer::PresenceWriter,
 }
@@ -74,6 +76,7 @@ impl Database {
             // Presumed up until a query fails: lookups right after start-up are tried, not
             // skipped (they fail fast enough if it is in fact down).
             up: AtomicBool::new(true),
+            schema: tokio::sync::watch::Sender::new(false),
             users: users::Users::default(),
             writer: writer::PresenceWriter::new(s.online_debounce, s.offline_debounce, s.node),
         })
@@ -89,6 +92,21 @@ impl Database {
         let r = MIGRATOR.run(&self.pool).await.map_err(DbError::from);
         self.observe(&r);
         r
+    }
+
+    /// Declare the schema ready (migrated here, or by `presence-gateway migrate`).
+    pub fn set_schema_ready(&self) {
+        self.schema.send_replace(true);
+    }
+
+    pub fn schema_ready(&self) -> bool {
+        *self.schema.borrow()
+    }
+
+    /// Wait until the schema is ready.
+    pub async fn wait_schema(&self) {
+        let mut rx = self.schema.subscribe();
+        let _ = rx.wait_for(|ready| *ready).await;
     }
 
     /// Whether the database answered its last query.

@@ -29,7 +29,7 @@ pub enum HandshakeError {
 }
 
 impl HandshakeError {
-    fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             HandshakeError::Unauthorized(_) => "unauthorized",
             HandshakeError::Forbidden(_) => "forbidden",
@@ -49,7 +49,7 @@ impl From<AuthError> for HandshakeError {
 
 /// The token, from the first of: `auth.token`, an `Authorization: Bearer` header, a `token`
 /// query parameter.
-fn find_token(s: &SocketRef, auth: &Value) -> Option<String> {
+pub(crate) fn find_token(s: &SocketRef, auth: &Value) -> Option<String> {
     if let Some(t) = auth.get("token").and_then(Value::as_str) {
         return Some(t.to_string());
     }

@@ -6,15 +6,19 @@
 //! - [`connection`]: per-socket state and this replica's socket registry;
 //! - [`heartbeats`]: batching "heard from" writes to the engine;
 //! - [`fanout`]: committed changes to this replica's viewers, by room;
+//! - [`widget`]: `/widget`, anonymous chat widgets recording statistics events;
+//! - [`dashboard`]: `/dashboard`, live statistics and presence figures for dashboards;
 //! - [`rooms`], [`ratelimit`]: the small pieces those share.
 
 pub mod connection;
+pub mod dashboard;
 pub mod events;
 pub mod fanout;
 pub mod handshake;
 pub mod heartbeats;
 pub mod ratelimit;
 pub mod rooms;
+pub mod widget;
 
 pub use connection::{ConnHandle, SocketRegistry};
 pub use heartbeats::HeartbeatBatch;
@@ -48,6 +52,11 @@ pub fn layer(state: &AppState) -> SocketIoLayer {
         .ws_read_buffer_size(WS_READ_BUFFER)
         .build_layer();
     io.ns("/", handshake::connected.with(handshake::authenticate));
+    io.ns("/widget", widget::connected.with(widget::admit));
+    io.ns(
+        dashboard::NAMESPACE,
+        dashboard::connected.with(dashboard::admit),
+    );
     let _ = state.io.set(io);
     layer
 }

@@ -38,7 +38,7 @@ pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     };
     let database = match &state.db {
         None => "disabled",
-        Some(db) if db.is_up() => "up",
+        Some(db) if db.is_up() && db.schema_ready() => "up",
         Some(_) => "down",
     };
     let stats = state.engine.stats().await.ok();

@@ -59,6 +59,8 @@ pub struct Stats {
     /// The highest seq delivered to this replica's dashboards.
     delivered: AtomicI64,
     cache: Mutex<HashMap<ReportQuery, (Arc<Value>, Instant)>>,
+    /// The receiver knows where it starts: events stored from now on will be delivered.
+    receiving: tokio::sync::watch::Sender<bool>,
 }
 
 /// Per-dashboard-socket state.
@@ -112,6 +114,7 @@ impl Stats {
             queue: Mutex::new(Some(rx)),
             delivered: AtomicI64::new(0),
             cache: Mutex::new(HashMap::new()),
+            receiving: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -140,6 +143,13 @@ impl Stats {
         let Some(mut rx) = self.queue.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
+        // Nothing is stored before this replica's receiver knows where it starts, or its
+        // own dashboards could miss the first events.
+        let mut receiving = self.receiving.subscribe();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = receiving.wait_for(|r| *r) => {}
+        }
         loop {
             let first = tokio::select! {
                 _ = stop.cancelled() => None,
@@ -231,7 +241,11 @@ impl Stats {
         stop: tokio_util::sync::CancellationToken,
     ) {
         let mut rx = engine.subscribe_stats();
-        // Dashboards connecting from now on get what is stored from now on.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = self.db.wait_schema() => {}
+        }
+        // Dashboards get what is stored from now on.
         loop {
             match self.db.last_event_seq().await {
                 Ok(seq) => {
@@ -244,6 +258,8 @@ impl Stats {
                 },
             }
         }
+        tracing::debug!(from = self.delivered(), "statistics receiver running");
+        self.receiving.send_replace(true);
         let mut tick = tokio::time::interval(TAIL_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -266,6 +282,7 @@ impl Stats {
     /// Deliver `u`, after whatever stored events precede it that were not delivered.
     async fn deliver_through(&self, u: StatsUpdate, emit: &impl Fn(&StatsUpdate)) {
         let last = self.delivered.load(Ordering::Acquire);
+        tracing::debug!(seq = u.seq, last, "statistics event received");
         if u.seq <= last {
             return;
         }

@@ -1,0 +1,229 @@
+// Live statistics: widgets record events, dashboards receive them in seq order on every
+// replica, and /api/stats reflects an event the moment its stats_update arrived. The four
+// bugs of the old pipeline are tests here: a broadcast that reached no one, a cache never
+// invalidated, user_online fired on open, and the 800 ms sleep before refetching.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { io } from "socket.io-client";
+import { startGateway, token, user, waitUntil, withDeadline } from "../helpers.mjs";
+import { freshDatabase } from "../db.mjs";
+
+const dash = token({ sub: "dash", roles: ["dashboard"] });
+const publisher = token({ sub: "bot", roles: ["publisher"] });
+
+function open(url, nsp, auth) {
+  const s = io(url + nsp, { auth, reconnection: false, forceNew: true, transports: ["websocket"] });
+  return withDeadline(
+    new Promise((resolve, reject) => {
+      s.once("connect", () => resolve(s));
+      s.once("connect_error", (e) => (s.close(), reject(e)));
+    }),
+    8000,
+    `connect ${nsp}`,
+  );
+}
+
+function dashboard(url) {
+  return open(url, "/dashboard", { token: dash }).then((s) => {
+    const updates = [];
+    const presence = [];
+    s.on("stats_update", (u) => updates.push(u));
+    s.on("presence_stats", (p) => presence.push(p));
+    return { s, updates, presence };
+  });
+}
+
+const widget = (url, visitorId, extra = {}) => open(url, "/widget", { visitorId, channel: "web", country: "TR", city: "Istanbul", ...extra });
+const say = (w, text, humanMode = false) => w.timeout(5000).emitWithAck("widget:message", { text, humanMode });
+
+async function single() {
+  const url = freshDatabase();
+  const gw = await startGateway({ DATABASE_URL: url });
+  await waitUntil(async () => (await gw.http("/api/health")).json?.dependencies?.database === "up", 10000, "database up");
+  return gw;
+}
+
+test("a widget's life: opened, first message makes it online (not the opening), offline on close; stats at once", async () => {
+  const gw = await single();
+  try {
+    const d = await dashboard(gw.url);
+    const w = await widget(gw.url, "W-Guest-1");
+    const opened = await waitUntil(() => d.updates.find((u) => u.visitorId === "W-Guest-1"), 5000, "widget_opened");
+    assert.equal(opened.type, "widget_opened");
+    assert.equal(opened.channel, "web");
+    // Opening alone is not being online (the old pipeline's bug).
+    let r = await gw.http("/api/stats", { token: dash });
+    assert.equal(r.status, 200);
+    assert.equal(r.json.online.web, 0);
+    assert.equal(d.updates.filter((u) => u.type === "user_online").length, 0);
+
+    const a1 = await say(w, "hello");
+    assert.equal(a1.ok, true);
+    assert.ok(a1.seq > opened.seq);
+    await waitUntil(() => d.updates.some((u) => u.type === "user_online"), 5000, "user_online");
+    const a2 = await say(w, "second");
+    await waitUntil(() => d.updates.some((u) => u.seq === a2.seq), 5000, "second message");
+    assert.deepEqual(d.updates.map((u) => u.type), ["widget_opened", "new_message", "user_online", "new_message"]);
+    const seqs = d.updates.map((u) => u.seq);
+    assert.deepEqual(seqs, [...seqs].sort((a, b) => a - b), "in seq order");
+    // No sleep: the update arrived, so the report has it.
+    r = await gw.http("/api/stats", { token: dash });
+    assert.ok(r.json.lastEventSeq >= a2.seq);
+    assert.equal(r.json.totalMessages, 2);
+    assert.equal(r.json.widgetOpens, 1);
+    assert.equal(r.json.webUniqueUsers, 1);
+    assert.equal(r.json.online.web, 1);
+    assert.equal(r.json.totalSessions, 1);
+    assert.equal(r.json.users[0].userId, "W-Guest-1");
+    assert.equal(r.json.users[0].messageCount, 2);
+    assert.deepEqual(r.json.countries, [{ country: "TR", users: 1 }]);
+    assert.equal(r.json.heatmap.length, 7);
+    assert.equal(r.json.heatmap.flat().reduce((a, b) => a + b, 0), 2);
+
+    w.disconnect();
+    await waitUntil(() => d.updates.some((u) => u.type === "user_offline"), 5000, "user_offline");
+    // The cache must not hide the new event (the old pipeline's never-invalidated cache).
+    r = await gw.http("/api/stats", { token: dash });
+    assert.equal(r.json.online.web, 0);
+    // Widgets are not presence users.
+    assert.equal((await gw.http("/api/health")).json.presence.onlineUsers, 0);
+  } finally {
+    await gw.stop();
+  }
+});
+
+test("widget handshakes and messages are validated; the connection survives bad input", async () => {
+  const gw = await single();
+  try {
+    await assert.rejects(open(gw.url, "/widget", { visitorId: "bad id!", channel: "web" }), /^Error: unauthorized/);
+    await assert.rejects(open(gw.url, "/widget", { visitorId: "ok", channel: "gold" }), /^Error: unauthorized/);
+    await assert.rejects(open(gw.url, "/widget", {}), /^Error: unauthorized/);
+    await assert.rejects(open(gw.url, "/dashboard", { token: token({ sub: "u", gender: "male" }) }), /^Error: forbidden/);
+    const w = await widget(gw.url, "W-v");
+    for (const bad of [{ text: "" }, { text: "x".repeat(4097) }, { text: 5 }, { text: "hi", humanMode: "yes" }]) {
+      const r = await w.timeout(5000).emitWithAck("widget:message", bad);
+      assert.deepEqual([r.ok, r.error.code], [false, "bad_request"], JSON.stringify(bad).slice(0, 40));
+    }
+    assert.equal((await say(w, "x".repeat(4096))).ok, true);
+    const flood = await Promise.all(Array.from({ length: 80 }, () => say(w, "spam")));
+    assert.ok(flood.some((r) => r.error?.code === "rate_limited"));
+    assert.equal(w.connected, true);
+  } finally {
+    await gw.stop();
+  }
+});
+
+test("sessions, naming, heatmap and countries from published events; idempotent retries", async () => {
+  const gw = await single();
+  try {
+    const d = await dashboard(gw.url);
+    const t0 = Date.parse("2026-11-16T09:00:00Z"); // a Monday
+    const post = (visitorId, minutes, extra = {}) =>
+      gw.http("/api/events", {
+        token: publisher,
+        method: "POST",
+        body: { type: "new_message", visitorId, channel: "premium", sender: "user", text: "hi", humanMode: false, country: "DE", city: "Berlin", at: new Date(t0 + minutes * 60000).toISOString(), ...extra },
+      });
+    // v1: a run of 3, a lone message (not a session), a run of 2 -> sessions v1 and v1#2.
+    for (const m of [0, 1, 2, 180, 360, 361]) assert.equal((await post("v1", m)).status, 202);
+    // v2: one message only -> no session, but a unique user.
+    await post("v2", 5, { channel: "web", country: "TR" });
+    const key = `retry-${process.pid}`;
+    const first = await gw.http("/api/events", { token: publisher, method: "POST", body: { type: "widget_opened", visitorId: "v3", channel: "web", idempotencyKey: key } });
+    const again = await gw.http("/api/events", { token: publisher, method: "POST", body: { type: "widget_opened", visitorId: "v3", channel: "web", idempotencyKey: key } });
+    assert.equal(first.status, 202);
+    assert.equal(again.json.seq, first.json.seq, "a retry is stored once");
+    await waitUntil(() => d.updates.some((u) => u.seq === first.json.seq), 5000, "last event delivered");
+    assert.equal(d.updates.filter((u) => u.visitorId === "v3").length, 1, "and announced once");
+
+    const r = await gw.http(`/api/stats?from=2026-11-15T00:00:00Z&to=2026-11-23T00:00:00Z&tz=Europe/Istanbul`, { token: dash });
+    assert.equal(r.status, 200, r.text);
+    const s = r.json;
+    assert.equal(s.totalMessages, 7);
+    assert.equal(s.totalUsers, 2);
+    assert.equal(s.totalSessions, 2);
+    assert.equal(s.premiumUniqueUsers, 1);
+    assert.equal(s.webUniqueUsers, 1);
+    assert.equal(s.widgetOpens, 1);
+    const byId = Object.fromEntries(s.users.map((u) => [u.userId, u]));
+    assert.deepEqual(Object.keys(byId).sort(), ["v1", "v1#2"]);
+    assert.equal(byId["v1"].messageCount, 3);
+    assert.equal(byId["v1"].sessionNumber, 1);
+    assert.equal(byId["v1#2"].originalUserId, "v1");
+    assert.equal(byId["v1#2"].sessionNumber, 2);
+    assert.equal(byId["v1#2"].totalSessions, 2);
+    assert.equal(byId["v1#2"].messageTimestamps.length, 2);
+    assert.equal(byId["v1"].firstActivity, "2026-11-16T09:00:00.000Z");
+    assert.equal(byId["v1"].channel, "premium");
+    assert.equal(byId["v1"].country, "DE");
+    assert.deepEqual(s.countries, [{ country: "DE", users: 1 }, { country: "TR", users: 1 }]);
+    // Monday (row 1) 12:00 in Istanbul holds v1 first three messages and v2 one.
+    assert.equal(s.heatmap[1][12], 4);
+    assert.equal(s.heatmap.flat().reduce((a, b) => a + b, 0), 7);
+
+    for (const [body, code] of [
+      [{ type: "nope", visitorId: "v", channel: "web" }, 400],
+      [{ type: "new_message", visitorId: "bad id", channel: "web" }, 400],
+      [{ type: "new_message", visitorId: "v", channel: "web", at: "yesterday" }, 400],
+      [{ type: "new_message", visitorId: "v", channel: "web", extra: 1 }, 400],
+    ]) {
+      assert.equal((await gw.http("/api/events", { token: publisher, method: "POST", body })).status, code, JSON.stringify(body));
+    }
+    assert.equal((await gw.http("/api/events", { token: dash, method: "POST", body: { type: "widget_opened", visitorId: "v", channel: "web" } })).status, 403);
+    assert.equal((await gw.http("/api/stats?tz=Mars/Olympus", { token: dash })).status, 400);
+    assert.equal((await gw.http("/api/stats?from=2026-11-22T00:00:00Z&to=2026-11-21T00:00:00Z", { token: dash })).status, 400);
+  } finally {
+    await gw.stop();
+  }
+});
+
+test("three replicas: a dashboard on one sees every widget event from the others in seq order, and a third replica's /api/stats has them at once", async () => {
+  const url = freshDatabase();
+  const env = { DATABASE_URL: url, REDIS_URL: process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379", REDIS_KEY_PREFIX: `st${process.pid}x${Date.now() % 1e6}` };
+  const [a, b, c] = [await startGateway(env), await startGateway(env), await startGateway(env)];
+  try {
+    for (const g of [a, b, c]) await waitUntil(async () => (await g.http("/api/health")).json?.dependencies?.database === "up", 10000, "database up");
+    const d = await dashboard(a.url);
+    const d2 = await dashboard(c.url);
+    const wb = await Promise.all([0, 1, 2].map((i) => widget(b.url, `B-${i}`)));
+    const wc = await Promise.all([0, 1, 2].map((i) => widget(c.url, `C-${i}`, { channel: "premium" })));
+    const acks = [];
+    for (let round = 0; round < 5; round++) {
+      const r = await Promise.all([...wb, ...wc].map((w, i) => say(w, `m${round}-${i}`)));
+      acks.push(...r.map((x) => x.seq));
+    }
+    const top = Math.max(...acks);
+    await waitUntil(() => d.updates.some((u) => u.seq === top), 10000, "dashboard on A has every event");
+    // Immediately, on the third replica: no sleep.
+    const r = await c.http("/api/stats", { token: dash });
+    assert.ok(r.json.lastEventSeq >= top, `${r.json.lastEventSeq} >= ${top}`);
+    assert.equal(r.json.totalMessages, 30);
+    assert.equal(r.json.widgetOpens, 6);
+    assert.deepEqual([r.json.online.web, r.json.online.premium], [3, 3]);
+    const seqs = d.updates.map((u) => u.seq);
+    assert.deepEqual(seqs, [...seqs].sort((x, y) => x - y), "in seq order");
+    assert.equal(new Set(seqs).size, seqs.length, "each once");
+    assert.equal(seqs.length, 6 + 30 + 6, "widget_opened x6, new_message x30, user_online x6");
+    await waitUntil(() => d2.updates.length === seqs.length, 5000, "the other dashboard too");
+    assert.deepEqual(d2.updates.map((u) => u.seq), seqs);
+  } finally {
+    await Promise.all([a.stop(), b.stop(), c.stop()]);
+  }
+});
+
+test("dashboards get presence_stats on connect and when the figures change", async () => {
+  const gw = await single();
+  try {
+    const d = await dashboard(gw.url);
+    await waitUntil(() => d.presence.length >= 1, 5000, "presence_stats on connect");
+    assert.equal(d.presence[0].onlineUsers, 0);
+    assert.equal(d.presence[0].nodes, 1);
+    await gw.connect(user("ps-1", "female"));
+    const p = await waitUntil(() => d.presence.find((x) => x.onlineUsers === 1), 5000, "presence_stats after a connect");
+    assert.deepEqual(p.byGender, { male: 0, female: 1, other: 0 });
+    assert.ok(p.peakOnline >= 1);
+    assert.ok(Date.parse(p.at) > 0);
+  } finally {
+    await gw.stop();
+  }
+});

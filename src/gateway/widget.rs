@@ -1,0 +1,205 @@
+//! `/widget`: anonymous website chat widgets. Each connection records statistics events:
+//! `widget_opened` when it connects (the visitor is not online yet), `new_message` for each
+//! `widget:message`, `user_online` with its first message only, `user_offline` when it closes
+//! if it had gone online. Widget sockets are not presence users: nothing here touches the
+//! presence engine.
+
+use super::handshake::HandshakeError;
+use super::ratelimit::TokenBucket;
+use crate::domain::Timestamp;
+use crate::domain::stats::{
+    Channel, EventType, MAX_LABEL_CHARS, MAX_TEXT_CHARS, Message, NewEvent, Sender, Visitor,
+    valid_visitor_id,
+};
+use crate::error::AppError;
+use crate::state::AppState;
+use serde_json::{Value, json};
+use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub struct WidgetConn {
+    visitor: Visitor,
+    /// `user_online` was recorded (so `user_offline` is due on close).
+    online: AtomicBool,
+    rate: Mutex<TokenBucket>,
+}
+
+fn label(auth: &Value, key: &str) -> Result<Option<String>, HandshakeError> {
+    match auth.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.chars().count() <= MAX_LABEL_CHARS => {
+            Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty()))
+        }
+        Some(_) => Err(HandshakeError::Unauthorized(format!(
+            "{key} must be a string of at most {MAX_LABEL_CHARS} characters"
+        ))),
+    }
+}
+
+fn visitor(auth: &Value) -> Result<Visitor, HandshakeError> {
+    let id = auth
+        .get("visitorId")
+        .and_then(Value::as_str)
+        .filter(|s| valid_visitor_id(s))
+        .ok_or_else(|| {
+            HandshakeError::Unauthorized("visitorId must match ^[A-Za-z0-9_-]{1,64}$".into())
+        })?;
+    let channel = auth
+        .get("channel")
+        .and_then(Value::as_str)
+        .and_then(Channel::parse)
+        .ok_or_else(|| HandshakeError::Unauthorized("channel must be web or premium".into()))?;
+    Ok(Visitor {
+        id: id.to_string(),
+        channel,
+        name: label(auth, "name")?,
+        country: label(auth, "country")?,
+        city: label(auth, "city")?,
+    })
+}
+
+fn event(kind: EventType, v: &Visitor, message: Option<Message>) -> NewEvent {
+    NewEvent {
+        kind,
+        visitor: v.clone(),
+        at: Timestamp::now(),
+        message,
+        idempotency_key: None,
+    }
+}
+
+/// Connect middleware: validate, record `widget_opened` (stored before the client is told
+/// it is connected), register the handlers.
+pub async fn admit(
+    s: SocketRef,
+    TryData(auth): TryData<Value>,
+    State(state): State<AppState>,
+) -> Result<(), HandshakeError> {
+    let r = async {
+        if state.is_closing() {
+            return Err(HandshakeError::Unavailable("this replica is shutting down"));
+        }
+        let v = visitor(&auth.unwrap_or(Value::Null))?;
+        let stats = state
+            .stats
+            .as_ref()
+            .ok_or(HandshakeError::Unavailable("statistics need DATABASE_URL"))?;
+        stats
+            .record(vec![event(EventType::WidgetOpened, &v, None)])
+            .await
+            .map_err(|_| {
+                HandshakeError::Unavailable("statistics store unreachable; retry shortly")
+            })?;
+        s.extensions.insert(Arc::new(WidgetConn {
+            visitor: v,
+            online: AtomicBool::new(false),
+            rate: Mutex::new(TokenBucket::new(
+                state.config.rate_limit_per_sec,
+                state.config.rate_limit_burst,
+            )),
+        }));
+        s.on("widget:message", message);
+        s.on_disconnect(closed);
+        Ok(())
+    }
+    .await;
+    if let Err(e) = &r {
+        state.metrics.handshake_failed(e.reason());
+    }
+    r
+}
+
+pub async fn connected(State(state): State<AppState>) {
+    state.metrics.sockets_widget.increment(1.0);
+}
+
+async fn message(
+    ack: AckSender,
+    TryData(data): TryData<Value>,
+    State(state): State<AppState>,
+    Extension(w): Extension<Arc<WidgetConn>>,
+) {
+    let r = record_message(&state, &w, data).await;
+    let body = match r {
+        Ok(seq) => json!({"ok": true, "seq": seq}),
+        Err(e) => {
+            state.metrics.rejected(e.code());
+            json!({"ok": false, "error": e.body()})
+        }
+    };
+    let _ = ack.send(&body);
+}
+
+async fn record_message(
+    state: &AppState,
+    w: &WidgetConn,
+    data: Result<Value, socketioxide::ParserError>,
+) -> Result<i64, AppError> {
+    if !w.rate.lock().unwrap_or_else(|e| e.into_inner()).try_take() {
+        return Err(AppError::RateLimited);
+    }
+    let Ok(Value::Object(o)) = data else {
+        return Err(AppError::bad_request("payload must be a JSON object"));
+    };
+    let text = o
+        .get("text")
+        .and_then(Value::as_str)
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| AppError::bad_request("text is required"))?;
+    if text.chars().count() > MAX_TEXT_CHARS {
+        return Err(AppError::bad_request(format!(
+            "text: at most {MAX_TEXT_CHARS} characters"
+        )));
+    }
+    let human_mode = match o.get("humanMode") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(AppError::bad_request("humanMode must be a boolean")),
+    };
+    let stats = state
+        .stats
+        .as_ref()
+        .ok_or_else(|| AppError::Unavailable("statistics need DATABASE_URL".into()))?;
+    let msg = Message {
+        sender: Sender::User,
+        text: text.to_string(),
+        human_mode,
+    };
+    let mut events = vec![event(EventType::NewMessage, &w.visitor, Some(msg))];
+    // The first message, not the widget opening, makes the visitor online.
+    let first = !w.online.swap(true, Ordering::AcqRel);
+    if first {
+        events.push(event(EventType::UserOnline, &w.visitor, None));
+    }
+    match stats.record(events).await {
+        Ok(stored) => Ok(match stored.first() {
+            Some(crate::db::stats::Stored::New(u)) => u.seq,
+            Some(crate::db::stats::Stored::Duplicate(seq)) => *seq,
+            None => 0,
+        }),
+        Err(e) => {
+            if first {
+                w.online.store(false, Ordering::Release);
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn closed(State(state): State<AppState>, Extension(w): Extension<Arc<WidgetConn>>) {
+    state.metrics.sockets_widget.decrement(1.0);
+    if !w.online.load(Ordering::Acquire) {
+        return;
+    }
+    let Some(stats) = state.stats.clone() else {
+        return;
+    };
+    let ev = event(EventType::UserOffline, &w.visitor, None);
+    // Stored in the background: a shutting-down replica still waits for it (task tracker).
+    state.tasks.spawn(async move {
+        if let Err(e) = stats.record(vec![ev]).await {
+            tracing::warn!(error = %e, "user_offline not recorded");
+        }
+    });
+}
