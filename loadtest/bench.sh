@@ -52,7 +52,8 @@ case "${1:-all}" in
     PGURL=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432}
     psql "$PGURL/postgres" -tAc "select 1 from pg_database where datname='pgw_bench_search'" | grep -q 1 \
       || psql "$PGURL/postgres" -qc "create database pgw_bench_search"
-    DATABASE_URL=$PGURL/pgw_bench_search $GW migrate
+    DATABASE_URL=$PGURL/pgw_bench_search $GW migrate \
+      || { psql "$PGURL/pgw_bench_search" -qc "delete from _sqlx_migrations" && DATABASE_URL=$PGURL/pgw_bench_search $GW migrate; }
     if [ "$(psql "$PGURL/pgw_bench_search" -tAc "select count(*) from users")" -lt 1000000 ]; then
       echo "seeding 1,000,000 users (a few minutes)..." >&2
       time psql "$PGURL/pgw_bench_search" -q -f loadtest/seed-users.sql

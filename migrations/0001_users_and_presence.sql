@@ -22,6 +22,10 @@ CREATE TABLE IF NOT EXISTS users (
 -- finds the other matches of three or more characters without reading every name.
 CREATE INDEX IF NOT EXISTS users_name_prefix ON users ((lower(name) COLLATE "C"), id);
 CREATE INDEX IF NOT EXISTS users_name_trgm ON users USING gin (lower(name) gin_trgm_ops);
+-- The visibility filter (COALESCE(gender, 'other') = ANY(...)) keeps about a third to all of
+-- the names; without statistics on that expression the planner guesses 0.5%, and then sorts
+-- every prefix match instead of reading the first ones in index order.
+CREATE STATISTICS IF NOT EXISTS users_visible_gender ON (COALESCE(gender, 'other')) FROM users;
 
 CREATE TABLE IF NOT EXISTS user_presence (
     user_id     text        PRIMARY KEY,

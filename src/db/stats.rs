@@ -9,7 +9,7 @@ use sqlx::postgres::PgConnection;
 
 /// Advisory lock key serialising event inserts and their announcement, cluster-wide
 /// ("pgstats" in ASCII).
-pub const SEQ_LOCK: i64 = 0x7067_7374_6174_73;
+pub const SEQ_LOCK: i64 = 0x0070_6773_7461_7473;
 
 /// What storing one event gave.
 #[derive(Debug, Clone, PartialEq)]
