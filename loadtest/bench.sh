@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproducible benchmarks on this machine: builds release binaries, starts one gateway per
 # scenario (memory engine, production mode with a fixed secret), runs loadgen against it,
-# prints loadgen's JSON. Usage: loadtest/bench.sh [idle5k|idle10k|idle15k|fanout|fanout5|storm|churn|redis-idle10k|redis-fanout|redis-fanout10k|search|all]
+# prints loadgen's JSON. Usage: loadtest/bench.sh [idle5k|idle10k|idle15k|fanout|fanout5|storm|churn|redis-idle10k|redis-fanout|redis-fanout10k|search|report|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace -q
@@ -59,5 +59,18 @@ case "${1:-all}" in
       time psql "$PGURL/pgw_bench_search" -q -f loadtest/seed-users.sql
     fi
     run DATABASE_URL=$PGURL/pgw_bench_search -- search --rounds 100 ;;&
+  report|all)
+    # 1,000,000 messages from 100,000 visitors over 7 days (seeded once, kept).
+    PGURL=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432}
+    psql "$PGURL/postgres" -tAc "select 1 from pg_database where datname='pgw_bench_stats'" | grep -q 1 \
+      || psql "$PGURL/postgres" -qc "create database pgw_bench_stats"
+    DATABASE_URL=$PGURL/pgw_bench_stats $GW migrate \
+      || { psql "$PGURL/pgw_bench_stats" -qc "delete from _sqlx_migrations" && DATABASE_URL=$PGURL/pgw_bench_stats $GW migrate; }
+    if [ "$(psql "$PGURL/pgw_bench_stats" -tAc "select count(*) from stats_events")" -lt 1000000 ]; then
+      echo "seeding 1,000,000 messages (a few minutes)..." >&2
+      time psql "$PGURL/pgw_bench_stats" -q -f loadtest/seed-messages.sql
+    fi
+    run DATABASE_URL=$PGURL/pgw_bench_stats -- report --rounds 20 \
+      --windows "2026-11-15T00:00:00Z,2026-11-22T00:00:00Z;2026-11-21T00:00:00Z,2026-11-22T00:00:00Z" ;;&
   *) ;;
 esac

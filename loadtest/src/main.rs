@@ -116,6 +116,15 @@ pub enum Scenario {
         #[arg(long, default_value_t = 100)]
         rounds: usize,
     },
+    /// `GET /api/stats` as a dashboard: the first request of a window cold (nothing cached on
+    /// the replica), the rest cached; latency of each.
+    Report {
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+        /// Report windows asked, as `from,to` pairs separated by `;` (RFC 3339).
+        #[arg(long)]
+        windows: String,
+    },
     /// Clients connect and disconnect repeatedly; viewers check each announcement comes once.
     Churn {
         #[arg(long, default_value_t = 200)]
