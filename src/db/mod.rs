@@ -120,7 +120,12 @@ impl Database {
             Ok(_) => true,
             // A constraint violation or a bad query says nothing about reachability.
             Err(DbError::Sql(e)) => !is_connectivity(e),
-            Err(DbError::Migrate(_)) => false,
+            Err(DbError::Migrate(m)) => match m {
+                sqlx::migrate::MigrateError::Execute(e)
+                | sqlx::migrate::MigrateError::ExecuteMigration(e, _) => !is_connectivity(e),
+                // A modified or missing migration: the database answered.
+                _ => true,
+            },
         };
         if self.up.swap(ok, Ordering::AcqRel) != ok {
             if ok {
