@@ -36,6 +36,23 @@ run3() { # run3 <loadgen args...>
   kill -TERM "${pids[@]}"; wait "${pids[@]}" || true
 }
 
+PGURL=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432}
+
+# seeded <database> <table> <seed.sql>: a migrated database whose <table> holds at least
+# 1,000,000 rows, seeded once and kept for later runs. A migration edited since the last run
+# is re-applied (they are idempotent) rather than refused.
+seeded() {
+  local db=$1 table=$2 seed=$3
+  psql "$PGURL/postgres" -tAc "select 1 from pg_database where datname='$db'" | grep -q 1 \
+    || psql "$PGURL/postgres" -qc "create database $db"
+  DATABASE_URL=$PGURL/$db $GW migrate \
+    || { psql "$PGURL/$db" -qc "delete from _sqlx_migrations" && DATABASE_URL=$PGURL/$db $GW migrate; }
+  if [ "$(psql "$PGURL/$db" -tAc "select count(*) from $table")" -lt 1000000 ]; then
+    echo "seeding $db from $seed (a few minutes)..." >&2
+    time psql "$PGURL/$db" -q -f "$seed"
+  fi
+}
+
 case "${1:-all}" in
   idle5k|all)   run X=1 -- idle --clients 5000 --heartbeat-ms 5000 --hold-s 30 ;;&
   idle10k|all)  run X=1 -- idle --clients 10000 --heartbeat-ms 5000 --hold-s 30 ;;&
@@ -48,28 +65,10 @@ case "${1:-all}" in
   redis-fanout|all)  run3 fanout --viewers 5000 --changers 10 --rate 10 --duration-s 30 ;;&
   redis-fanout10k|all) run3 fanout --viewers 10000 --changers 10 --rate 10 --duration-s 30 ;;&
   search|all)
-    # 1,000,000 users in a database of its own (seeded once, kept for later runs).
-    PGURL=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432}
-    psql "$PGURL/postgres" -tAc "select 1 from pg_database where datname='pgw_bench_search'" | grep -q 1 \
-      || psql "$PGURL/postgres" -qc "create database pgw_bench_search"
-    DATABASE_URL=$PGURL/pgw_bench_search $GW migrate \
-      || { psql "$PGURL/pgw_bench_search" -qc "delete from _sqlx_migrations" && DATABASE_URL=$PGURL/pgw_bench_search $GW migrate; }
-    if [ "$(psql "$PGURL/pgw_bench_search" -tAc "select count(*) from users")" -lt 1000000 ]; then
-      echo "seeding 1,000,000 users (a few minutes)..." >&2
-      time psql "$PGURL/pgw_bench_search" -q -f loadtest/seed-users.sql
-    fi
+    seeded pgw_bench_search users loadtest/seed-users.sql
     run DATABASE_URL=$PGURL/pgw_bench_search -- search --rounds 100 ;;&
   report|all)
-    # 1,000,000 messages from 100,000 visitors over 7 days (seeded once, kept).
-    PGURL=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432}
-    psql "$PGURL/postgres" -tAc "select 1 from pg_database where datname='pgw_bench_stats'" | grep -q 1 \
-      || psql "$PGURL/postgres" -qc "create database pgw_bench_stats"
-    DATABASE_URL=$PGURL/pgw_bench_stats $GW migrate \
-      || { psql "$PGURL/pgw_bench_stats" -qc "delete from _sqlx_migrations" && DATABASE_URL=$PGURL/pgw_bench_stats $GW migrate; }
-    if [ "$(psql "$PGURL/pgw_bench_stats" -tAc "select count(*) from stats_events")" -lt 1000000 ]; then
-      echo "seeding 1,000,000 messages (a few minutes)..." >&2
-      time psql "$PGURL/pgw_bench_stats" -q -f loadtest/seed-messages.sql
-    fi
+    seeded pgw_bench_stats stats_events loadtest/seed-messages.sql
     run DATABASE_URL=$PGURL/pgw_bench_stats -- report --rounds 20 \
       --windows "2026-11-15T00:00:00Z,2026-11-22T00:00:00Z;2026-11-21T00:00:00Z,2026-11-22T00:00:00Z" ;;&
   *) ;;

@@ -139,15 +139,8 @@ fn migrate(config: &Config) -> ExitCode {
         return fail("DATABASE_URL: migrate needs a database URL");
     };
     crate::telemetry::init();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
     };
     rt.block_on(async {
         let db = match crate::db::Database::new(crate::db::DbSettings {
@@ -180,17 +173,18 @@ fn migrate(config: &Config) -> ExitCode {
     })
 }
 
+/// Build a runtime, saying why if it cannot be.
+fn runtime(mut b: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    b.enable_all()
+        .build()
+        .map_err(|e| eprintln!("error: cannot start the runtime: {e}"))
+        .ok()
+}
+
 fn serve(config: Config) -> ExitCode {
     crate::telemetry::init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
     };
     rt.block_on(async move {
         if config.socket_allow_insecure_userid && config.app_env == AppEnv::Production {

@@ -182,10 +182,7 @@ async fn database_loop(state: AppState, db: Arc<Database>) {
         let mut delay = Duration::from_millis(200);
         loop {
             match db.migrate().await {
-                Ok(()) => {
-                    db.set_schema_ready();
-                    break;
-                }
+                Ok(()) => break,
                 Err(e) => tracing::warn!(error = %e, "migrations not applied yet; retrying"),
             }
             tokio::select! {

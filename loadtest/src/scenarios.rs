@@ -681,18 +681,32 @@ async fn search(c: &Common, rounds: usize) -> Result<Value, String> {
 /// Cold: each window asked once with a distinct `limit` (a new cache key, so the replica
 /// queries PostgreSQL); cached: the same window asked again.
 async fn report(c: &Common, rounds: usize, windows: &str) -> Result<Value, String> {
-    let mut token_claims = crate::token::mint_roles(&c.secret, &format!("{}-dash", c.prefix), &["dashboard"]);
+    let mut token_claims =
+        crate::token::mint_roles(&c.secret, &format!("{}-dash", c.prefix), &["dashboard"]);
     let mut cold = Vec::new();
     let mut warm = Vec::new();
     for (i, w) in windows.split(';').filter(|w| !w.is_empty()).enumerate() {
         let (from, to) = w.split_once(',').ok_or("windows: from,to;from,to")?;
         for r in 0..rounds {
             // limit 100+r..: a key never asked before.
-            cold.push((format!("window {i}"), format!("/api/stats?from={from}&to={to}&limit={}", 100 + r + 1)));
+            cold.push((
+                format!("window {i}"),
+                format!("/api/stats?from={from}&to={to}&limit={}", 100 + r + 1),
+            ));
         }
-        warm.push((format!("window {i}"), format!("/api/stats?from={from}&to={to}&limit=100")));
+        warm.push((
+            format!("window {i}"),
+            format!("/api/stats?from={from}&to={to}&limit=100"),
+        ));
     }
     let cold_r = crate::http::query_mix(c.target[0], token_claims.clone(), cold, 1, 1).await?;
-    let warm_r = crate::http::query_mix(c.target[0], std::mem::take(&mut token_claims), warm, rounds, 1).await?;
+    let warm_r = crate::http::query_mix(
+        c.target[0],
+        std::mem::take(&mut token_claims),
+        warm,
+        rounds,
+        1,
+    )
+    .await?;
     Ok(serde_json::json!({"cold": cold_r, "cached": warm_r}))
 }

@@ -46,8 +46,16 @@ impl Users {
 
     /// A token said so: later handshakes without a gender claim use it without a query.
     pub fn remember_gender(&self, user: &UserId, gender: Gender) {
-        let slot = Slot::new(OnceCell::new_with(Some(Some(gender))));
         let mut map = self.genders.lock().unwrap_or_else(|e| e.into_inner());
+        // A reconnect with the same claim (the common case) changes nothing and allocates
+        // nothing.
+        if let Some((slot, at)) = map.get(user)
+            && slot.get() == Some(&Some(gender))
+            && at.elapsed() < GENDER_TTL
+        {
+            return;
+        }
+        let slot = Slot::new(OnceCell::new_with(Some(Some(gender))));
         map.insert(user.clone(), (slot, Instant::now()));
     }
 }
@@ -96,7 +104,7 @@ impl Database {
         self.observe(&r);
         let mut out = HashMap::with_capacity(users.len());
         for row in r? {
-            let p = offline_presence(&row, 0)?;
+            let p = offline_presence(&row)?;
             out.insert(p.user_id.clone(), p);
         }
         Ok(out)
@@ -160,7 +168,7 @@ ORDER BY m.rank, lower(m.name) COLLATE "C", m.id"#;
         r?.iter()
             .map(|row| {
                 Ok(SearchHit {
-                    presence: offline_presence(row, 0)?,
+                    presence: offline_presence(row)?,
                     name: row.try_get::<Option<String>, _>(6).map_err(DbError::from)?,
                 })
             })
@@ -180,16 +188,7 @@ ORDER BY m.rank, lower(m.name) COLLATE "C", m.id"#;
         .await
         .map_err(DbError::from);
         self.observe(&r);
-        let mut out = Vec::new();
-        for row in r? {
-            let id: String = row.try_get(0)?;
-            let status: String = row.try_get(1)?;
-            let (Ok(id), Ok(status)) = (UserId::parse(&id), status.parse::<Status>()) else {
-                continue;
-            };
-            out.push((id, status, row.try_get(2)?));
-        }
-        Ok(out)
+        Ok(r?.iter().filter_map(status_row).collect())
     }
 
     /// The stored status and version of these users (for the comparison with live presence).
@@ -206,16 +205,24 @@ ORDER BY m.rank, lower(m.name) COLLATE "C", m.id"#;
         .await
         .map_err(DbError::from);
         self.observe(&r);
-        let mut out = HashMap::new();
-        for row in r? {
-            let id: String = row.try_get(0)?;
-            let status: String = row.try_get(1)?;
-            if let (Ok(id), Ok(status)) = (UserId::parse(&id), status.parse::<Status>()) {
-                out.insert(id, (status, row.try_get(2)?));
-            }
-        }
-        Ok(out)
+        Ok(r?
+            .iter()
+            .filter_map(status_row)
+            .map(|(id, status, version)| (id, (status, version)))
+            .collect())
     }
+}
+
+/// `user_id, status, version`; a row with an id or status this build does not accept is
+/// skipped (the schema's checks make that a corrupted row, not a user).
+fn status_row(row: &sqlx::postgres::PgRow) -> Option<(UserId, Status, i64)> {
+    let id: String = row.try_get(0).ok()?;
+    let status: String = row.try_get(1).ok()?;
+    Some((
+        UserId::parse(&id).ok()?,
+        status.parse().ok()?,
+        row.try_get(2).ok()?,
+    ))
 }
 
 impl Database {
@@ -247,21 +254,21 @@ pub struct SearchHit {
     pub name: Option<String>,
 }
 
-/// Columns from `first`: id, gender, online, last_seen µs, version, updated_at µs. The
+/// Columns: id, gender, online, last_seen µs, version, updated_at µs. The
 /// presence is always offline: whoever asks has found no live record, so whatever the
 /// database believed, the user is not online now. A row it believed online (its offline
 /// write never landed) gives its last update as the last-seen time.
-fn offline_presence(row: &sqlx::postgres::PgRow, first: usize) -> Result<Presence, DbError> {
-    let id: String = row.try_get(first)?;
+fn offline_presence(row: &sqlx::postgres::PgRow) -> Result<Presence, DbError> {
+    let id: String = row.try_get(0)?;
     let user_id = UserId::parse(&id).map_err(|e| DbError::Sql(sqlx::Error::Decode(e.into())))?;
     let gender = row
-        .try_get::<Option<String>, _>(first + 1)?
+        .try_get::<Option<String>, _>(1)?
         .and_then(|g| g.parse().ok())
         .unwrap_or(Gender::Other);
-    let online: Option<bool> = row.try_get(first + 2)?;
-    let last_seen: Option<i64> = row.try_get(first + 3)?;
-    let version: Option<i64> = row.try_get(first + 4)?;
-    let updated: Option<i64> = row.try_get(first + 5)?;
+    let online: Option<bool> = row.try_get(2)?;
+    let last_seen: Option<i64> = row.try_get(3)?;
+    let version: Option<i64> = row.try_get(4)?;
+    let updated: Option<i64> = row.try_get(5)?;
     let mut p = Presence::unseen(user_id, gender);
     p.version = version.unwrap_or(0);
     p.updated_at = updated.map(Timestamp);

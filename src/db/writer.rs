@@ -144,6 +144,23 @@ impl PresenceWriter {
         );
     }
 
+    /// A connection arrived: its token's profile and the presence it found, in one entry.
+    pub fn record_connect(&self, profile: Profile, presence: &Presence) {
+        let debounce = if presence.online {
+            self.online_debounce
+        } else {
+            self.offline_debounce
+        };
+        self.put(
+            presence.user_id.clone(),
+            Pending {
+                profile: Some(profile),
+                presence: Some(presence.clone()),
+                due: Instant::now() + debounce,
+            },
+        );
+    }
+
     fn put(&self, user: UserId, p: Pending) {
         let (len, wake) = {
             let mut inner = self.inner();

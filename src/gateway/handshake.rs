@@ -179,15 +179,13 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Hands
         Ok(p) => {
             handle.remember(&p);
             if let Some(db) = &state.db {
-                let user = &handle.conn.user;
                 let profile = Profile {
                     name: handle.identity.name.clone(),
                     gender: handle.identity.gender,
                 };
-                db.writer.record_profile(user, profile);
-                // Written even when nothing changed: if the replica that announced this
-                // user online died before its write, this one still records it.
-                db.writer.record(&p);
+                // The presence is written even when nothing changed: if the replica that
+                // announced this user online died before its write, this one records it.
+                db.writer.record_connect(profile, &p);
             }
         }
         Err(e) => {

@@ -57,3 +57,19 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 pub(crate) fn database_missing() -> AppError {
     AppError::Unavailable("needs DATABASE_URL: persistence is disabled".into())
 }
+
+/// A `limit` query parameter: `default` when absent or empty, else a whole number 1..=`max`.
+pub(crate) fn limit_param(
+    raw: Option<&str>,
+    default: usize,
+    max: usize,
+) -> Result<usize, AppError> {
+    match raw {
+        None | Some("") => Ok(default),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| AppError::bad_request(format!("limit must be 1 to {max}"))),
+    }
+}

@@ -87,17 +87,7 @@ pub async fn report(
             "tz: expected an IANA time zone such as Europe/Istanbul",
         ));
     }
-    let limit = match p.limit.as_deref() {
-        None | Some("") => DEFAULT_SESSIONS,
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=MAX_SESSIONS).contains(&n) => n,
-            _ => {
-                return Err(AppError::bad_request(format!(
-                    "limit must be 1 to {MAX_SESSIONS}"
-                )));
-            }
-        },
-    };
+    let limit = super::limit_param(p.limit.as_deref(), DEFAULT_SESSIONS, MAX_SESSIONS)?;
     let q = ReportQuery {
         from,
         to,

@@ -38,17 +38,7 @@ pub async fn search(
             "q: at most {MAX_QUERY_CHARS} characters"
         )));
     }
-    let limit = match params.limit.as_deref() {
-        None | Some("") => DEFAULT_LIMIT,
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(AppError::bad_request(format!(
-                    "limit must be 1 to {MAX_LIMIT}"
-                )));
-            }
-        },
-    };
+    let limit = super::limit_param(params.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let viewer = crate::presence::viewer_of(Some(db), &who).await;
     let genders = state
         .config

@@ -118,10 +118,6 @@ impl Stats {
         }
     }
 
-    pub fn db(&self) -> &Database {
-        &self.db
-    }
-
     /// Store `events` (consecutive seqs, in this order) and have them announced. Returns when
     /// they are committed.
     pub async fn record(&self, events: Vec<NewEvent>) -> Result<Vec<Stored>, AppError> {
