@@ -65,3 +65,10 @@ drop_test_databases() {
     psql -h 127.0.0.1 -U postgres -d postgres -qc "drop database if exists \"$d\" with (force)" >/dev/null 2>&1 || true
   done
 }
+
+# The deployment checks install their Python tools into a virtual environment.
+ensure_python_venv() {
+  python3 -c "import venv, ensurepip" 2>/dev/null && return 0
+  echo "==> installing python3-venv"
+  apt_install python3 python3-venv
+}

@@ -8,9 +8,13 @@ cd "$(dirname "$0")/.."
 source scripts/services.sh
 
 ensure_node
+ensure_python_venv
 ensure_redis
 ensure_postgres
 drop_test_databases
+
+echo "==> deployment checks (Helm chart, values schema, k8s/ manifests)"
+bash scripts/check-deploy.sh
 
 echo "==> cargo test (unit and integration)"
 cargo test --workspace --all-targets

@@ -94,6 +94,10 @@ fn describe() {
     );
     describe_counter!("stats_events_total", "Statistics events recorded, by type");
     describe_gauge!(
+        "gateway_dependency_up",
+        "Whether this replica reaches a configured dependency (redis, database): 1 or 0"
+    );
+    describe_gauge!(
         "db_pending_writes",
         "Users whose presence waits to be written to PostgreSQL (at most one entry per user)"
     );
@@ -163,6 +167,21 @@ impl Metrics {
         ] {
             c.increment(0);
         }
+        // Labelled counters too, so dashboards and alerts find the families before any error.
+        for code in [
+            "bad_request",
+            "forbidden",
+            "rate_limited",
+            "unavailable",
+            "internal",
+        ] {
+            counter!("gateway_rejected_requests_total", "node" => n.clone(), "code" => code)
+                .increment(0);
+        }
+        for reason in ["unauthorized", "forbidden", "unavailable"] {
+            counter!("gateway_handshake_failures_total", "node" => n.clone(), "reason" => reason)
+                .increment(0);
+        }
         m.sockets_root.increment(0.0);
         m.sockets_widget.increment(0.0);
         m.sockets_dashboard.increment(0.0);
@@ -183,6 +202,11 @@ impl Metrics {
 
     pub fn handshake_failed(&self, reason: &'static str) {
         counter!("gateway_handshake_failures_total", "node" => self.node.to_string(), "reason" => reason).increment(1);
+    }
+
+    pub fn set_dependency_up(&self, dependency: &'static str, up: bool) {
+        gauge!("gateway_dependency_up", "node" => self.node.to_string(), "dependency" => dependency)
+            .set(if up { 1.0 } else { 0.0 });
     }
 
     pub fn set_online_by_gender(&self, by_gender: [u64; 3]) {

@@ -48,6 +48,17 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         state.metrics.peak_online.set(s.peak_online as f64);
         state.metrics.set_online_by_gender(s.online_by_gender);
     }
+    // What /api/health says of the dependencies, for alerts (absent: not configured).
+    if state.engine.kind() != "memory" {
+        state
+            .metrics
+            .set_dependency_up("redis", state.engine.ready().await);
+    }
+    if let Some(db) = &state.db {
+        state
+            .metrics
+            .set_dependency_up("database", db.is_up() && db.schema_ready());
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

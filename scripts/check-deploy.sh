@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Lint the Helm chart, validate its values against values.schema.json, and validate k8s/
+# against the Kubernetes schemas. Installs its Python tools (pinned) into target/deploy-venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=target/deploy-venv
+if ! "$venv/bin/python" -c "import helm_sdkpy, kubernetes_validate, jsonschema, yaml" 2>/dev/null; then
+  echo "==> installing the deployment checkers (helm-sdkpy, kubernetes-validate)"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check --ignore-requires-python -r scripts/deploy-requirements.txt
+fi
+exec "$venv/bin/python" scripts/check_deploy.py
