@@ -99,6 +99,9 @@ pub struct Config {
     /// `SOCKET_QUEUE_PACKETS` (ours, not the contract's): packets queued per socket before
     /// presence updates wait in its conflated backlog.
     pub socket_queue_packets: usize,
+    /// `STATS_DASHBOARD_BACKLOG` (ours): statistics updates a dashboard socket may have
+    /// waiting for room before it is told to resync instead.
+    pub stats_dashboard_backlog: usize,
 }
 
 /// Defaults of the per-socket rate limit: a well-behaved client heartbeats every 5 s and
@@ -299,6 +302,10 @@ impl Config {
             socket_queue_packets: match ms("SOCKET_QUEUE_PACKETS", 256, 2)? {
                 n if n <= 65_536 => n as usize,
                 _ => return Err(err("SOCKET_QUEUE_PACKETS", "must be at most 65536")),
+            },
+            stats_dashboard_backlog: match count("STATS_DASHBOARD_BACKLOG", 10_000)? {
+                n @ 1..=1_000_000 => n as usize,
+                _ => return Err(err("STATS_DASHBOARD_BACKLOG", "must be 1 to 1000000")),
             },
         };
         Ok(cfg)

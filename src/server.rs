@@ -123,7 +123,7 @@ impl Gateway {
             });
             state
                 .tasks
-                .spawn(gateway::dashboard::run_resync(state.clone()));
+                .spawn(gateway::dashboard::run_backlogs(state.clone()));
         }
         if let Some(db) = &state.db {
             state.tasks.spawn(database_loop(state.clone(), db.clone()));

@@ -227,3 +227,64 @@ test("dashboards get presence_stats on connect and when the figures change", asy
     await gw.stop();
   }
 });
+
+// Bursts: a stored batch (up to 500 events) is emitted at once; with a socket queue of 2
+// packets it cannot fit, and must wait in the dashboard's backlog, in order, not be lost.
+async function burst(gw, n, prefix) {
+  const seqs = [];
+  for (let i = 0; i < n; i += 50) {
+    const r = await Promise.all(
+      Array.from({ length: Math.min(50, n - i) }, (_, k) =>
+        gw.http("/api/events", { token: publisher, method: "POST", body: { type: "widget_opened", visitorId: `${prefix}-${i + k}`, channel: "web" } }),
+      ),
+    );
+    seqs.push(...r.map((x) => x.json.seq));
+  }
+  return Math.max(...seqs);
+}
+
+test("a burst larger than a dashboard's socket queue arrives whole and in order", async () => {
+  const url = freshDatabase();
+  const gw = await startGateway({ DATABASE_URL: url, SOCKET_QUEUE_PACKETS: "2", RATE_LIMIT_PER_SEC: "0" });
+  try {
+    await waitUntil(async () => (await gw.http("/api/health")).json?.dependencies?.database === "up", 10000, "database up");
+    const d = await dashboard(gw.url);
+    const resyncs = [];
+    d.s.on("stats_resync", (r) => resyncs.push(r));
+    const top = await burst(gw, 600, "burst");
+    await waitUntil(() => d.updates.some((u) => u.seq === top), 10000, "the whole burst");
+    const seqs = d.updates.map((u) => u.seq);
+    assert.equal(seqs.length, 600);
+    assert.deepEqual(seqs, [...seqs].sort((a, b) => a - b));
+    assert.deepEqual(resyncs, []);
+  } finally {
+    await gw.stop();
+  }
+});
+
+test("a dashboard that falls further behind than its backlog is told to resync, then follows again", async () => {
+  const url = freshDatabase();
+  const gw = await startGateway({ DATABASE_URL: url, SOCKET_QUEUE_PACKETS: "2", STATS_DASHBOARD_BACKLOG: "3", RATE_LIMIT_PER_SEC: "0" });
+  try {
+    await waitUntil(async () => (await gw.http("/api/health")).json?.dependencies?.database === "up", 10000, "database up");
+    const d = await dashboard(gw.url);
+    const resyncs = [];
+    d.s.on("stats_resync", (r) => resyncs.push(r));
+    const top = await burst(gw, 400, "slow");
+    const r = await waitUntil(() => resyncs[0], 10000, "stats_resync");
+    assert.ok(r.lastEventSeq > 0 && r.lastEventSeq <= top);
+    // What it missed is in the report it is told to fetch...
+    const report = await gw.http("/api/stats", { token: dash });
+    assert.ok(report.json.lastEventSeq >= r.lastEventSeq);
+    // ...and once it has caught up (every event is either delivered or covered by a resync
+    // it received), later events reach it again as updates.
+    const post = (v) => gw.http("/api/events", { token: publisher, method: "POST", body: { type: "widget_opened", visitorId: v, channel: "web" } });
+    const after = (await post("after")).json.seq;
+    await waitUntil(() => d.updates.some((u) => u.seq === after) || resyncs.some((x) => x.lastEventSeq >= after), 5000, "caught up");
+    const next = (await post("next")).json.seq;
+    await waitUntil(() => d.updates.some((u) => u.seq === next), 5000, "updates after the resync");
+    assert.ok(d.updates.length < 402, "the overflow was not delivered after all");
+  } finally {
+    await gw.stop();
+  }
+});

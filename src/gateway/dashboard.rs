@@ -1,23 +1,23 @@
 //! `/dashboard` (roles `dashboard` or `admin`): `stats_update` for every stored statistics
 //! event, in `seq` order; `presence_stats` at most once a second when the cluster's figures
-//! changed (and once on connect); `stats_resync` to a dashboard too slow to keep up.
+//! changed (and once on connect); `stats_resync` to a dashboard too slow to keep up
+//! (bursts wait in a bounded per-socket backlog; overflowing it means too slow).
 
 use super::handshake::{HandshakeError, find_token};
 use crate::auth::Role;
 use crate::domain::stats::StatsUpdate;
 use crate::domain::{Gender, Timestamp};
 use crate::state::AppState;
-use crate::stats::DashboardHandle;
 use serde_json::{Value, json};
 use socketioxide::extract::{SocketRef, State, TryData};
 use socketioxide::{SendError, SocketError};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const NAMESPACE: &str = "/dashboard";
-/// How often sockets that fell behind are offered their `stats_resync`.
-const RESYNC_RETRY: Duration = Duration::from_millis(250);
+/// How often dashboard backlogs are retried.
+const BACKLOG_RETRY: Duration = Duration::from_millis(25);
 
 pub async fn admit(
     s: SocketRef,
@@ -64,24 +64,73 @@ fn handle(s: &SocketRef) -> Option<Arc<DashboardHandle>> {
     s.extensions.get::<Arc<DashboardHandle>>()
 }
 
-/// Emit one stored event to every dashboard here that is keeping up.
+/// Updates waiting for room in a dashboard socket's queue, in seq order, at most
+/// [`BACKLOG_MAX`]: a burst (one stored batch is up to 500 events, emitted at once) waits
+/// here rather than overflowing the socket queue. A dashboard that lets the backlog fill is
+/// too slow to follow: its backlog is dropped and it is told to resync.
+#[derive(Default)]
+pub struct DashboardHandle {
+    state: Mutex<Backlog>,
+}
+
+#[derive(Default)]
+struct Backlog {
+    queue: VecDeque<Arc<StatsUpdate>>,
+    /// Dropped behind: a `stats_resync` is owed before anything else.
+    resync: bool,
+}
+
+impl DashboardHandle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Backlog> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What one attempt to send gave.
+enum Sent {
+    Yes,
+    Full,
+    Gone,
+}
+
+fn send(s: &SocketRef, event: &str, body: &impl serde::Serialize) -> Sent {
+    match s.emit(event, body) {
+        Ok(()) => Sent::Yes,
+        Err(SendError::Socket(SocketError::InternalChannelFull)) => Sent::Full,
+        Err(_) => Sent::Gone,
+    }
+}
+
+/// Emit one stored event to every dashboard here, in order after whatever waits for it.
 pub fn emit_update(state: &AppState, u: &StatsUpdate) {
+    let u = Arc::new(u.clone());
+    let max = state.config.stats_dashboard_backlog;
     for s in sockets(state) {
         let Some(h) = handle(&s) else { continue };
-        if h.behind.load(Ordering::Acquire) {
+        let mut b = h.lock();
+        if b.resync {
             continue;
         }
-        if let Err(SendError::Socket(SocketError::InternalChannelFull)) = s.emit("stats_update", u)
-        {
-            h.behind.store(true, Ordering::Release);
+        if b.queue.is_empty() {
+            match send(&s, "stats_update", &*u) {
+                Sent::Yes | Sent::Gone => continue,
+                Sent::Full => {}
+            }
+        }
+        if b.queue.len() >= max {
+            b.queue.clear();
+            b.resync = true;
             metrics::counter!("stats_dashboards_resynced_total").increment(1);
+        } else {
+            b.queue.push_back(u.clone());
         }
     }
 }
 
-/// Offer `stats_resync` to dashboards that fell behind, until each has taken it.
-pub async fn run_resync(state: AppState) {
-    let mut tick = tokio::time::interval(RESYNC_RETRY);
+/// Drain dashboard backlogs as their sockets make room, and deliver owed `stats_resync`s.
+pub async fn run_backlogs(state: AppState) {
+    let mut tick = tokio::time::interval(BACKLOG_RETRY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = state.stop.cancelled() => break,
@@ -90,13 +139,27 @@ pub async fn run_resync(state: AppState) {
         let Some(stats) = &state.stats else { continue };
         for s in sockets(&state) {
             let Some(h) = handle(&s) else { continue };
-            if h.behind.load(Ordering::Acquire) {
+            let mut b = h.lock();
+            if b.resync {
                 let body = json!({
                     "lastEventSeq": stats.delivered(),
                     "reason": "too many updates for this connection; refetch /api/stats",
                 });
-                if s.emit("stats_resync", &body).is_ok() {
-                    h.behind.store(false, Ordering::Release);
+                match send(&s, "stats_resync", &body) {
+                    Sent::Yes => b.resync = false,
+                    Sent::Full | Sent::Gone => continue,
+                }
+            }
+            while let Some(u) = b.queue.front() {
+                match send(&s, "stats_update", &**u) {
+                    Sent::Yes => {
+                        b.queue.pop_front();
+                    }
+                    Sent::Full => break,
+                    Sent::Gone => {
+                        b.queue.clear();
+                        break;
+                    }
                 }
             }
         }

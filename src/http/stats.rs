@@ -95,7 +95,7 @@ pub async fn report(
         session_gap_ms: state.config.stats_session_gap_ms,
         limit,
     };
-    let v = stats.report(q, true).await?;
+    let v = stats.report(q).await?;
     Ok(Json((*v).clone()))
 }
 

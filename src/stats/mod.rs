@@ -18,10 +18,9 @@
 //! replica afterwards reflects it. The report cache is keyed by query and valid only while
 //! its `lastEventSeq` is at least the last `seq` this replica delivered.
 //!
-//! A dashboard that cannot keep up (its socket queue is full) is not buffered for without
-//! bound and not silently skipped: it stops receiving `stats_update` and gets a
-//! `stats_resync` `{"lastEventSeq"}` as soon as it has room, telling it to refetch
-//! `/api/stats` (which includes everything up to that seq) and carry on from there.
+//! A dashboard that cannot keep up is not buffered for without bound and not silently
+//! skipped (see `gateway::dashboard`): past a bounded backlog it gets a `stats_resync`
+//! `{"lastEventSeq"}` telling it to refetch `/api/stats` and carry on from there.
 
 use crate::db::stats::{ReportQuery, SEQ_LOCK, Stored};
 use crate::db::{Database, DbError};
@@ -31,7 +30,7 @@ use crate::engine::PresenceEngine;
 use crate::error::AppError;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -58,16 +57,15 @@ pub struct Stats {
     queue: Mutex<Option<mpsc::Receiver<Job>>>,
     /// The highest seq delivered to this replica's dashboards.
     delivered: AtomicI64,
-    cache: Mutex<HashMap<ReportQuery, (Arc<Value>, Instant)>>,
+    cache: Mutex<HashMap<ReportQuery, CacheEntry>>,
     /// The receiver knows where it starts: events stored from now on will be delivered.
     receiving: tokio::sync::watch::Sender<bool>,
 }
 
-/// Per-dashboard-socket state.
-#[derive(Default)]
-pub struct DashboardHandle {
-    /// Its queue overflowed: skip updates until it got a `stats_resync`.
-    pub behind: AtomicBool,
+/// A report being computed (empty slot) or computed at `at`.
+struct CacheEntry {
+    slot: Arc<tokio::sync::OnceCell<Arc<Value>>>,
+    at: Instant,
 }
 
 /// The bus payload: a stored batch, in seq order.
@@ -327,32 +325,68 @@ impl Stats {
     }
 
     /// The report, from the cache when that cannot predate anything delivered here.
-    pub async fn report(&self, q: ReportQuery, cacheable: bool) -> Result<Arc<Value>, AppError> {
+    /// Concurrent requests for one report share one query (a dashboard fleet reloading at
+    /// once costs the database one report, not one each).
+    pub async fn report(&self, q: ReportQuery) -> Result<Arc<Value>, AppError> {
         let floor = self.delivered();
-        if cacheable {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((v, at)) = cache.get(&q)
-                && at.elapsed() < CACHE_TTL
-                && v["lastEventSeq"].as_i64().unwrap_or(0) >= floor
-            {
-                metrics::counter!("stats_report_cache_hits_total").increment(1);
-                return Ok(v.clone());
+        let fresh = |v: &Value| v["lastEventSeq"].as_i64().unwrap_or(0) >= floor;
+        loop {
+            let slot = {
+                let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(e) = cache.get(&q)
+                    && e.at.elapsed() < CACHE_TTL
+                    && e.slot.get().is_some_and(|v| fresh(v))
+                {
+                    metrics::counter!("stats_report_cache_hits_total").increment(1);
+                    return Ok(e.slot.get().cloned().expect("checked"));
+                }
+                match cache.get(&q) {
+                    // Being computed right now: wait for it.
+                    Some(e) if e.slot.get().is_none() => e.slot.clone(),
+                    _ => {
+                        if cache.len() >= CACHE_MAX {
+                            cache.retain(|_, e| e.slot.get().is_none());
+                        }
+                        let e = CacheEntry {
+                            slot: Arc::default(),
+                            at: Instant::now(),
+                        };
+                        let slot = e.slot.clone();
+                        cache.insert(q.clone(), e);
+                        slot
+                    }
+                }
+            };
+            let r = slot
+                .get_or_try_init(|| async {
+                    self.db
+                        .stats_report(&q)
+                        .await
+                        .map(Arc::new)
+                        .map_err(|e| match &e {
+                            // invalid_parameter_value: an unknown time zone.
+                            DbError::Sql(sqlx::Error::Database(d))
+                                if d.code().as_deref() == Some("22023") =>
+                            {
+                                AppError::bad_request("tz: unknown time zone")
+                            }
+                            _ => AppError::from(e),
+                        })
+                })
+                .await;
+            match r {
+                // A query that started before this request's floor was delivered may miss it:
+                // then ask again (the entry is stale now, so a new query starts).
+                Ok(v) if fresh(v) => return Ok(v.clone()),
+                Ok(_) => continue,
+                Err(e) => {
+                    let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                    if cache.get(&q).is_some_and(|c| Arc::ptr_eq(&c.slot, &slot)) {
+                        cache.remove(&q);
+                    }
+                    return Err(e);
+                }
             }
         }
-        let v = Arc::new(self.db.stats_report(&q).await.map_err(|e| match &e {
-            // invalid_parameter_value: an unknown time zone.
-            DbError::Sql(sqlx::Error::Database(d)) if d.code().as_deref() == Some("22023") => {
-                AppError::bad_request("tz: unknown time zone")
-            }
-            _ => AppError::from(e),
-        })?);
-        if cacheable {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if cache.len() >= CACHE_MAX {
-                cache.clear();
-            }
-            cache.insert(q, (v.clone(), Instant::now()));
-        }
-        Ok(v)
     }
 }
