@@ -158,7 +158,18 @@ fn migrate(config: &Config) -> ExitCode {
             match db.migrate().await {
                 Ok(()) => {
                     eprintln!("migrations applied");
-                    return ExitCode::SUCCESS;
+                    return match db.ensure_rollup_gap(config.stats_session_gap_ms).await {
+                        Ok(rebuilt) => {
+                            if rebuilt {
+                                eprintln!("statistics rollups rebuilt for STATS_SESSION_GAP_MS");
+                            }
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            ExitCode::FAILURE
+                        }
+                    };
                 }
                 Err(e) if std::time::Instant::now() < deadline && !db.is_up() => {
                     tracing::warn!(error = %e, "database not reachable yet; retrying");

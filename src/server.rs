@@ -193,6 +193,20 @@ async fn database_loop(state: AppState, db: Arc<Database>) {
         }
     }
     db.set_schema_ready();
+    let rollups = db.clone();
+    let gap = state.config.stats_session_gap_ms;
+    tokio::spawn(async move {
+        match rollups.ensure_rollup_gap(gap).await {
+            Ok(false) => {}
+            Ok(true) => tracing::warn!(
+                session_gap_ms = gap,
+                "statistics rollups rebuilt for this STATS_SESSION_GAP_MS; replicas configured otherwise report from raw events (slower)"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "statistics rollups not checked; reports may come from raw events")
+            }
+        }
+    });
     if state.engine.kind() == "memory" {
         // This replica is the whole cluster and it starts empty: whoever the database still
         // believes online (the last run's users, whose offline writes a shutdown could not

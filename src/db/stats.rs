@@ -8,7 +8,7 @@ use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
 /// Advisory lock key serialising event inserts and their announcement, cluster-wide
-/// ("pgstats" in ASCII).
+/// ("pgstats" in ASCII). Migration 0003's rollup triggers take it too, as a number.
 pub const SEQ_LOCK: i64 = 0x0070_6773_7461_7473;
 
 /// What storing one event gave.
@@ -149,7 +149,43 @@ impl Database {
     /// The `/api/stats` report over `[from, to)`, as JSON built by PostgreSQL in one
     /// statement (one snapshot: `lastEventSeq` and every figure agree).
     pub async fn stats_report(&self, q: &ReportQuery) -> Result<serde_json::Value, DbError> {
-        let r = sqlx::query_scalar::<_, serde_json::Value>(REPORT)
+        let r = async {
+            if self.rollup_gap_ms().await? == q.session_gap_ms as i64 {
+                self.report_from_rollups(q).await
+            } else {
+                self.report_from_events(q).await
+            }
+        }
+        .await;
+        self.observe(&r);
+        r
+    }
+
+    async fn report_from_rollups(&self, q: &ReportQuery) -> Result<serde_json::Value, DbError> {
+        let (lo, hi) = (q.from.as_micros(), q.to.as_micros());
+        // Not persistent: planned with this window's values, which decide the plan.
+        Ok(sqlx::query_scalar::<_, serde_json::Value>(REPORT)
+            .persistent(false)
+            .bind(lo)
+            .bind(hi)
+            .bind(
+                lo.div_euclid(QUARTER_US) * QUARTER_US
+                    + if lo.rem_euclid(QUARTER_US) == 0 {
+                        0
+                    } else {
+                        QUARTER_US
+                    },
+            )
+            .bind(hi.div_euclid(QUARTER_US) * QUARTER_US)
+            .bind(&q.tz)
+            .bind(q.limit as i64)
+            .fetch_one(self.pool())
+            .await?)
+    }
+
+    /// The report computed from raw events (the definition the rollups must agree with).
+    pub async fn report_from_events(&self, q: &ReportQuery) -> Result<serde_json::Value, DbError> {
+        Ok(sqlx::query_scalar::<_, serde_json::Value>(REPORT_RAW)
             .persistent(false)
             .bind(q.from.as_micros())
             .bind(q.to.as_micros())
@@ -157,10 +193,30 @@ impl Database {
             .bind(&q.tz)
             .bind(q.limit as i64)
             .fetch_one(self.pool())
-            .await
-            .map_err(DbError::from);
-        self.observe(&r);
-        r
+            .await?)
+    }
+
+    /// The session gap the rollups were computed with.
+    pub async fn rollup_gap_ms(&self) -> Result<i64, DbError> {
+        Ok(
+            sqlx::query_scalar("SELECT session_gap_ms FROM stats_settings")
+                .fetch_one(self.pool())
+                .await?,
+        )
+    }
+
+    /// Recompute the rollups if they were built with another session gap than `gap_ms`.
+    /// Returns whether they were (this takes a while over many events, and holds inserts
+    /// back meanwhile).
+    pub async fn ensure_rollup_gap(&self, gap_ms: u64) -> Result<bool, DbError> {
+        if self.rollup_gap_ms().await? == gap_ms as i64 {
+            return Ok(false);
+        }
+        sqlx::query("SELECT stats_rebuild_rollups($1)")
+            .bind(gap_ms as i64)
+            .execute(self.pool())
+            .await?;
+        Ok(true)
     }
 }
 
@@ -174,98 +230,21 @@ pub struct ReportQuery {
     pub limit: usize,
 }
 
-/// Sessions are runs of a visitor's messages with no gap over `$3` ms (window functions:
-/// a run starts where `lag(at)` is missing or too far back); runs under two messages are
-/// dropped, then numbered per visitor.
-const REPORT: &str = r#"
-WITH bounds AS (
-    SELECT 'epoch'::timestamptz + $1::int8 * interval '1 microsecond' AS lo,
-           'epoch'::timestamptz + $2::int8 * interval '1 microsecond' AS hi,
-           $3::int8 * interval '1 millisecond' AS gap
-),
-ev AS (
-    SELECT e.type, e.channel, e.visitor_id, e.country
-    FROM stats_events e, bounds b WHERE e.at >= b.lo AND e.at < b.hi
-),
-msgs AS (
-    SELECT e.seq, e.visitor_id, e.channel, e.at, e.human_mode, e.visitor_name, e.country, e.city
-    FROM stats_events e, bounds b
-    WHERE e.type = 'new_message' AND e.at >= b.lo AND e.at < b.hi
-),
-marked AS (
-    SELECT m.*,
-           CASE WHEN lag(m.at) OVER w IS NULL OR m.at - lag(m.at) OVER w > (SELECT gap FROM bounds)
-                THEN 1 ELSE 0 END AS starts
-    FROM msgs m
-    WINDOW w AS (PARTITION BY m.visitor_id ORDER BY m.at, m.seq)
-),
-runs AS (
-    SELECT *, sum(starts) OVER (PARTITION BY visitor_id ORDER BY at, seq) AS run FROM marked
-),
-sessions AS (
-    SELECT visitor_id, run, count(*) AS n, min(at) AS first_at, max(at) AS last_at,
-           array_agg(at ORDER BY at, seq) AS stamps,
-           bool_or(COALESCE(human_mode, false)) AS human,
-           (array_agg(visitor_name ORDER BY at DESC, seq DESC) FILTER (WHERE visitor_name IS NOT NULL))[1] AS name,
-           (array_agg(country ORDER BY at DESC, seq DESC) FILTER (WHERE country IS NOT NULL))[1] AS country,
-           (array_agg(city ORDER BY at DESC, seq DESC) FILTER (WHERE city IS NOT NULL))[1] AS city,
-           (array_agg(channel ORDER BY at DESC, seq DESC))[1] AS channel
-    FROM runs GROUP BY visitor_id, run HAVING count(*) >= 2
-),
-numbered AS (
-    SELECT s.*, row_number() OVER (PARTITION BY visitor_id ORDER BY first_at) AS number,
-           count(*) OVER (PARTITION BY visitor_id) AS of
-    FROM sessions s
-),
-heat AS (
-    SELECT extract(dow FROM at AT TIME ZONE $4)::int AS d,
-           extract(hour FROM at AT TIME ZONE $4)::int AS h, count(*) AS n
-    FROM msgs GROUP BY 1, 2
-),
-online AS (
-    SELECT channel, count(*) AS n FROM (
-        SELECT DISTINCT ON (visitor_id, channel) type, channel
-        FROM stats_events
-        WHERE type IN ('user_online', 'user_offline') AND at > now() - interval '1 day'
-        ORDER BY visitor_id, channel, seq DESC
-    ) latest WHERE type = 'user_online' GROUP BY channel
-)
-SELECT json_build_object(
-    'lastEventSeq', (SELECT COALESCE(max(seq), 0) FROM stats_events),
-    'totalUsers', (SELECT count(DISTINCT visitor_id) FROM msgs),
-    'totalSessions', (SELECT count(*) FROM sessions),
-    'totalMessages', (SELECT count(*) FROM msgs),
-    'widgetOpens', (SELECT count(*) FROM ev WHERE type = 'widget_opened'),
-    'webUniqueUsers', (SELECT count(DISTINCT visitor_id) FROM msgs WHERE channel = 'web'),
-    'premiumUniqueUsers', (SELECT count(DISTINCT visitor_id) FROM msgs WHERE channel = 'premium'),
-    'online', json_build_object(
-        'web', COALESCE((SELECT n FROM online WHERE channel = 'web'), 0),
-        'premium', COALESCE((SELECT n FROM online WHERE channel = 'premium'), 0)),
-    'users', COALESCE((SELECT json_agg(u ORDER BY u."lastActivity" DESC, u."userId") FROM (
-        SELECT CASE WHEN number = 1 THEN visitor_id ELSE visitor_id || '#' || number END AS "userId",
-               visitor_id AS "originalUserId",
-               number AS "sessionNumber",
-               of AS "totalSessions",
-               name AS "userName",
-               to_char(first_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "firstActivity",
-               to_char(last_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "lastActivity",
-               n AS "messageCount",
-               (SELECT array_agg(to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')) FROM unnest(stamps) t) AS "messageTimestamps",
-               human AS "isHumanMode",
-               country, city, channel
-        FROM numbered ORDER BY last_at DESC, visitor_id LIMIT $5
-    ) u), '[]'::json),
-    'countries', COALESCE((SELECT json_agg(c ORDER BY c.users DESC, c.country) FROM (
-        SELECT country, count(DISTINCT visitor_id) AS users FROM ev
-        WHERE country IS NOT NULL GROUP BY country
-    ) c), '[]'::json),
-    'heatmap', (SELECT json_agg(x.hours ORDER BY x.d) FROM (
-        SELECT d.d, json_agg(COALESCE(heat.n, 0) ORDER BY hr.h) AS hours
-        FROM generate_series(0, 6) d(d) CROSS JOIN generate_series(0, 23) hr(h)
-        LEFT JOIN heat ON heat.d = d.d AND heat.h = hr.h
-        GROUP BY d.d
-    ) x),
-    'from', to_char((SELECT lo FROM bounds) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-    'to', to_char((SELECT hi FROM bounds) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-    'tz', $4::text
-)"#;
+/// The report from the rollups (migration 0003): the edges of the window from raw events.
+const REPORT: &str = include_str!("report.sql");
+/// The report from raw events: the definition, used when the rollups were built with another
+/// session gap than this replica's.
+const REPORT_RAW: &str = include_str!("report_raw.sql");
+
+/// A quarter hour in microseconds: the rollups' bucket.
+const QUARTER_US: i64 = 15 * 60 * 1_000_000;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rollup_triggers_take_the_same_lock() {
+        let migration = include_str!("../../migrations/0003_stats_rollups.sql");
+        let taken = format!("pg_advisory_xact_lock({})", super::SEQ_LOCK);
+        assert_eq!(migration.matches(&taken).count(), 2, "{taken}");
+    }
+}

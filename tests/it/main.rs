@@ -6,3 +6,4 @@ mod config;
 mod db;
 mod engine;
 mod http;
+mod rollups;

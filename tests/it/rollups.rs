@@ -1,0 +1,201 @@
+//! The statistics report from rollups (migration 0003) against the report from raw events,
+//! on random event histories: inserts out of order and in batches, deletes and updates, ties,
+//! visitors switching channel or country, windows cutting through sessions, time zones with
+//! half-hour offsets, and a change of session gap.
+
+use super::db::fresh_database;
+use presence_gateway::db::stats::ReportQuery;
+use presence_gateway::db::{Database, DbSettings};
+use presence_gateway::domain::Timestamp;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use std::time::Duration;
+
+const MIN_US: i64 = 60_000_000;
+/// 2026-11-10T00:00:00Z
+const T0: i64 = 1_794_268_800_000_000;
+
+struct Event {
+    kind: &'static str,
+    channel: &'static str,
+    visitor: String,
+    at: i64,
+    country: Option<&'static str>,
+    name: Option<String>,
+}
+
+/// Visitors writing in bursts: gaps under, exactly at, and over 30 minutes; repeated
+/// timestamps; several visitors sharing timestamps; channel and country changes.
+fn history(rng: &mut StdRng) -> Vec<Event> {
+    let mut out = Vec::new();
+    for v in 0..60 {
+        let visitor = format!("V-{v}");
+        let mut at = T0 + rng.random_range(0..48 * 60) * MIN_US;
+        let channel = if v % 3 == 0 { "premium" } else { "web" };
+        out.push(Event {
+            kind: "widget_opened",
+            channel,
+            visitor: visitor.clone(),
+            at,
+            country: [Some("TR"), Some("DE"), None][v % 3],
+            name: None,
+        });
+        for _ in 0..rng.random_range(0..25) {
+            at += match rng.random_range(0..10) {
+                0 => 0,
+                1 => 30 * MIN_US,
+                2..=6 => rng.random_range(1..20) * MIN_US,
+                _ => rng.random_range(31..600) * MIN_US,
+            };
+            let r = rng.random_range(0..20);
+            out.push(Event {
+                kind: match r {
+                    0 => "user_online",
+                    1 => "user_offline",
+                    2 => "widget_opened",
+                    _ => "new_message",
+                },
+                channel: if r == 3 { "premium" } else { channel },
+                visitor: visitor.clone(),
+                at,
+                country: match r {
+                    4 => None,
+                    5 => Some("US"),
+                    _ => [Some("TR"), Some("DE"), None][v % 3],
+                },
+                name: (r % 2 == 0).then(|| format!("Name {r}")),
+            });
+        }
+    }
+    out
+}
+
+async fn insert(db: &Database, events: &[Event]) {
+    let mut q = String::from(
+        "INSERT INTO stats_events (type, channel, visitor_id, at, country, visitor_name, human_mode) VALUES ",
+    );
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            q.push(',');
+        }
+        let opt = |s: Option<&str>| s.map_or("NULL".to_string(), |s| format!("'{s}'"));
+        q.push_str(&format!(
+            "('{}', '{}', '{}', 'epoch'::timestamptz + {} * interval '1 microsecond', {}, {}, {})",
+            e.kind,
+            e.channel,
+            e.visitor,
+            e.at,
+            opt(e.country),
+            opt(e.name.as_deref()),
+            e.at % 7 == 0,
+        ));
+    }
+    sqlx::raw_sql(sqlx::AssertSqlSafe(q))
+        .execute(db.pool())
+        .await
+        .unwrap();
+}
+
+fn query(from: i64, to: i64, tz: &str, limit: usize, gap_ms: u64) -> ReportQuery {
+    ReportQuery {
+        from: Timestamp(from),
+        to: Timestamp(to),
+        tz: tz.into(),
+        session_gap_ms: gap_ms,
+        limit,
+    }
+}
+
+/// Every window compared; returns how many sessions they held (so a test can tell it
+/// compared something).
+async fn same_reports(db: &Database, rng: &mut StdRng, gap_ms: u64) -> i64 {
+    let (lo, hi) = (T0 - 60 * MIN_US, T0 + 10 * 24 * 60 * MIN_US);
+    let mut windows = vec![(lo, hi, "UTC", 100), (lo, hi, "Asia/Kolkata", 5)];
+    for i in 0..40 {
+        let a = rng.random_range(lo..hi);
+        let len = match i % 4 {
+            0 => rng.random_range(1..30) * MIN_US,
+            1 => rng.random_range(1..48 * 60) * MIN_US,
+            // on quarter-hour boundaries
+            2 => rng.random_range(1..400) * 15 * MIN_US,
+            _ => rng.random_range(1_000_000..5 * 24 * 60 * MIN_US),
+        };
+        let a = if i % 4 == 2 {
+            a - a.rem_euclid(15 * MIN_US)
+        } else {
+            a
+        };
+        let tz = [
+            "UTC",
+            "America/St_Johns",
+            "Europe/Istanbul",
+            "Asia/Kathmandu",
+        ][i % 4];
+        windows.push((a, a + len, tz, [100, 3, 1, 1000][i % 4]));
+    }
+    let mut sessions = 0;
+    for (a, b, tz, limit) in windows {
+        let q = query(a, b, tz, limit, gap_ms);
+        let fast = db.stats_report(&q).await.unwrap();
+        let raw = db.report_from_events(&q).await.unwrap();
+        assert_eq!(
+            fast, raw,
+            "window {a}..{b} in {tz}, limit {limit}: rollups disagree with raw events"
+        );
+        sessions += raw["totalSessions"].as_i64().unwrap();
+    }
+    sessions
+}
+
+#[tokio::test]
+async fn the_report_from_rollups_equals_the_report_from_raw_events() {
+    let url = fresh_database().await;
+    let db = Database::new(DbSettings {
+        url: &url,
+        max_connections: 4,
+        online_debounce: Duration::ZERO,
+        offline_debounce: Duration::ZERO,
+        node: "it",
+    })
+    .unwrap();
+    db.migrate().await.unwrap();
+    let mut rng = StdRng::seed_from_u64(20261122);
+
+    // Inserted in random order and random batches: many events arrive before earlier ones.
+    let mut events = history(&mut rng);
+    let total = events.len();
+    events.shuffle(&mut rng);
+    let mut rest = &events[..];
+    while !rest.is_empty() {
+        let n = rng.random_range(1..=40).min(rest.len());
+        insert(&db, &rest[..n]).await;
+        rest = &rest[n..];
+    }
+    assert!(same_reports(&db, &mut rng, 1_800_000).await > 50);
+
+    // Deletes (retention, or an operator's repair) and updates (a moved event).
+    sqlx::query("DELETE FROM stats_events WHERE seq % 11 = 3")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE stats_events SET at = at + interval '47 minutes', country = 'NL' WHERE seq % 13 = 5",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    same_reports(&db, &mut rng, 1_800_000).await;
+
+    // A replica with another gap reports from raw events until the rollups are rebuilt for it.
+    assert!(db.ensure_rollup_gap(600_000).await.unwrap());
+    assert!(!db.ensure_rollup_gap(600_000).await.unwrap());
+    same_reports(&db, &mut rng, 600_000).await;
+    let q = query(T0, T0 + 24 * 60 * MIN_US, "UTC", 10, 1_800_000);
+    assert_eq!(
+        db.stats_report(&q).await.unwrap(),
+        db.report_from_events(&q).await.unwrap(),
+        "a gap other than the rollups' falls back to raw events"
+    );
+    assert!(total > 300, "history too small: {total} events");
+}
