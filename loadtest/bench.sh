@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproducible benchmarks on this machine: builds release binaries, starts one gateway per
 # scenario (memory engine, production mode with a fixed secret), runs loadgen against it,
-# prints loadgen's JSON. Usage: loadtest/bench.sh [idle5k|idle10k|idle15k|fanout|fanout5|storm|churn|redis-idle10k|redis-fanout|redis-fanout10k|search|report|all]
+# prints loadgen's JSON. Usage: loadtest/bench.sh [idle5k|idle10k|idle15k|fanout|fanout5|storm|storm-db|churn|redis-idle10k|redis-fanout|redis-fanout10k|search|report|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace -q
@@ -61,6 +61,11 @@ case "${1:-all}" in
   fanout5|all)  run RATE_LIMIT_PER_SEC=0 -- fanout --viewers 5000 --changers 10 --rate 5 --duration-s 30 ;;&
   storm|all)    run X=1 -- --procs 2 storm --clients 10000 ;;&
   churn|all)    run X=1 -- churn --clients 300 --viewers 50 --duration-s 30 ;;&
+  storm-db|all) # the storm with PostgreSQL: until every connect is stored by the writer
+    psql "$PGURL/postgres" -qc "drop database if exists pgw_bench_storm" -c "create database pgw_bench_storm"
+    DATABASE_URL=$PGURL/pgw_bench_storm $GW migrate
+    run DATABASE_URL=$PGURL/pgw_bench_storm -- --procs 2 storm --clients 10000
+    psql "$PGURL/pgw_bench_storm" -tAc "select 'rows in user_presence: ' || count(*) || ', online: ' || count(*) filter (where online) from user_presence" ;;&
   redis-idle10k|all) run3 --redis 127.0.0.1:6379 idle --clients 10000 --heartbeat-ms 5000 --hold-s 30 ;;&
   redis-fanout|all)  run3 fanout --viewers 5000 --changers 10 --rate 10 --duration-s 30 ;;&
   redis-fanout10k|all) run3 fanout --viewers 10000 --changers 10 --rate 10 --duration-s 30 ;;&

@@ -211,7 +211,7 @@ async fn database_loop(state: AppState, db: Arc<Database>) {
         // This replica is the whole cluster and it starts empty: whoever the database still
         // believes online (the last run's users, whose offline writes a shutdown could not
         // make) is offline now.
-        match db.settle_all_offline(Timestamp::now()).await {
+        match db.settle_all_offline(Timestamp::now(), false).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 users = n,
@@ -243,6 +243,18 @@ async fn database_loop(state: AppState, db: Arc<Database>) {
                 left = db.writer.pending(),
                 "pending presence writes not flushed at exit"
             );
+            return;
+        }
+    }
+    if state.engine.kind() == "memory" {
+        // This replica was the whole cluster: once it is gone nobody is online, and they were
+        // last seen now (left online, they would get their last change as lastSeen at the
+        // next start). The Redis engine leaves the shutdown grace to the other replicas.
+        match db.settle_all_offline(Timestamp::now(), true).await {
+            Ok(n) => tracing::info!(users = n, "users stored offline at shutdown"),
+            Err(e) => {
+                tracing::warn!(error = %e, "users not stored offline at shutdown; the next start will")
+            }
         }
     }
 }

@@ -81,8 +81,16 @@ test("a user the engine has forgotten keeps their lastSeen and gender, from the 
     }, 3000, "offline row");
     await waitUntil(() => storedPresence(url, "db-left-on")?.online, 3000, "left-on online row");
     // The only replica stops while db-left-on is connected: with the memory engine nobody is
-    // left to apply the shutdown grace, so the next start settles it.
+    // online once it is gone, and db-left-on was last seen at the stop.
+    const stopping = Date.now();
     await gw.stop();
+    const atStop = storedPresence(url, "db-left-on");
+    assert.equal(atStop.status, "offline", "stored offline by the stopping replica");
+    assert.ok(atStop.lastSeenMs >= stopping - 1000 && atStop.lastSeenMs <= Date.now(), "lastSeen is the stop");
+    // A replica killed without a chance to write (simulated: a row left online) is settled
+    // by the next start, with its last change as lastSeen.
+    psql(url, `INSERT INTO user_presence (user_id, status, online, version, updated_at)
+               VALUES ('db-killed', 'online', true, 5, now() - interval '1 hour')`);
     gw2 = await startGateway({ DATABASE_URL: url });
     const man = await gw2.connect(user("db-viewer", "male"));
     const r = await ask(man, "presence:get", { userIds: ["db-gone", "db-never"] });
@@ -97,11 +105,11 @@ test("a user the engine has forgotten keeps their lastSeen and gender, from the 
     const viaHttp = await gw2.http("/api/presence/db-gone", { token: token({ sub: "db-viewer", gender: "male" }) });
     assert.equal(viaHttp.status, 200);
     assert.equal(viaHttp.json.lastSeen, p.lastSeen);
-    const leftOn = await waitUntil(() => {
-      const x = storedPresence(url, "db-left-on");
+    const killed = await waitUntil(() => {
+      const x = storedPresence(url, "db-killed");
       return x?.status === "offline" && x;
     }, 5000, "the last run's online user settled offline");
-    assert.ok(leftOn.lastSeenMs > 0);
+    assert.ok(Math.abs(killed.lastSeenMs - (stopping - 3600_000)) < 60_000, "lastSeen is its last change");
   } finally {
     await gw.stop();
     await gw2?.stop();

@@ -340,6 +340,39 @@ async fn idle(cli: &Cli, clients: usize, heartbeat_ms: u64, hold_s: u64) -> Resu
 }
 
 /// GET a JSON document over plain HTTP/1.1.
+/// A gateway's Prometheus text, summed per metric name over every series (None when absent).
+async fn metric_sum(addr: std::net::SocketAddr, name: &str) -> Result<Option<f64>, String> {
+    let text = http_text(addr, "/metrics").await?;
+    let mut sum = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        if let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            *sum.get_or_insert(0.0) += v;
+        }
+    }
+    Ok(sum)
+}
+
+async fn http_text(addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf);
+    Ok(text.split("\r\n\r\n").nth(1).ok_or("no body")?.to_string())
+}
+
 async fn http_json(addr: std::net::SocketAddr, path: &str) -> Result<Value, String> {
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
@@ -389,12 +422,35 @@ async fn storm(cli: &Cli, clients: usize) -> Result<Value, String> {
     let (fleet, ready) = launch(cli, clients, 5000).await?;
     let connected_s = started.elapsed().as_secs_f64();
     let all_online_s = watcher.await.map_err(|e| e.to_string())?;
+    // With a database: until the presence writer of a freshly started gateway has stored
+    // every connect and has nothing pending (the write-behind catching up with the storm).
+    let mut database_written_s = None;
+    if metric_sum(c.target[0], "db_presence_writes_total")
+        .await?
+        .is_some()
+    {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            let written = metric_sum(c.target[0], "db_presence_writes_total")
+                .await?
+                .unwrap_or(0.0);
+            let pending = metric_sum(c.target[0], "db_pending_writes")
+                .await?
+                .unwrap_or(0.0);
+            if written >= clients as f64 && pending == 0.0 {
+                database_written_s = Some(started.elapsed().as_secs_f64());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let end = measure::sum(&c.pids);
     fleet.stop().await;
     Ok(json!({
         "scenario": "storm", "clients": clients, "connected": ready.connected, "failed": ready.failed,
         "errors": ready.errors, "all_connected_s": connected_s,
         "all_online_in_health_s": all_online_s,
+        "all_in_database_s": database_written_s,
         "connect_latency": ready.latencies.summary(),
         "server_cpu_s": end.cpu_s - base.cpu_s,
     }))

@@ -228,15 +228,19 @@ fn status_row(row: &sqlx::postgres::PgRow) -> Option<(UserId, Status, i64)> {
 impl Database {
     /// Mark offline every user the database believes online (a single replica starting
     /// empty). Returns how many.
-    pub async fn settle_all_offline(&self, now: Timestamp) -> Result<u64, DbError> {
+    pub async fn settle_all_offline(&self, now: Timestamp, seen_now: bool) -> Result<u64, DbError> {
+        // `seen_now`: they were online until now (a clean shutdown); otherwise the last
+        // change is the last time known to have seen them.
         const SQL: &str = "UPDATE user_presence
              SET status = 'offline', online = false, details = NULL,
-                 last_seen = COALESCE(updated_at, 'epoch'::timestamptz + ($1::int8 * interval '1 microsecond')),
+                 last_seen = CASE WHEN $2 THEN 'epoch'::timestamptz + ($1::int8 * interval '1 microsecond')
+                                  ELSE COALESCE(updated_at, 'epoch'::timestamptz + ($1::int8 * interval '1 microsecond')) END,
                  updated_at = 'epoch'::timestamptz + ($1::int8 * interval '1 microsecond'),
                  version = GREATEST(version + 1, $1::int8)
              WHERE online";
         let r = sqlx::query(SQL)
             .bind(now.as_micros())
+            .bind(seen_now)
             .execute(self.pool())
             .await
             .map_err(DbError::from);
