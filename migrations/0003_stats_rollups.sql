@@ -57,6 +57,17 @@ CREATE INDEX IF NOT EXISTS stats_spans_sessions ON stats_spans (last_at)
 -- A visitor's events in order, whatever their type (span maintenance, session details).
 CREATE INDEX IF NOT EXISTS stats_events_visitor ON stats_events (visitor_id, at);
 
+-- Visitors online now, per channel: those whose latest online/offline event of the last day
+-- is `user_online` (a replica that died without recording `user_offline` stops counting
+-- after a day). Shared by both forms of the report.
+CREATE OR REPLACE VIEW stats_online_now AS
+    SELECT channel, count(*) AS n FROM (
+        SELECT DISTINCT ON (visitor_id, channel) type, channel
+        FROM stats_events
+        WHERE type IN ('user_online', 'user_offline') AND at > now() - interval '1 day'
+        ORDER BY visitor_id, channel, seq DESC
+    ) latest WHERE type = 'user_online' GROUP BY channel;
+
 -- Microseconds since the epoch as a time (no day or month parts, so no time zone involved:
 -- immutable, and folded into a constant when the report is planned).
 CREATE OR REPLACE FUNCTION stats_us(us int8) RETURNS timestamptz

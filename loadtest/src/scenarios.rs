@@ -374,19 +374,8 @@ async fn http_text(addr: std::net::SocketAddr, path: &str) -> Result<String, Str
 }
 
 async fn http_json(addr: std::net::SocketAddr, path: &str) -> Result<Value, String> {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&buf);
-    let body = text.split("\r\n\r\n").nth(1).ok_or("no body")?;
-    serde_json::from_str(body).map_err(|e| format!("{e}: {body:.80}"))
+    let body = http_text(addr, path).await?;
+    serde_json::from_str(&body).map_err(|e| format!("{e}: {body:.80}"))
 }
 
 async fn online_users(c: &Common) -> Result<u64, String> {

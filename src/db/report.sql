@@ -112,12 +112,7 @@ heat AS (
     FROM counted WHERE type = 'new_message' GROUP BY 1, 2
 ),
 online AS (
-    SELECT channel, count(*) AS n FROM (
-        SELECT DISTINCT ON (visitor_id, channel) type, channel
-        FROM stats_events
-        WHERE type IN ('user_online', 'user_offline') AND at > now() - interval '1 day'
-        ORDER BY visitor_id, channel, seq DESC
-    ) latest WHERE type = 'user_online' GROUP BY channel
+    SELECT channel, n FROM stats_online_now
 ),
 figure AS (
     SELECT kind, n FROM visitors WHERE kind <> 'c'

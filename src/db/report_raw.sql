@@ -47,12 +47,7 @@ heat AS (
     FROM msgs GROUP BY 1, 2
 ),
 online AS (
-    SELECT channel, count(*) AS n FROM (
-        SELECT DISTINCT ON (visitor_id, channel) type, channel
-        FROM stats_events
-        WHERE type IN ('user_online', 'user_offline') AND at > now() - interval '1 day'
-        ORDER BY visitor_id, channel, seq DESC
-    ) latest WHERE type = 'user_online' GROUP BY channel
+    SELECT channel, n FROM stats_online_now
 )
 SELECT json_build_object(
     'lastEventSeq', (SELECT COALESCE(max(seq), 0) FROM stats_events),

@@ -31,15 +31,12 @@ async fn drain(rx: &mut Receiver<PresenceEvent>) -> Vec<(String, Status, i64)> {
     // A remote engine delivers through a network hop: allow it a moment, bounded.
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(150);
-    loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Ok(e)) => out.push((
-                e.presence.user_id.to_string(),
-                e.presence.status,
-                e.presence.version,
-            )),
-            _ => break,
-        }
+    while let Ok(Ok(e)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        out.push((
+            e.presence.user_id.to_string(),
+            e.presence.status,
+            e.presence.version,
+        ));
     }
     out
 }
