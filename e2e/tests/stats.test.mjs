@@ -171,6 +171,10 @@ test("sessions, naming, heatmap and countries from published events; idempotent 
     }
     assert.equal((await gw.http("/api/events", { token: dash, method: "POST", body: { type: "widget_opened", visitorId: "v", channel: "web" } })).status, 403);
     assert.equal((await gw.http("/api/stats?tz=Mars/Olympus", { token: dash })).status, 400);
+    const emptyWindow = "from=2000-01-01T00:00:00Z&to=2000-01-02T00:00:00Z";
+    const unknownZone = await gw.http(`/api/stats?${emptyWindow}&tz=Mars/Olympus`, { token: dash });
+    assert.equal(unknownZone.status, 400, "refused even when no event would be placed in it");
+    assert.equal(unknownZone.json.error.code, "bad_request");
     assert.equal((await gw.http("/api/stats?from=2026-11-22T00:00:00Z&to=2026-11-21T00:00:00Z", { token: dash })).status, 400);
   } finally {
     await gw.stop();

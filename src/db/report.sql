@@ -153,5 +153,6 @@ SELECT json_build_object(
     ) x),
     'from', to_char(stats_us($1) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
     'to', to_char(stats_us($2) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-    'tz', $5::text
+    -- Evaluated even when no event is in the window, so that an unknown zone is refused.
+    'tz', CASE WHEN (now() AT TIME ZONE $5) IS NOT NULL THEN $5::text END
 )

@@ -86,5 +86,6 @@ SELECT json_build_object(
     ) x),
     'from', to_char((SELECT lo FROM bounds) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
     'to', to_char((SELECT hi FROM bounds) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-    'tz', $4::text
+    -- Evaluated even when no event is in the window, so that an unknown zone is refused.
+    'tz', CASE WHEN (now() AT TIME ZONE $4) IS NOT NULL THEN $4::text END
 )
