@@ -174,6 +174,22 @@ async fn the_report_from_rollups_equals_the_report_from_raw_events() {
     }
     assert!(same_reports(&db, &mut rng, 1_800_000).await > 50);
 
+    // Retried publications: the committer's statement skips rows whose idempotency key is
+    // stored already, and the rollups must count each once.
+    for _ in 0..2 {
+        sqlx::query(
+            "INSERT INTO stats_events (type, channel, visitor_id, at, country, idempotency_key)
+             SELECT 'new_message', 'web', 'V-' || (g % 7), $1::timestamptz + g * interval '3 minutes', 'TR', 'retry-' || g
+             FROM generate_series(1, 30) g
+             ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind("2026-11-11T10:00:00Z")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    }
+    same_reports(&db, &mut rng, 1_800_000).await;
+
     // Deletes (retention, or an operator's repair) and updates (a moved event).
     sqlx::query("DELETE FROM stats_events WHERE seq % 11 = 3")
         .execute(db.pool())
