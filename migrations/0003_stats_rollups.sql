@@ -11,9 +11,10 @@
 --   window is a count, not a DISTINCT: the spans that start in the window after a previous
 --   span that ended before it, plus the spans that straddle the window's start.
 --
--- Triggers keep both in step with stats_events inside the inserting statement (so a reader
--- never sees one without the other), whoever inserts; `stats_rebuild_rollups()` recomputes
--- them from scratch (after a change of session gap, or to repair them).
+-- Triggers keep both in step with stats_events inside the statement that inserts, deletes,
+-- updates or truncates, whoever runs it (so a reader never sees one without the other);
+-- `stats_rebuild_rollups(gap_ms)` recomputes them from scratch (after a change of session
+-- gap, or to repair them).
 
 CREATE TABLE IF NOT EXISTS stats_settings (
     id              boolean PRIMARY KEY DEFAULT true CHECK (id),
@@ -190,6 +191,17 @@ DROP TRIGGER IF EXISTS stats_rollup_update ON stats_events;
 CREATE TRIGGER stats_rollup_update AFTER UPDATE ON stats_events
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION stats_rollup_trigger();
+
+CREATE OR REPLACE FUNCTION stats_rollup_truncate() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    TRUNCATE stats_quarters, stats_spans;
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS stats_rollup_truncate ON stats_events;
+CREATE TRIGGER stats_rollup_truncate AFTER TRUNCATE ON stats_events
+    FOR EACH STATEMENT EXECUTE FUNCTION stats_rollup_truncate();
 
 -- Recompute every rollup from stats_events, with the session gap `gap_ms`.
 CREATE OR REPLACE FUNCTION stats_rebuild_rollups(gap_ms bigint) RETURNS void

@@ -214,4 +214,17 @@ async fn the_report_from_rollups_equals_the_report_from_raw_events() {
         "a gap other than the rollups' falls back to raw events"
     );
     assert!(total > 300, "history too small: {total} events");
+
+    // Emptied by hand: the rollups empty with it.
+    sqlx::query("TRUNCATE stats_events")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let after: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM stats_spans) + (SELECT count(*) FROM stats_quarters)",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(after, 0);
 }
