@@ -46,7 +46,8 @@ seeded() {
   psql "$PGURL/postgres" -tAc "select 1 from pg_database where datname='$db'" | grep -q 1 \
     || psql "$PGURL/postgres" -qc "create database $db"
   DATABASE_URL=$PGURL/$db $GW migrate \
-    || { psql "$PGURL/$db" -qc "delete from _sqlx_migrations" && DATABASE_URL=$PGURL/$db $GW migrate; }
+    || { psql "$PGURL/$db" -qc "delete from _sqlx_migrations" && DATABASE_URL=$PGURL/$db $GW migrate \
+         && psql "$PGURL/$db" -qc "VACUUM (ANALYZE)"; }
   if [ "$(psql "$PGURL/$db" -tAc "select count(*) from $table")" -lt 1000000 ]; then
     echo "seeding $db from $seed (a few minutes)..." >&2
     time psql "$PGURL/$db" -q -f "$seed"

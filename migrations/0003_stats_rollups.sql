@@ -242,6 +242,10 @@ BEGIN
     SELECT kind, value, visitor_id, first_at, last_at, n,
            lag(last_at) OVER (PARTITION BY kind, value, visitor_id ORDER BY first_at)
     FROM spans;
+    -- Fresh statistics for the planner at once. (VACUUM, which index-only scans need, cannot
+    -- run in a transaction: callers outside one run it; otherwise autovacuum does.)
+    ANALYZE stats_spans;
+    ANALYZE stats_quarters;
 END $$;
 
 SELECT stats_rebuild_rollups(session_gap_ms) FROM stats_settings;

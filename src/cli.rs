@@ -158,6 +158,11 @@ fn migrate(config: &Config) -> ExitCode {
             match db.migrate().await {
                 Ok(()) => {
                     eprintln!("migrations applied");
+                    // A migration may have built the statistics rollups inside its
+                    // transaction; vacuum them here, where it is allowed (skips clean pages).
+                    if let Err(e) = db.vacuum_rollups().await {
+                        eprintln!("warning: statistics rollups not vacuumed: {e}");
+                    }
                     return match db.ensure_rollup_gap(config.stats_session_gap_ms).await {
                         Ok(rebuilt) => {
                             if rebuilt {

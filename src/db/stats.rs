@@ -216,7 +216,18 @@ impl Database {
             .bind(gap_ms as i64)
             .execute(self.pool())
             .await?;
+        self.vacuum_rollups().await?;
         Ok(true)
+    }
+
+    /// Rebuilt rollups have no visibility map yet: until a vacuum, the report's index-only
+    /// scans read the heap too (measured: a week's report 80 → 230 ms). Not every PostgreSQL
+    /// runs autovacuum soon, or at all.
+    pub async fn vacuum_rollups(&self) -> Result<(), DbError> {
+        sqlx::query("VACUUM (ANALYZE) stats_spans, stats_quarters")
+            .execute(self.pool())
+            .await?;
+        Ok(())
     }
 }
 
