@@ -57,12 +57,16 @@ enum Command {
 
 fn config_from(cli: &Cli) -> Result<Config, ConfigError> {
     let (dev, host, port) = (cli.dev, cli.host.clone(), cli.port.clone());
-    Config::from_lookup(|k| match k {
+    let lookup = |k: &str| match k {
         "APP_ENV" if dev => Some("development".into()),
         "HOST" if host.is_some() => host.clone(),
         "PORT" if port.is_some() => port.clone(),
         _ => std::env::var(k).ok(),
-    })
+    };
+    match cli.command {
+        Some(Command::Migrate) => Config::from_lookup_keyless(lookup),
+        _ => Config::from_lookup(lookup),
+    }
 }
 
 fn fail(e: impl std::fmt::Display) -> ExitCode {

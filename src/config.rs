@@ -116,7 +116,25 @@ impl Config {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
 
+    /// The configuration of a gateway: everything validated, and in production a JWT key.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let c = Self::from_lookup_keyless(get)?;
+        if c.app_env == AppEnv::Production
+            && c.jwt_secret.is_none()
+            && c.jwt_public_key_file.is_none()
+        {
+            return Err(err(
+                "JWT_SECRET",
+                "production needs a JWT key: set JWT_SECRET (HS256) or JWT_PUBLIC_KEY_FILE (RS256/ES256), \
+                 or start in development with APP_ENV=development (or --dev)",
+            ));
+        }
+        Ok(c)
+    }
+
+    /// The same validation without requiring a JWT key: for `migrate`, which neither signs
+    /// nor verifies tokens (a deployment's migration job need not hold the key).
+    pub fn from_lookup_keyless(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         // An empty variable is treated as unset: that is what `FOO= cmd` usually means.
         let get = |k: &str| get(k).filter(|v| !v.is_empty());
         let ms = |var: &'static str, default: u64, min: u64| -> Result<u64, ConfigError> {
@@ -243,14 +261,6 @@ impl Config {
                 format!("no readable file at {}", p.display()),
             ));
         }
-        if app_env == AppEnv::Production && jwt_secret.is_none() && jwt_public_key_file.is_none() {
-            return Err(err(
-                "JWT_SECRET",
-                "production needs a JWT key: set JWT_SECRET (HS256) or JWT_PUBLIC_KEY_FILE (RS256/ES256), \
-                 or start in development with APP_ENV=development (or --dev)",
-            ));
-        }
-
         let visibility_policy = match get("VISIBILITY_POLICY").as_deref() {
             None | Some("gender") => VisibilityPolicy::Gender,
             Some("all") => VisibilityPolicy::All,

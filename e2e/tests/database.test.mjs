@@ -3,7 +3,8 @@
 // search with the visibility rule, and the admin's database-versus-live check.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startGateway, user, token, ask, recorder, barrier, waitUntil } from "../helpers.mjs";
+import { spawnSync } from "node:child_process";
+import { BIN, startGateway, user, token, ask, recorder, barrier, waitUntil } from "../helpers.mjs";
 import { freshDatabase, psql, storedPresence } from "../db.mjs";
 
 const admin = token({ sub: "db-admin", roles: ["admin"] });
@@ -219,4 +220,20 @@ test("Redis cluster of two replicas: each writes what it committed; a killed rep
     await a.stop();
     await b.stop().catch(() => {});
   }
+});
+
+test("migrate needs nothing but the database (a deployment's migration job holds no JWT key)", () => {
+  const url = freshDatabase();
+  // Exactly the Helm migration job's environment: production, no key, the replicas' gap.
+  const env = { PATH: process.env.PATH, DATABASE_URL: url, APP_ENV: "production", STATS_SESSION_GAP_MS: "600000" };
+  for (const run of [1, 2]) {
+    const r = spawnSync(BIN, ["migrate"], { env, encoding: "utf8", timeout: 90_000 });
+    assert.equal(r.status, 0, `run ${run}: ${r.stderr}`);
+    assert.match(r.stderr, /migrations applied/);
+  }
+  assert.deepEqual(psql(url, "SELECT session_gap_ms FROM stats_settings"), [["600000"]], "rollups built for the configured gap");
+  // Serving still refuses to start without a key in production.
+  const serve = spawnSync(BIN, [], { env, encoding: "utf8", timeout: 30_000 });
+  assert.equal(serve.status, 2);
+  assert.match(serve.stderr, /JWT_SECRET/);
 });
