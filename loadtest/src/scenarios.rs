@@ -358,6 +358,66 @@ async fn metric_sum(addr: std::net::SocketAddr, name: &str) -> Result<Option<f64
     Ok(sum)
 }
 
+/// A Prometheus histogram summed over every series and every target: (upper bound, cumulative
+/// count) per bucket, in bound order.
+async fn histogram(targets: &[std::net::SocketAddr], name: &str) -> Result<Vec<(f64, f64)>, String> {
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    let prefix = format!("{name}_bucket{{");
+    for t in targets {
+        for line in http_text(*t, "/metrics").await?.lines() {
+            let Some(rest) = line.strip_prefix(&prefix) else {
+                continue;
+            };
+            let le = rest.split("le=\"").nth(1).and_then(|v| v.split('"').next());
+            let le = match le {
+                Some("+Inf") => f64::INFINITY,
+                Some(v) => v.parse().map_err(|_| format!("bucket bound {v}"))?,
+                None => continue,
+            };
+            let n: f64 = rest.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            match buckets.iter_mut().find(|(b, _)| *b == le) {
+                Some((_, c)) => *c += n,
+                None => buckets.push((le, n)),
+            }
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(buckets)
+}
+
+/// Quantiles (milliseconds, interpolated within buckets) of what a histogram gained between
+/// two snapshots.
+fn histogram_summary(before: &[(f64, f64)], after: &[(f64, f64)]) -> Value {
+    let diff: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, n)| {
+            let was = before.iter().find(|(b, _)| b == le).map_or(0.0, |(_, c)| *c);
+            (*le, n - was)
+        })
+        .collect();
+    let total = diff.last().map_or(0.0, |(_, c)| *c);
+    let q = |q: f64| -> Value {
+        if total <= 0.0 {
+            return Value::Null;
+        }
+        let want = q * total;
+        let mut lower = (0.0, 0.0);
+        for &(le, c) in &diff {
+            if c >= want {
+                if le.is_infinite() {
+                    return json!(format!("> {} ms", lower.0 * 1000.0));
+                }
+                let share = if c > lower.1 { (want - lower.1) / (c - lower.1) } else { 1.0 };
+                return json!(((lower.0 + (le - lower.0) * share) * 1e6).round() / 1000.0);
+            }
+            lower = (le, c);
+        }
+        Value::Null
+    };
+    let within = |bound: f64| diff.iter().find(|(le, _)| *le == bound).map(|(_, c)| c / total);
+    json!({"count": total, "p50_ms": q(0.5), "p99_ms": q(0.99), "share_within_50ms": within(0.05)})
+}
+
 async fn http_text(addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
@@ -514,6 +574,11 @@ async fn fanout(
         viewers_up += ready_rx.recv().await.unwrap_or(false) as usize;
     }
 
+    // The replicas' own fan-out histogram (commit → emitted on every local socket), from here
+    // on: the viewers' connects are not part of it.
+    const FANOUT: &str = "presence_fanout_latency_seconds";
+    let server_before = histogram(&c.target, FANOUT).await?;
+
     // Changers: each sets `live` with new details (a change every time) at its share of the rate.
     let period = Duration::from_secs_f64(changers as f64 / rate.max(0.001));
     let accepted = Arc::new(AtomicU64::new(0));
@@ -568,6 +633,7 @@ async fn fanout(
             last_seen = (r, Instant::now());
         }
     }
+    let server = histogram_summary(&server_before, &histogram(&c.target, FANOUT).await?);
     let _ = stop.send(true);
     let (mut lat, mut doubled, mut missing) = (Latencies::default(), 0u64, 0u64);
     for t in vtasks {
@@ -588,6 +654,7 @@ async fn fanout(
         "deliveries": {"expected": expected, "received": got, "missing": missing, "doubled": doubled},
         "deliveries_per_s": got as f64 / send_s,
         "latency": lat.summary(),
+        "server_fanout_latency": server,
     }))
 }
 
