@@ -31,6 +31,8 @@ pub struct Shared {
     pub sockets: SocketRegistry,
     /// Connections heard from since the last flush to the engine.
     pub heartbeats: HeartbeatBatch,
+    /// Where the fan-out sends each change on this replica.
+    pub viewers: crate::gateway::viewers::Viewers,
     /// Sockets with presence updates waiting for room in their queues.
     pub backlogged: crate::gateway::fanout::Backlogged,
     /// Set once the Socket.IO layer is built.
@@ -71,6 +73,7 @@ impl AppState {
             metrics,
             sockets: SocketRegistry::default(),
             heartbeats: HeartbeatBatch::default(),
+            viewers: Default::default(),
             backlogged: Default::default(),
             io: OnceLock::new(),
             started_at: Instant::now(),

@@ -360,7 +360,10 @@ async fn metric_sum(addr: std::net::SocketAddr, name: &str) -> Result<Option<f64
 
 /// A Prometheus histogram summed over every series and every target: (upper bound, cumulative
 /// count) per bucket, in bound order.
-async fn histogram(targets: &[std::net::SocketAddr], name: &str) -> Result<Vec<(f64, f64)>, String> {
+async fn histogram(
+    targets: &[std::net::SocketAddr],
+    name: &str,
+) -> Result<Vec<(f64, f64)>, String> {
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     let prefix = format!("{name}_bucket{{");
     for t in targets {
@@ -374,7 +377,11 @@ async fn histogram(targets: &[std::net::SocketAddr], name: &str) -> Result<Vec<(
                 Some(v) => v.parse().map_err(|_| format!("bucket bound {v}"))?,
                 None => continue,
             };
-            let n: f64 = rest.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            let n: f64 = rest
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
             match buckets.iter_mut().find(|(b, _)| *b == le) {
                 Some((_, c)) => *c += n,
                 None => buckets.push((le, n)),
@@ -391,7 +398,10 @@ fn histogram_summary(before: &[(f64, f64)], after: &[(f64, f64)]) -> Value {
     let diff: Vec<(f64, f64)> = after
         .iter()
         .map(|(le, n)| {
-            let was = before.iter().find(|(b, _)| b == le).map_or(0.0, |(_, c)| *c);
+            let was = before
+                .iter()
+                .find(|(b, _)| b == le)
+                .map_or(0.0, |(_, c)| *c);
             (*le, n - was)
         })
         .collect();
@@ -407,14 +417,22 @@ fn histogram_summary(before: &[(f64, f64)], after: &[(f64, f64)]) -> Value {
                 if le.is_infinite() {
                     return json!(format!("> {} ms", lower.0 * 1000.0));
                 }
-                let share = if c > lower.1 { (want - lower.1) / (c - lower.1) } else { 1.0 };
+                let share = if c > lower.1 {
+                    (want - lower.1) / (c - lower.1)
+                } else {
+                    1.0
+                };
                 return json!(((lower.0 + (le - lower.0) * share) * 1e6).round() / 1000.0);
             }
             lower = (le, c);
         }
         Value::Null
     };
-    let within = |bound: f64| diff.iter().find(|(le, _)| *le == bound).map(|(_, c)| c / total);
+    let within = |bound: f64| {
+        diff.iter()
+            .find(|(le, _)| *le == bound)
+            .map(|(_, c)| c / total)
+    };
     json!({"count": total, "p50_ms": q(0.5), "p99_ms": q(0.99), "share_within_50ms": within(0.05)})
 }
 
@@ -578,6 +596,7 @@ async fn fanout(
     // on: the viewers' connects are not part of it.
     const FANOUT: &str = "presence_fanout_latency_seconds";
     let server_before = histogram(&c.target, FANOUT).await?;
+    let cpu_before = measure::sum(&c.pids);
 
     // Changers: each sets `live` with new details (a change every time) at its share of the rate.
     let period = Duration::from_secs_f64(changers as f64 / rate.max(0.001));
@@ -634,6 +653,7 @@ async fn fanout(
         }
     }
     let server = histogram_summary(&server_before, &histogram(&c.target, FANOUT).await?);
+    let server_cpu_s = measure::sum(&c.pids).cpu_s - cpu_before.cpu_s;
     let _ = stop.send(true);
     let (mut lat, mut doubled, mut missing) = (Latencies::default(), 0u64, 0u64);
     for t in vtasks {
@@ -655,6 +675,9 @@ async fn fanout(
         "deliveries_per_s": got as f64 / send_s,
         "latency": lat.summary(),
         "server_fanout_latency": server,
+        // The replicas' CPU while changes flowed, per 1,000 deliveries.
+        "server_cpu_s": server_cpu_s,
+        "server_cpu_ms_per_1000_deliveries": if got > 0 { server_cpu_s * 1e6 / got as f64 } else { 0.0 },
     }))
 }
 

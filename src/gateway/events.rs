@@ -213,6 +213,7 @@ async fn disconnected(
 /// whoever calls (the disconnect handler, or the shutdown for sockets whose handler the
 /// library never ran).
 pub async fn record_close(state: &AppState, h: &Arc<ConnHandle>, grace_ms: u64) {
+    state.viewers.leave(h);
     if state.sockets.remove(h.sid).is_some() {
         state.metrics.disconnections.increment(1);
         state.metrics.sockets_root.decrement(1.0);

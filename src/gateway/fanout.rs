@@ -1,9 +1,9 @@
 //! Fan-out: every committed change, from whichever replica, to this replica's viewers.
 //!
 //! One task per replica reads the engine's change stream, encodes each change once, and
-//! queues it on every local socket of the rooms allowed to see the user (its audiences, plus
-//! the user's own room when needed). Emitting only locally is what keeps a cluster from
-//! delivering twice: every replica receives every change exactly once.
+//! queues it on every local socket allowed to see the user ([`Viewers`](super::viewers):
+//! its audiences, plus the user's own sockets when needed). Emitting only locally is what
+//! keeps a cluster from delivering twice: every replica receives every change exactly once.
 //!
 //! A socket whose queue is full (a slow reader, or a burst such as N viewers connecting at
 //! once and each receiving N announcements) does not lose the change: it is *conflated* into
@@ -11,12 +11,11 @@
 //! socket with a backlog gets new changes through the backlog too, so it converges on the
 //! latest state of every user it may see, with memory bounded per socket.
 
-use super::connection::{BACKLOG_MAX, ConnHandle, Pending};
-use super::rooms;
+use super::connection::{BACKLOG_MAX, Pending};
+use super::viewers::Viewer;
 use crate::domain::Timestamp;
 use crate::engine::PresenceEvent;
 use crate::state::AppState;
-use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError};
 use std::collections::HashSet;
@@ -43,27 +42,37 @@ enum Sent {
     Gone,
 }
 
+/// How long after our handshake middleware a socket may still be waiting for the library to
+/// complete its namespace connect (it is joined to [`Viewers`](super::viewers) by the
+/// middleware, and the library marks it connected only afterwards). Past this, a socket that
+/// refuses updates as closed never completed its connect, and no disconnect will be reported.
+const HANDSHAKE_LIMIT_US: u64 = 30_000_000;
+
+/// Whether an update the socket refused as closed should wait for it: yes while its
+/// handshake may still complete (what a client is sent right after connecting must not be
+/// lost), no once it has ended.
+fn waits_for_connect(v: &Viewer) -> bool {
+    !v.socket.connected()
+        && Timestamp::now().micros_since(v.handle.connected_at) < HANDSHAKE_LIMIT_US
+}
+
 /// Queue one update on one socket, or defer it.
-fn offer(
-    state: &AppState,
-    s: &SocketRef,
-    h: &ConnHandle,
-    user: &crate::domain::UserId,
-    p: &Pending,
-) -> Sent {
+fn offer(state: &AppState, v: &Viewer, user: &crate::domain::UserId, p: &Pending) -> Sent {
+    let h = &v.handle;
     if !h.has_backlog() {
-        match s.emit("presence-update", &*p.payload) {
+        match v.socket.emit("presence-update", &*p.payload) {
             Ok(()) => return Sent::Now,
             Err(SendError::Socket(SocketError::InternalChannelFull)) => {}
+            Err(SendError::Socket(SocketError::Closed)) if waits_for_connect(v) => {}
             Err(_) => return Sent::Gone,
         }
     }
     if h.defer(user, p.clone()) {
-        state.backlogged.lock().insert(s.id);
+        state.backlogged.lock().insert(h.sid);
         state.metrics.deferred.increment(1);
     } else {
         state.metrics.dropped.increment(1);
-        tracing::warn!(sid = %s.id, max = BACKLOG_MAX, "socket backlog full; update dropped");
+        tracing::warn!(sid = %h.sid, max = BACKLOG_MAX, "socket backlog full; update dropped");
     }
     Sent::Deferred
 }
@@ -89,7 +98,6 @@ pub async fn run(state: AppState, mut rx: Receiver<PresenceEvent>) {
 }
 
 async fn deliver(state: &AppState, ev: PresenceEvent) {
-    let Some(io) = state.io.get() else { return };
     let policy = state.config.visibility_policy;
     let p = &ev.presence;
     if ev.origin == state.metrics.node {
@@ -107,16 +115,14 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
         payload,
     };
     let mut sent = 0u64;
-    for s in io
-        .to(rooms::for_change(policy, &p.user_id, p.gender))
-        .sockets()
-    {
-        let Some(h) = s.extensions.get::<Arc<ConnHandle>>() else {
-            continue;
-        };
-        h.remember(p);
-        if let Sent::Now = offer(state, &s, &h, &p.user_id, &pending) {
-            sent += 1;
+    for v in state.viewers.for_change(policy, &p.user_id, p.gender) {
+        v.handle.remember(p);
+        match offer(state, &v, &p.user_id, &pending) {
+            Sent::Now => sent += 1,
+            Sent::Deferred => {}
+            // Closed for good: its disconnect takes it out too, if the library reports one
+            // (it does not for a connect that never completed).
+            Sent::Gone => state.viewers.leave(&v.handle),
         }
     }
     state.metrics.delivered.increment(sent);
@@ -135,28 +141,31 @@ pub async fn run_backlogs(state: AppState) {
         }
         let sids: Vec<Sid> = state.backlogged.lock().iter().copied().collect();
         let per_tick = (state.config.socket_queue_packets / 2).max(1);
-        let Some(io) = state.io.get() else { continue };
         for sid in sids {
-            let socket = io.get_socket(sid);
-            let handle = socket
-                .as_ref()
-                .and_then(|s| s.extensions.get::<Arc<ConnHandle>>());
-            let (Some(s), Some(h)) = (socket, handle) else {
+            let Some(v) = state.viewers.get(sid) else {
                 state.backlogged.lock().remove(&sid);
                 continue;
             };
+            let h = &v.handle;
             let mut sent = 0u64;
             let mut waiting = h.take_backlog().into_iter();
             // At most half a queue per tick: a client that keeps up at all then finds room for
             // the acks of its own requests, which share the queue.
             for (user, p) in waiting.by_ref().take(per_tick) {
-                match s.emit("presence-update", &*p.payload) {
+                match v.socket.emit("presence-update", &*p.payload) {
                     Ok(()) => sent += 1,
                     Err(SendError::Socket(SocketError::InternalChannelFull)) => {
                         h.defer(&user, p);
                         break;
                     }
-                    Err(_) => break,
+                    Err(SendError::Socket(SocketError::Closed)) if waits_for_connect(&v) => {
+                        h.defer(&user, p);
+                        break;
+                    }
+                    Err(_) => {
+                        state.viewers.leave(h);
+                        break;
+                    }
                 }
             }
             // Still no room: keep the rest (a newer change deferred meanwhile wins).

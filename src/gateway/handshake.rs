@@ -6,7 +6,7 @@
 //! is set up here, and an event sent the moment the client is connected is never dropped.
 
 use super::connection::ConnHandle;
-use super::{events, rooms};
+use super::events;
 use crate::auth::{AuthError, Identity, Role, Roles};
 use crate::db::writer::Profile;
 use crate::domain::{Gender, Timestamp, UserId};
@@ -195,7 +195,7 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Hands
             ));
         }
     }
-    s.join(rooms::for_viewer(policy, &handle.conn.user, gender));
+    state.viewers.join(policy, s.clone(), handle);
     Ok(())
 }
 

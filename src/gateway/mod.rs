@@ -17,7 +17,7 @@ pub mod fanout;
 pub mod handshake;
 pub mod heartbeats;
 pub mod ratelimit;
-pub mod rooms;
+pub mod viewers;
 pub mod widget;
 
 pub use connection::{ConnHandle, SocketRegistry};
