@@ -5,10 +5,10 @@
 //! - [`events`]: `user:heartbeat`, `presence:*` requests, the disconnect;
 //! - [`connection`]: per-socket state and this replica's socket registry;
 //! - [`heartbeats`]: batching "heard from" writes to the engine;
-//! - [`fanout`]: committed changes to this replica's viewers, by room;
+//! - [`fanout`]: committed changes to this replica's viewers ([`viewers`]: by audience);
 //! - [`widget`]: `/widget`, anonymous chat widgets recording statistics events;
 //! - [`dashboard`]: `/dashboard`, live statistics and presence figures for dashboards;
-//! - [`rooms`], [`ratelimit`]: the small pieces those share.
+//! - [`ratelimit`]: the per-socket request budget.
 
 pub mod connection;
 pub mod dashboard;
