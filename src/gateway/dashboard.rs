@@ -65,7 +65,7 @@ fn handle(s: &SocketRef) -> Option<Arc<DashboardHandle>> {
 }
 
 /// Updates waiting for room in a dashboard socket's queue, in seq order, at most
-/// [`BACKLOG_MAX`]: a burst (one stored batch is up to 500 events, emitted at once) waits
+/// `STATS_DASHBOARD_BACKLOG` updates: a burst (one stored batch is up to 500 events, emitted at once) waits
 /// here rather than overflowing the socket queue. A dashboard that lets the backlog fill is
 /// too slow to follow: its backlog is dropped and it is told to resync.
 #[derive(Default)]

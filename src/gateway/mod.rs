@@ -80,7 +80,7 @@ const KEPT_HEADERS: &[&str] = &[
     "x-real-ip",
 ];
 
-/// Give a Socket.IO request headers and a URI of their own, keeping only [`KEPT_HEADERS`].
+/// Give a Socket.IO request headers and a URI of their own, keeping only the few headers a handshake reads.
 ///
 /// hyper parses header values without copying: each is a slice of the connection's read
 /// buffer (16 KiB). socketioxide keeps every socket's request parts for its whole life
