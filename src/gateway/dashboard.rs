@@ -65,9 +65,9 @@ fn handle(s: &SocketRef) -> Option<Arc<DashboardHandle>> {
 }
 
 /// Updates waiting for room in a dashboard socket's queue, in seq order, at most
-/// `STATS_DASHBOARD_BACKLOG` updates: a burst (one stored batch is up to 500 events, emitted at once) waits
-/// here rather than overflowing the socket queue. A dashboard that lets the backlog fill is
-/// too slow to follow: its backlog is dropped and it is told to resync.
+/// `STATS_DASHBOARD_BACKLOG` of them: a burst (one stored batch is up to 500 events, emitted
+/// at once) waits here rather than overflowing the socket queue. A dashboard that lets the
+/// backlog fill is too slow to follow: its backlog is dropped and it is told to resync.
 #[derive(Default)]
 pub struct DashboardHandle {
     state: Mutex<Backlog>,
