@@ -209,8 +209,7 @@ async fn database_loop(state: AppState, db: Arc<Database>) {
     });
     if state.engine.kind() == "memory" {
         // This replica is the whole cluster and it starts empty: whoever the database still
-        // believes online (the last run's users, whose offline writes a shutdown could not
-        // make) is offline now.
+        // believes online (the users of a last run that did not stop cleanly) is offline now.
         match db.settle_all_offline(Timestamp::now(), false).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
