@@ -58,18 +58,23 @@ CREATE INDEX IF NOT EXISTS stats_spans_sessions ON stats_spans (last_at)
 -- A visitor's events in order, whatever their type (span maintenance, session details).
 CREATE INDEX IF NOT EXISTS stats_events_visitor ON stats_events (visitor_id, at);
 
--- Visitors online now, per channel: those whose latest online/offline event of the last day
--- is `user_online` (a replica that died without recording `user_offline` stops counting
--- after a day). Shared by both forms of the report; the index spares it the day's messages.
-CREATE INDEX IF NOT EXISTS stats_events_presence ON stats_events (at)
-    INCLUDE (visitor_id, channel, type, seq) WHERE type IN ('user_online', 'user_offline');
+-- Each visitor's latest `user_online`/`user_offline` event (by seq) per channel, kept by the
+-- triggers below: `online` counts visitors whose latest such event is `user_online` and
+-- happened within the last day (a replica that died without recording `user_offline` stops
+-- counting after a day; a late, back-dated `user_offline` does end the visit).
+CREATE TABLE IF NOT EXISTS stats_visitor_online (
+    visitor_id  text        NOT NULL,
+    channel     text        NOT NULL,
+    seq         bigint      NOT NULL,
+    at          timestamptz NOT NULL,
+    online      boolean     NOT NULL,
+    PRIMARY KEY (visitor_id, channel)
+);
+CREATE INDEX IF NOT EXISTS stats_visitor_online_at ON stats_visitor_online (at) WHERE online;
+
 CREATE OR REPLACE VIEW stats_online_now AS
-    SELECT channel, count(*) AS n FROM (
-        SELECT DISTINCT ON (visitor_id, channel) type, channel
-        FROM stats_events
-        WHERE type IN ('user_online', 'user_offline') AND at > now() - interval '1 day'
-        ORDER BY visitor_id, channel, seq DESC
-    ) latest WHERE type = 'user_online' GROUP BY channel;
+    SELECT channel, count(*) AS n FROM stats_visitor_online
+    WHERE online AND at > now() - interval '1 day' GROUP BY channel;
 
 -- Microseconds since the epoch as a time (no day or month parts, so no time zone involved:
 -- immutable, and folded into a constant when the report is planned).
@@ -152,6 +157,21 @@ BEGIN
     GROUP BY 1, 2, 3
     ON CONFLICT (quarter, type, channel) DO UPDATE SET n = q.n + EXCLUDED.n;
 
+    -- Latest online/offline event of each visitor and channel it touched, from the events.
+    DELETE FROM stats_visitor_online o
+    USING jsonb_to_recordset(changed) AS e(type text, channel text, visitor_id text)
+    WHERE e.type IN ('user_online', 'user_offline')
+      AND o.visitor_id = e.visitor_id AND o.channel = e.channel;
+    INSERT INTO stats_visitor_online (visitor_id, channel, seq, at, online)
+    SELECT DISTINCT ON (s.visitor_id, s.channel) s.visitor_id, s.channel, s.seq, s.at,
+           s.type = 'user_online'
+    FROM (SELECT DISTINCT e.visitor_id, e.channel
+          FROM jsonb_to_recordset(changed) AS e(type text, channel text, visitor_id text)
+          WHERE e.type IN ('user_online', 'user_offline')) k
+    JOIN stats_events s ON s.visitor_id = k.visitor_id AND s.channel = k.channel
+                       AND s.type IN ('user_online', 'user_offline')
+    ORDER BY s.visitor_id, s.channel, s.seq DESC;
+
     PERFORM stats_respan(ARRAY(
         SELECT ROW(k.kind, k.value, e.visitor_id, min(e.at))::stats_span_key
         FROM jsonb_to_recordset(changed)
@@ -197,7 +217,7 @@ CREATE TRIGGER stats_rollup_update AFTER UPDATE ON stats_events
 CREATE OR REPLACE FUNCTION stats_rollup_truncate() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    TRUNCATE stats_quarters, stats_spans;
+    TRUNCATE stats_quarters, stats_spans, stats_visitor_online;
     RETURN NULL;
 END $$;
 
@@ -213,7 +233,12 @@ DECLARE
 BEGIN
     PERFORM pg_advisory_xact_lock(31638942963037299);
     UPDATE stats_settings SET session_gap_ms = gap_ms;
-    TRUNCATE stats_quarters, stats_spans;
+    TRUNCATE stats_quarters, stats_spans, stats_visitor_online;
+
+    INSERT INTO stats_visitor_online (visitor_id, channel, seq, at, online)
+    SELECT DISTINCT ON (visitor_id, channel) visitor_id, channel, seq, at, type = 'user_online'
+    FROM stats_events WHERE type IN ('user_online', 'user_offline')
+    ORDER BY visitor_id, channel, seq DESC;
 
     INSERT INTO stats_quarters (quarter, type, channel, n)
     SELECT date_bin('15 minutes', at, 'epoch'), type, channel, count(*)
@@ -248,6 +273,7 @@ BEGIN
     -- run in a transaction: callers outside one run it; otherwise autovacuum does.)
     ANALYZE stats_spans;
     ANALYZE stats_quarters;
+    ANALYZE stats_visitor_online;
 END $$;
 
 SELECT stats_rebuild_rollups(session_gap_ms) FROM stats_settings;

@@ -1,6 +1,7 @@
 -- The /api/stats report over [lo, hi) straight from stats_events: the definition the rollup
 -- report (report.sql) must agree with, and what a replica uses when the rollups were built
--- with another session gap. Parameters: $1 lo, $2 hi (microseconds since the epoch), $3
+-- with another session gap. (`online` comes from stats_visitor_online in both: it does not
+-- depend on the gap; tests/it/rollups.rs checks it against the events.) Parameters: $1 lo, $2 hi (microseconds since the epoch), $3
 -- session gap in ms, $4 time zone, $5 sessions listed.
 WITH bounds AS (
     SELECT 'epoch'::timestamptz + $1::int8 * interval '1 microsecond' AS lo,

@@ -224,7 +224,7 @@ impl Database {
     /// scans read the heap too (measured: a week's report 80 → 230 ms). Not every PostgreSQL
     /// runs autovacuum soon, or at all.
     pub async fn vacuum_rollups(&self) -> Result<(), DbError> {
-        sqlx::query("VACUUM (ANALYZE) stats_spans, stats_quarters")
+        sqlx::query("VACUUM (ANALYZE) stats_spans, stats_quarters, stats_visitor_online")
             .execute(self.pool())
             .await?;
         Ok(())

@@ -107,6 +107,29 @@ fn query(from: i64, to: i64, tz: &str, limit: usize, gap_ms: u64) -> ReportQuery
     }
 }
 
+/// Visitors online per channel by definition, from the events: latest online/offline event
+/// (by seq) is `user_online` and within the last day.
+const ONLINE_BY_DEFINITION: &str = "
+    SELECT channel, count(*) FROM (
+        SELECT DISTINCT ON (visitor_id, channel) type, channel, at FROM stats_events
+        WHERE type IN ('user_online', 'user_offline') ORDER BY visitor_id, channel, seq DESC
+    ) latest WHERE type = 'user_online' AND at > now() - interval '1 day'
+    GROUP BY channel ORDER BY channel";
+
+async fn same_online(db: &Database) -> i64 {
+    let want: Vec<(String, i64)> = sqlx::query_as(ONLINE_BY_DEFINITION)
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    let got: Vec<(String, i64)> =
+        sqlx::query_as("SELECT channel, n FROM stats_online_now ORDER BY channel")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(got, want, "online visitors per channel");
+    want.iter().map(|(_, n)| n).sum()
+}
+
 /// Every window compared; returns how many sessions they held (so a test can tell it
 /// compared something).
 async fn same_reports(db: &Database, rng: &mut StdRng, gap_ms: u64) -> i64 {
@@ -174,6 +197,36 @@ async fn the_report_from_rollups_equals_the_report_from_raw_events() {
     }
     assert!(same_reports(&db, &mut rng, 1_800_000).await > 50);
 
+    // Visits of the last day: some still open, some closed, some closed by a back-dated
+    // `user_offline` published late, some opened more than a day ago and never closed.
+    for (i, (kind, minutes_ago)) in [
+        ("user_online", 30),
+        ("user_online", 90),
+        ("user_offline", 10),
+        ("user_online", 3000),
+        ("user_online", 200),
+        ("user_offline", 5000),
+        ("user_online", 20),
+    ]
+    .into_iter()
+    .cycle()
+    .take(70)
+    .enumerate()
+    {
+        sqlx::query(
+            "INSERT INTO stats_events (type, channel, visitor_id, at)
+             VALUES ($1, $2, $3, now() - $4 * interval '1 minute')",
+        )
+        .bind(kind)
+        .bind(if i % 3 == 0 { "premium" } else { "web" })
+        .bind(format!("V-{}", i % 23))
+        .bind(minutes_ago as f64)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    }
+    assert!(same_online(&db).await > 0, "some visitors online");
+
     // Retried publications: the committer's statement skips rows whose idempotency key is
     // stored already, and the rollups must count each once.
     for _ in 0..2 {
@@ -202,11 +255,13 @@ async fn the_report_from_rollups_equals_the_report_from_raw_events() {
     .await
     .unwrap();
     same_reports(&db, &mut rng, 1_800_000).await;
+    same_online(&db).await;
 
     // A replica with another gap reports from raw events until the rollups are rebuilt for it.
     assert!(db.ensure_rollup_gap(600_000).await.unwrap());
     assert!(!db.ensure_rollup_gap(600_000).await.unwrap());
     same_reports(&db, &mut rng, 600_000).await;
+    same_online(&db).await;
     let q = query(T0, T0 + 24 * 60 * MIN_US, "UTC", 10, 1_800_000);
     assert_eq!(
         db.stats_report(&q).await.unwrap(),
@@ -221,7 +276,8 @@ async fn the_report_from_rollups_equals_the_report_from_raw_events() {
         .await
         .unwrap();
     let after: i64 = sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM stats_spans) + (SELECT count(*) FROM stats_quarters)",
+        "SELECT (SELECT count(*) FROM stats_spans) + (SELECT count(*) FROM stats_quarters)
+              + (SELECT count(*) FROM stats_visitor_online)",
     )
     .fetch_one(db.pool())
     .await
