@@ -81,6 +81,11 @@ CREATE OR REPLACE VIEW stats_online_now AS
 CREATE OR REPLACE FUNCTION stats_us(us int8) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 'epoch'::timestamptz + us * interval '1 microsecond' $$;
 
+-- A time as the report writes it: RFC 3339 in UTC with milliseconds, like every time in the
+-- gateway's JSON.
+CREATE OR REPLACE FUNCTION stats_iso(t timestamptz) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') $$;
+
 -- A key of stats_spans, with the earliest time at which its events changed.
 DO $$ BEGIN
     CREATE TYPE stats_span_key AS (kind text, value text, visitor_id text, since timestamptz);

@@ -137,14 +137,9 @@ impl Gateway {
 }
 
 async fn sweep_loop(state: AppState) {
-    let mut tick = tokio::time::interval(Duration::from_millis(state.config.sweep_interval_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = crate::state::ticker(Duration::from_millis(state.config.sweep_interval_ms));
     let mut was_ready = true;
-    loop {
-        tokio::select! {
-            _ = state.stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
+    while state.tick(&mut tick).await {
         // The store is back after an outage (and may have lost everything): have the next
         // heartbeat flush check, and restore, every local connection.
         let ready = state.engine.ready().await;
@@ -297,11 +292,7 @@ async fn record_changes(
 async fn server_heartbeat_loop(state: AppState) {
     let period = Duration::from_millis(state.config.server_heartbeat_interval_ms);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    loop {
-        tokio::select! {
-            _ = state.stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
+    while state.tick(&mut tick).await {
         if let Some(io) = state.io.get() {
             let _ = io
                 .emit(

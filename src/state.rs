@@ -18,6 +18,14 @@ use tokio_util::task::TaskTracker;
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 
+/// The timer of a background loop: a tick missed while the loop was busy is delayed, not
+/// fired in a burst.
+pub fn ticker(period: std::time::Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval(period);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
 pub struct Shared {
     pub config: Arc<Config>,
     pub engine: Arc<dyn PresenceEngine>,
@@ -90,6 +98,14 @@ impl AppState {
 
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+
+    /// The next tick of a background loop's timer; false once the replica is stopping.
+    pub async fn tick(&self, timer: &mut tokio::time::Interval) -> bool {
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            _ = timer.tick() => true,
+        }
     }
 
     pub fn is_closing(&self) -> bool {

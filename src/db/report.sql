@@ -134,10 +134,10 @@ SELECT json_build_object(
                number AS "sessionNumber",
                of AS "totalSessions",
                name AS "userName",
-               to_char(first_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "firstActivity",
-               to_char(last_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "lastActivity",
+               stats_iso(first_at) AS "firstActivity",
+               stats_iso(last_at) AS "lastActivity",
                n AS "messageCount",
-               (SELECT array_agg(to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')) FROM unnest(stamps) t) AS "messageTimestamps",
+               (SELECT array_agg(stats_iso(t)) FROM unnest(stamps) t) AS "messageTimestamps",
                human AS "isHumanMode",
                country, city, channel
         FROM sessions
@@ -151,8 +151,8 @@ SELECT json_build_object(
         LEFT JOIN heat ON heat.d = d.d AND heat.h = hr.h
         GROUP BY d.d
     ) x),
-    'from', to_char(stats_us($1) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-    'to', to_char(stats_us($2) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+    'from', stats_iso(stats_us($1)),
+    'to', stats_iso(stats_us($2)),
     -- Evaluated even when no event is in the window, so that an unknown zone is refused.
     'tz', CASE WHEN (now() AT TIME ZONE $5) IS NOT NULL THEN $5::text END
 )

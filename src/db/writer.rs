@@ -116,19 +116,7 @@ impl PresenceWriter {
 
     /// Queue a presence (a change this replica committed, or the state a connection found).
     pub fn record(&self, presence: &Presence) {
-        let debounce = if presence.online {
-            self.online_debounce
-        } else {
-            self.offline_debounce
-        };
-        self.put(
-            presence.user_id.clone(),
-            Pending {
-                profile: None,
-                presence: Some(presence.clone()),
-                due: Instant::now() + debounce,
-            },
-        );
+        self.record_presence(None, presence);
     }
 
     /// Queue a user's profile from their token (written with the online debounce: it
@@ -146,6 +134,11 @@ impl PresenceWriter {
 
     /// A connection arrived: its token's profile and the presence it found, in one entry.
     pub fn record_connect(&self, profile: Profile, presence: &Presence) {
+        self.record_presence(Some(profile), presence);
+    }
+
+    /// Queue a presence, due after the debounce of its direction (online or offline).
+    fn record_presence(&self, profile: Option<Profile>, presence: &Presence) {
         let debounce = if presence.online {
             self.online_debounce
         } else {
@@ -154,7 +147,7 @@ impl PresenceWriter {
         self.put(
             presence.user_id.clone(),
             Pending {
-                profile: Some(profile),
+                profile,
                 presence: Some(presence.clone()),
                 due: Instant::now() + debounce,
             },

@@ -129,13 +129,8 @@ pub fn emit_update(state: &AppState, u: &StatsUpdate) {
 
 /// Drain dashboard backlogs as their sockets make room, and deliver owed `stats_resync`s.
 pub async fn run_backlogs(state: AppState) {
-    let mut tick = tokio::time::interval(BACKLOG_RETRY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = state.stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
+    let mut tick = crate::state::ticker(BACKLOG_RETRY);
+    while state.tick(&mut tick).await {
         let Some(stats) = &state.stats else { continue };
         for s in sockets(&state) {
             let Some(h) = handle(&s) else { continue };
@@ -181,14 +176,9 @@ fn presence_stats(s: &crate::engine::ClusterStats) -> Value {
 
 /// `presence_stats` to this replica's dashboards, at most once a second, when it changed.
 pub async fn run_presence_stats(state: AppState) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = crate::state::ticker(Duration::from_secs(1));
     let mut last: Option<Value> = None;
-    loop {
-        tokio::select! {
-            _ = state.stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
+    while state.tick(&mut tick).await {
         let targets = sockets(&state);
         if targets.is_empty() {
             last = None;

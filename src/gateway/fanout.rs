@@ -132,13 +132,8 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
 
 /// Deliver backlogs as their sockets' queues drain.
 pub async fn run_backlogs(state: AppState) {
-    let mut tick = tokio::time::interval(BACKLOG_RETRY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = state.stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
+    let mut tick = crate::state::ticker(BACKLOG_RETRY);
+    while state.tick(&mut tick).await {
         let sids: Vec<Sid> = state.backlogged.lock().iter().copied().collect();
         let per_tick = (state.config.socket_queue_packets / 2).max(1);
         for sid in sids {

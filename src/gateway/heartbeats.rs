@@ -106,13 +106,9 @@ pub fn requeue_all(state: &AppState) {
 }
 
 pub async fn run(state: AppState) {
-    let mut tick = tokio::time::interval(flush_interval(state.config.heartbeat_timeout_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = state.stop.cancelled() => break,
-            _ = tick.tick() => flush(&state).await,
-        }
+    let mut tick = crate::state::ticker(flush_interval(state.config.heartbeat_timeout_ms));
+    while state.tick(&mut tick).await {
+        flush(&state).await;
     }
     // What was heard before the stop still counts.
     flush(&state).await;
