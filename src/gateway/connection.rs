@@ -182,7 +182,8 @@ struct RegistryInner {
     per_audience: [u64; 2],
 }
 
-fn audience_index(a: Audience) -> usize {
+/// An audience as an array index (per-audience tables here and in the viewers).
+pub(crate) fn audience_index(a: Audience) -> usize {
     match a {
         Audience::Everyone => 0,
         Audience::FemaleOnly => 1,

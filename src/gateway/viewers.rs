@@ -6,8 +6,8 @@
 //! behind a lock: about a tenth of a replica's CPU under fan-out load (`perf`, 100,000
 //! deliveries/s). Here one read lock hands the fan-out every socket with its handle.
 
-use super::connection::ConnHandle;
-use crate::domain::{Audience, Gender, UserId, VisibilityPolicy};
+use super::connection::{ConnHandle, audience_index as index};
+use crate::domain::{Gender, UserId, VisibilityPolicy};
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use std::collections::HashMap;
@@ -25,17 +25,10 @@ pub struct Viewers(RwLock<Inner>);
 
 #[derive(Default)]
 struct Inner {
-    /// Indexed like [`index`].
+    /// Indexed by audience ([`audience_index`](super::connection::audience_index)).
     audiences: [HashMap<Sid, Viewer>; 2],
     /// Sockets whose own user is in no audience that sees them (a man, under `gender`).
     own: HashMap<UserId, Vec<Viewer>>,
-}
-
-fn index(a: Audience) -> usize {
-    match a {
-        Audience::Everyone => 0,
-        Audience::FemaleOnly => 1,
-    }
 }
 
 impl Viewers {
