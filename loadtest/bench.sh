@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproducible benchmarks on this machine: builds release binaries, starts one gateway per
 # scenario (memory engine, production mode with a fixed secret), runs loadgen against it,
-# prints loadgen's JSON. Usage: loadtest/bench.sh [idle5k|idle10k|idle15k|fanout|fanout5|storm|storm-db|churn|redis-idle10k|redis-fanout|redis-fanout10k|search|report|all]
+# prints loadgen's JSON. Usage: loadtest/bench.sh [idle5k|idle10k|floor10k|idle15k|fanout|fanout5|storm|storm-db|churn|redis-idle10k|redis-fanout|redis-fanout10k|search|report|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace -q
@@ -12,7 +12,7 @@ PORT=${PORT:-3300}
 
 run() { # run <gateway env...> -- <loadgen args...>
   local envs=() ; while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
-  env "${envs[@]}" HOST=127.0.0.1 PORT=$PORT RUST_LOG=warn $GW > /tmp/bench-gw.log 2>&1 &
+  env "${envs[@]}" HOST=127.0.0.1 PORT=$PORT RUST_LOG=warn ${SERVER:-$GW} > /tmp/bench-gw.log 2>&1 &
   local pid=$!
   for _ in $(seq 1 100); do curl -sf "127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
   $LG --target 127.0.0.1:$PORT --pids $pid --json "$@" || true
@@ -57,6 +57,10 @@ seeded() {
 case "${1:-all}" in
   idle5k|all)   run X=1 -- idle --clients 5000 --heartbeat-ms 5000 --hold-s 30 ;;&
   idle10k|all)  run X=1 -- idle --clients 10000 --heartbeat-ms 5000 --hold-s 30 ;;&
+  # The same clients on a bare socketioxide server with the gateway's Socket.IO settings
+  # (examples/socketioxide_floor.rs): the library's own memory per connection.
+  floor10k|all) cargo build --release --example socketioxide_floor -q
+    SERVER=./target/release/examples/socketioxide_floor run X=1 -- idle --clients 10000 --heartbeat-ms 5000 --hold-s 30 ;;&
   idle15k|all)  run X=1 -- --procs 2 idle --clients 15000 --heartbeat-ms 5000 --hold-s 30 ;;&
   fanout|all)   run RATE_LIMIT_PER_SEC=0 -- fanout --viewers 5000 --changers 20 --rate 20 --duration-s 30 ;;&
   fanout5|all)  run RATE_LIMIT_PER_SEC=0 -- fanout --viewers 5000 --changers 10 --rate 5 --duration-s 30 ;;&

@@ -33,7 +33,7 @@ use socketioxide::{SocketIo, layer::SocketIoLayer};
 /// that client's connection.
 pub const WS_MAX_MESSAGE: usize = 64 * 1024;
 /// Per-connection WebSocket read buffer.
-pub const WS_READ_BUFFER: usize = 1024;
+pub const WS_READ_BUFFER: usize = 256;
 /// Largest HTTP long-polling body (it may batch several packets).
 pub const POLLING_MAX_PAYLOAD: u64 = 128 * 1024;
 
@@ -61,23 +61,15 @@ pub fn layer(state: &AppState) -> SocketIoLayer {
     layer
 }
 
-/// Headers a Socket.IO request keeps: those the WebSocket upgrade and our handshake read
-/// (plus what an operator may want to see in a socket's request). The rest (cookies, accept-*,
-/// caches…) would be stored with every socket for its lifetime and never read.
-const KEPT_HEADERS: &[&str] = &[
-    "host",
-    "connection",
-    "upgrade",
-    "sec-websocket-key",
-    "sec-websocket-version",
-    "sec-websocket-extensions",
-    "sec-websocket-protocol",
-    "authorization",
-    "origin",
-    "content-type",
-    "content-length",
-    "x-forwarded-for",
-    "x-real-ip",
+/// Headers a Socket.IO request keeps: those read after this point, by engineioxide (the
+/// WebSocket key it answers the upgrade with, a polling POST's content type) and by our
+/// handshake (a bearer token). hyper has already decided on the upgrade from the request as it
+/// arrived. Everything else (host, origin, cookies, accept-*, caches…) would be stored with
+/// every socket for its lifetime and never read.
+const KEPT_HEADERS: [http::HeaderName; 3] = [
+    http::header::SEC_WEBSOCKET_KEY,
+    http::header::AUTHORIZATION,
+    http::header::CONTENT_TYPE,
 ];
 
 /// Give a Socket.IO request headers and a URI of their own, keeping only the few headers a handshake reads.
@@ -91,11 +83,15 @@ pub async fn detach_request(req: axum::extract::Request) -> axum::extract::Reque
         return req;
     }
     let (mut parts, body) = req.into_parts();
-    let mut headers = http::HeaderMap::new();
+    // Sized to what is kept: a map grown one header at a time reserves room for six.
+    let kept = KEPT_HEADERS
+        .iter()
+        .filter(|n| parts.headers.contains_key(*n));
+    let mut headers = http::HeaderMap::with_capacity(kept.count());
     for name in KEPT_HEADERS {
-        for value in parts.headers.get_all(*name) {
+        for value in parts.headers.get_all(&name) {
             if let Ok(v) = http::HeaderValue::from_bytes(value.as_bytes()) {
-                headers.append(*name, v);
+                headers.append(name.clone(), v);
             }
         }
     }
