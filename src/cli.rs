@@ -240,7 +240,7 @@ fn serve(config: Config) -> ExitCode {
 /// Listen with a deep accept queue: after a deploy or an outage, thousands of clients
 /// reconnect at once, and tokio's default backlog (1024) overflows, which costs each dropped
 /// client a one-second SYN retransmission. The kernel caps it at `net.core.somaxconn`.
-fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
