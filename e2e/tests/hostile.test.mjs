@@ -46,6 +46,19 @@ describe("hostile clients", () => {
     s.disconnect();
   });
 
+  test("the largest legitimate request (200 ids of 128 characters, ~27 KiB) is served over WebSocket", async () => {
+    // The read buffer is 256 bytes per connection; a large message must still arrive whole.
+    const s = await gw.connect(user("wide-u", "female"), { transports: ["websocket"] });
+    const ids = Array.from({ length: 200 }, (_, i) => `${i}`.padStart(128, "w"));
+    ids[0] = "wide-u";
+    const r = await ask(s, "presence:get", { userIds: ids });
+    assert.equal(r.ok, true, JSON.stringify(r).slice(0, 200));
+    assert.equal(r.presences.length, 200);
+    assert.equal(r.presences[0].online, true);
+    assert.equal(r.presences[1].userId, ids[1]);
+    s.disconnect();
+  });
+
   test("a message over the WebSocket limit closes only that connection", async () => {
     const big = await gw.connect(user("big-u", "male"), { transports: ["websocket"] });
     const other = await gw.connect(user("small-u", "female"), { transports: ["websocket"] });
