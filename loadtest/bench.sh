@@ -72,7 +72,7 @@ case "${1:-all}" in
     run DATABASE_URL=$PGURL/pgw_bench_storm -- --procs 2 storm --clients 10000
     psql "$PGURL/pgw_bench_storm" -tAc "select 'rows in user_presence: ' || count(*) || ', online: ' || count(*) filter (where online) from user_presence" ;;&
   redis-idle10k|all) run3 --redis 127.0.0.1:6379 idle --clients 10000 --heartbeat-ms 5000 --hold-s 30 ;;&
-  redis-fanout|all)  run3 fanout --viewers 5000 --changers 10 --rate 10 --duration-s 30 ;;&
+  redis-fanout|all)  run3 fanout --viewers 5000 --changers 20 --rate 20 --duration-s 30 ;;&
   redis-fanout10k|all) run3 fanout --viewers 10000 --changers 10 --rate 10 --duration-s 30 ;;&
   # The same viewers at a fifth of the rate: how long one change takes to reach 10,000
   # sockets when the machine is not saturated.
