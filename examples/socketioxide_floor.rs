@@ -32,7 +32,10 @@ async fn main() -> std::io::Result<()> {
         .route("/healthz", axum::routing::get(async || "ok"))
         .layer(layer)
         .layer(axum::middleware::map_request(detach_request));
-    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(3300);
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3300);
     // The gateway's deep accept queue, so that connect times compare too.
     let listener = presence_gateway::cli::bind(([127, 0, 0, 1], port).into())?;
     println!("listening on {}", listener.local_addr()?);
