@@ -123,15 +123,15 @@ impl Client {
 
 fn decode(t: &str) -> Incoming {
     if let Some(rest) = t.strip_prefix("42") {
-        if let Ok(Value::Array(mut a)) = serde_json::from_str::<Value>(rest) {
-            if let Some(Value::String(ev)) = a.first().cloned() {
-                let data = if a.len() > 1 {
-                    a.swap_remove(1)
-                } else {
-                    Value::Null
-                };
-                return Incoming::Event(ev, data);
-            }
+        if let Ok(Value::Array(mut a)) = serde_json::from_str::<Value>(rest)
+            && let Some(Value::String(ev)) = a.first().cloned()
+        {
+            let data = if a.len() > 1 {
+                a.swap_remove(1)
+            } else {
+                Value::Null
+            };
+            return Incoming::Event(ev, data);
         }
     } else if let Some(rest) = t.strip_prefix("43") {
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
