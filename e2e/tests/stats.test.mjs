@@ -117,26 +117,30 @@ test("sessions, naming, heatmap and countries from published events; idempotent 
   const gw = await single();
   try {
     const d = await dashboard(gw.url);
-    const t0 = Date.parse("2026-11-16T09:00:00Z"); // a Monday
+    // 09:00 UTC on the Monday two weeks back: every event below carries its time, so the
+    // report's window never depends on today's date.
+    const today = new Date();
+    const t0 = Date.UTC(today.getUTCFullYear(), today.getUTCMonth(), today.getUTCDate() - ((today.getUTCDay() + 6) % 7) - 14, 9);
+    const iso = (ms) => new Date(ms).toISOString();
     const post = (visitorId, minutes, extra = {}) =>
       gw.http("/api/events", {
         token: publisher,
         method: "POST",
-        body: { type: "new_message", visitorId, channel: "premium", sender: "user", text: "hi", humanMode: false, country: "DE", city: "Berlin", at: new Date(t0 + minutes * 60000).toISOString(), ...extra },
+        body: { type: "new_message", visitorId, channel: "premium", sender: "user", text: "hi", humanMode: false, country: "DE", city: "Berlin", at: iso(t0 + minutes * 60000), ...extra },
       });
     // v1: a run of 3, a lone message (not a session), a run of 2 -> sessions v1 and v1#2.
     for (const m of [0, 1, 2, 180, 360, 361]) assert.equal((await post("v1", m)).status, 202);
     // v2: one message only -> no session, but a unique user.
     await post("v2", 5, { channel: "web", country: "TR" });
     const key = `retry-${process.pid}`;
-    const first = await gw.http("/api/events", { token: publisher, method: "POST", body: { type: "widget_opened", visitorId: "v3", channel: "web", idempotencyKey: key } });
-    const again = await gw.http("/api/events", { token: publisher, method: "POST", body: { type: "widget_opened", visitorId: "v3", channel: "web", idempotencyKey: key } });
+    const first = await gw.http("/api/events", { token: publisher, method: "POST", body: { type: "widget_opened", visitorId: "v3", channel: "web", at: iso(t0 + 10 * 60000), idempotencyKey: key } });
+    const again = await gw.http("/api/events", { token: publisher, method: "POST", body: { type: "widget_opened", visitorId: "v3", channel: "web", at: iso(t0 + 10 * 60000), idempotencyKey: key } });
     assert.equal(first.status, 202);
     assert.equal(again.json.seq, first.json.seq, "a retry is stored once");
     await waitUntil(() => d.updates.some((u) => u.seq === first.json.seq), 5000, "last event delivered");
     assert.equal(d.updates.filter((u) => u.visitorId === "v3").length, 1, "and announced once");
 
-    const r = await gw.http(`/api/stats?from=2026-11-15T00:00:00Z&to=2026-11-23T00:00:00Z&tz=Europe/Istanbul`, { token: dash });
+    const r = await gw.http(`/api/stats?from=${iso(t0 - 9 * 3600000)}&to=${iso(t0 + 7 * 86400000)}&tz=Europe/Istanbul`, { token: dash });
     assert.equal(r.status, 200, r.text);
     const s = r.json;
     assert.equal(s.totalMessages, 7);
@@ -153,7 +157,7 @@ test("sessions, naming, heatmap and countries from published events; idempotent 
     assert.equal(byId["v1#2"].sessionNumber, 2);
     assert.equal(byId["v1#2"].totalSessions, 2);
     assert.equal(byId["v1#2"].messageTimestamps.length, 2);
-    assert.equal(byId["v1"].firstActivity, "2026-11-16T09:00:00.000Z");
+    assert.equal(byId["v1"].firstActivity, iso(t0));
     assert.equal(byId["v1"].channel, "premium");
     assert.equal(byId["v1"].country, "DE");
     assert.deepEqual(s.countries, [{ country: "DE", users: 1 }, { country: "TR", users: 1 }]);
@@ -175,7 +179,7 @@ test("sessions, naming, heatmap and countries from published events; idempotent 
     const unknownZone = await gw.http(`/api/stats?${emptyWindow}&tz=Mars/Olympus`, { token: dash });
     assert.equal(unknownZone.status, 400, "refused even when no event would be placed in it");
     assert.equal(unknownZone.json.error.code, "bad_request");
-    assert.equal((await gw.http("/api/stats?from=2026-11-22T00:00:00Z&to=2026-11-21T00:00:00Z", { token: dash })).status, 400);
+    assert.equal((await gw.http(`/api/stats?from=${iso(t0 + 86400000)}&to=${iso(t0)}`, { token: dash })).status, 400);
   } finally {
     await gw.stop();
   }
@@ -210,6 +214,41 @@ test("three replicas: a dashboard on one sees every widget event from the others
     assert.equal(seqs.length, 6 + 30 + 6, "widget_opened x6, new_message x30, user_online x6");
     await waitUntil(() => d2.updates.length === seqs.length, 5000, "the other dashboard too");
     assert.deepEqual(d2.updates.map((u) => u.seq), seqs);
+  } finally {
+    await Promise.all([a.stop(), b.stop(), c.stop()]);
+  }
+});
+
+test("read-your-seq on any replica: a GET on a third replica fired from a dashboard's stats_update handler never predates that seq", async () => {
+  const url = freshDatabase();
+  const env = {
+    DATABASE_URL: url,
+    REDIS_URL: process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379",
+    REDIS_KEY_PREFIX: `rys${process.pid}x${Date.now() % 1e6}`,
+    RATE_LIMIT_PER_SEC: "0",
+    HTTP_RATE_LIMIT_PER_SEC: "0",
+  };
+  const [a, b, c] = [await startGateway(env), await startGateway(env), await startGateway(env)];
+  try {
+    for (const g of [a, b, c]) await waitUntil(async () => (await g.http("/api/health")).json?.dependencies?.database === "up", 10000, "database up");
+    const d = await dashboard(b.url);
+    const answers = [];
+    // Fired from inside the handler, as a dashboard does: no waiting of any kind.
+    d.s.on("stats_update", (u) => {
+      answers.push(c.http("/api/stats", { token: dash }).then((r) => ({ seq: u.seq, status: r.status, last: r.json?.lastEventSeq })));
+    });
+    const widgets = await Promise.all([0, 1, 2, 3].map((i) => widget(a.url, `RYS-${i}`)));
+    await waitUntil(() => d.updates.length >= 4, 5000, "the widgets' openings");
+    const acks = [];
+    for (let round = 0; round < 50; round++) acks.push(...(await Promise.all(widgets.map((w, i) => say(w, `m${round}-${i}`)))));
+    assert.ok(acks.every((r) => r.ok), "every message stored");
+    const top = Math.max(...acks.map((r) => r.seq));
+    await waitUntil(() => d.updates.some((u) => u.seq === top), 10000, "the dashboard has every event");
+    const got = await Promise.all(answers);
+    assert.ok(got.length >= 200, `${got.length} answers`);
+    assert.deepEqual(got.filter((g) => g.status !== 200), [], "every answer is a report");
+    const stale = got.filter((g) => g.last < g.seq);
+    assert.deepEqual(stale, [], `${stale.length} of ${got.length} answers predate the seq their request followed`);
   } finally {
     await Promise.all([a.stop(), b.stop(), c.stop()]);
   }

@@ -15,8 +15,9 @@
 //!    highest stored `seq` catches a tail nobody announced.
 //!
 //! Since an event reaches a dashboard only after its commit, `GET /api/stats` on any
-//! replica afterwards reflects it. The report cache is keyed by query and valid only while
-//! its `lastEventSeq` is at least the last `seq` this replica delivered.
+//! replica afterwards reflects it. The report cache is keyed by query and a cached report is
+//! served only while its `lastEventSeq` is at least the highest `seq` committed when the
+//! request arrived (whichever replica delivered it).
 //!
 //! A dashboard that cannot keep up is not buffered for without bound and not silently
 //! skipped (see `gateway::dashboard`): past a bounded backlog it gets a `stats_resync`
@@ -324,11 +325,15 @@ impl Stats {
         self.delivered.load(Ordering::Acquire)
     }
 
-    /// The report, from the cache when that cannot predate anything delivered here.
-    /// Concurrent requests for one report share one query (a dashboard fleet reloading at
-    /// once costs the database one report, not one each).
+    /// The report, from the cache when that cannot predate anything committed before the
+    /// request arrived. Concurrent requests for one report share one query (a dashboard fleet
+    /// reloading at once costs the database one report, not one each).
+    ///
+    /// The floor is the highest *committed* seq (an index probe), not what this replica
+    /// delivered: a dashboard on another replica may have received seq N before this
+    /// replica's receiver got there, and its refetch must still see N.
     pub async fn report(&self, q: ReportQuery) -> Result<Arc<Value>, AppError> {
-        let floor = self.delivered();
+        let floor = self.db.last_event_seq().await?.max(self.delivered());
         let fresh = |v: &Value| v["lastEventSeq"].as_i64().unwrap_or(0) >= floor;
         loop {
             let slot = {
