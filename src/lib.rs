@@ -16,6 +16,8 @@
 //! - [`gateway`]: Socket.IO — handshakes, client events, heartbeat batching, fan-out.
 //! - [`http`]: the HTTP API, health, readiness and `/metrics`.
 //! - [`server`]: wiring it all from a [`config::Config`], serving, and shutting down.
+//! - [`figures`]: the cluster figures and dependency states health, metrics and dashboards
+//!   show, refreshed in the background (no request waits on Redis or PostgreSQL for them).
 //! - [`config`], [`metrics`], [`error`], [`state`], [`telemetry`], [`cli`]: the pieces
 //!   those share; `main.rs` only calls [`cli::main`].
 
@@ -26,6 +28,7 @@ pub mod db;
 pub mod domain;
 pub mod engine;
 pub mod error;
+pub mod figures;
 pub mod gateway;
 pub mod http;
 pub mod metrics;

@@ -74,6 +74,8 @@ impl Gateway {
             )),
         };
         let state = AppState::new(config, engine, db, authenticator);
+        // Health and dashboards show figures from the first request on.
+        state.figures.refresh(&state).await;
         let router = crate::http::router(state.clone())
             .layer(gateway::layer(&state))
             .layer(axum::middleware::map_request(gateway::detach_request))
@@ -99,6 +101,7 @@ impl Gateway {
             .spawn(fanout::run(state.clone(), state.engine.subscribe()));
         state.tasks.spawn(fanout::run_backlogs(state.clone()));
         state.tasks.spawn(heartbeats::run(state.clone()));
+        state.tasks.spawn(crate::figures::run(state.clone()));
         state.tasks.spawn(sweep_loop(state.clone()));
         if state.config.enable_server_heartbeat {
             state.tasks.spawn(server_heartbeat_loop(state.clone()));
@@ -202,7 +205,7 @@ async fn database_loop(state: AppState, db: Arc<Database>) {
             }
         }
     });
-    if state.engine.kind() == "memory" {
+    if !state.engine.is_shared() {
         // This replica is the whole cluster and it starts empty: whoever the database still
         // believes online (the users of a last run that did not stop cleanly) is offline now.
         match db.settle_all_offline(Timestamp::now(), false).await {
@@ -240,7 +243,7 @@ async fn database_loop(state: AppState, db: Arc<Database>) {
             return;
         }
     }
-    if state.engine.kind() == "memory" {
+    if !state.engine.is_shared() {
         // This replica was the whole cluster: once it is gone nobody is online, and they were
         // last seen now (left online, they would get their last change as lastSeen at the
         // next start). The Redis engine leaves the shutdown grace to the other replicas.

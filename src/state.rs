@@ -39,6 +39,8 @@ pub struct Shared {
     pub sockets: SocketRegistry,
     /// Connections heard from since the last flush to the engine.
     pub heartbeats: HeartbeatBatch,
+    /// The cluster figures and dependency states, refreshed in the background.
+    pub figures: crate::figures::Figures,
     /// Where the fan-out sends each change on this replica.
     pub viewers: crate::gateway::viewers::Viewers,
     /// Sockets with presence updates waiting for room in their queues.
@@ -81,6 +83,7 @@ impl AppState {
             metrics,
             sockets: SocketRegistry::default(),
             heartbeats: HeartbeatBatch::default(),
+            figures: Default::default(),
             viewers: Default::default(),
             backlogged: Default::default(),
             io: OnceLock::new(),

@@ -2,7 +2,8 @@
 // user's latest state (conflated backlog), and nobody gets a change twice.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startGateway, user, ask, recorder, barrier, waitUntil } from "../helpers.mjs";
+import { Manager } from "socket.io-client";
+import { startGateway, token, user, ask, recorder, barrier, waitUntil, withDeadline } from "../helpers.mjs";
 
 test("a burst larger than a socket's queue is delivered, newest per user", async () => {
   const gw = await startGateway({ SOCKET_QUEUE_PACKETS: "8", RATE_LIMIT_PER_SEC: "0" });
@@ -81,6 +82,47 @@ test("viewers that connect while changes flow receive every change after their c
     }
     assert.ok(n >= 3, `changes flowed during the connects (${n})`);
   } finally {
+    await gw.stop();
+  }
+});
+
+// socketioxide gives a namespace socket its Engine.IO session's id, so a client that leaves
+// `/` and joins again over the same connection (socket.io-client multiplexes namespaces: here
+// a dashboard socket keeps the session open) comes back under the same socket id. The old
+// socket's close must not take the new socket's viewer entry or registration with it.
+test("a namespace reconnect inside one Engine.IO session keeps receiving updates", async () => {
+  const gw = await startGateway({});
+  const m = new Manager(gw.url, { reconnection: false, transports: ["websocket"], forceNew: true });
+  const joined = (s) => new Promise((resolve, reject) => (s.once("connect", resolve), s.once("connect_error", reject)));
+  try {
+    const keep = m.socket("/dashboard", { auth: { token: token({ sub: "ns-dash", roles: ["dashboard"] }) } });
+    keep.connect();
+    await withDeadline(joined(keep), 5000, "dashboard connect");
+    const bob = m.socket("/", { auth: user("ns-bob", "male") });
+    bob.connect();
+    await withDeadline(joined(bob), 5000, "first connect");
+    const session = m.engine.id;
+    for (let i = 0; i < 5; i++) {
+      bob.disconnect();
+      // Let the server see the disconnect before the connect (socketioxide ignores a CONNECT
+      // for a socket whose close is still being handled).
+      await waitUntil(async () => (await gw.http("/api/health")).json.sockets.connected === 0, 5000, "old socket closed");
+      bob.connect();
+      await withDeadline(joined(bob), 5000, `reconnect ${i}`);
+    }
+    assert.equal(m.engine.id, session, "still one Engine.IO session");
+    const rec = recorder(bob);
+    const alice = await gw.connect(user("ns-alice", "female"));
+    await rec.waitFor((p) => p.userId === "ns-alice" && p.online, 5000, "alice online");
+    await ask(alice, "presence:set-status", { status: "live", details: { x: 1 } });
+    await rec.waitFor((p) => p.userId === "ns-alice" && p.status === "live", 5000, "alice live");
+    const h = (await gw.http("/api/health")).json;
+    assert.equal(h.sockets.connected, 2, "bob once and alice");
+    assert.equal(h.sockets.connectedUsers, 2);
+    keep.disconnect();
+    bob.disconnect();
+  } finally {
+    m._close?.();
     await gw.stop();
   }
 });

@@ -11,8 +11,11 @@ import { freshDatabase } from "../db.mjs";
 const dash = token({ sub: "dash", roles: ["dashboard"] });
 const publisher = token({ sub: "bot", roles: ["publisher"] });
 
-function open(url, nsp, auth) {
+/** Connect; `listen` attaches handlers before the connect (what the server sends right after
+ * CONNECT may arrive in the same read). */
+function open(url, nsp, auth, listen = () => {}) {
   const s = io(url + nsp, { auth, reconnection: false, forceNew: true, transports: ["websocket"] });
+  listen(s);
   return withDeadline(
     new Promise((resolve, reject) => {
       s.once("connect", () => resolve(s));
@@ -24,13 +27,12 @@ function open(url, nsp, auth) {
 }
 
 function dashboard(url) {
-  return open(url, "/dashboard", { token: dash }).then((s) => {
-    const updates = [];
-    const presence = [];
+  const updates = [];
+  const presence = [];
+  return open(url, "/dashboard", { token: dash }, (s) => {
     s.on("stats_update", (u) => updates.push(u));
     s.on("presence_stats", (p) => presence.push(p));
-    return { s, updates, presence };
-  });
+  }).then((s) => ({ s, updates, presence }));
 }
 
 const widget = (url, visitorId, extra = {}) => open(url, "/widget", { visitorId, channel: "web", country: "TR", city: "Istanbul", ...extra });
@@ -266,6 +268,28 @@ test("dashboards get presence_stats on connect and when the figures change", asy
     assert.deepEqual(p.byGender, { male: 0, female: 1, other: 0 });
     assert.ok(p.peakOnline >= 1);
     assert.ok(Date.parse(p.at) > 0);
+  } finally {
+    await gw.stop();
+  }
+});
+
+test("presence_stats at most once a second per socket, the one sent on connect included", async () => {
+  const gw = await startGateway({});
+  try {
+    const at = [];
+    const d = await open(gw.url, "/dashboard", { token: dash }, (s) => s.on("presence_stats", (p) => at.push({ t: Date.now(), n: p.onlineUsers })));
+    await waitUntil(() => at.length >= 1, 5000, "presence_stats on connect");
+    // The figures change every 100 ms for 3.5 s.
+    const users = [];
+    for (let i = 0; i < 35; i++) {
+      users.push(await gw.connect(user(`ps-rate-${i}`, "female")));
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await waitUntil(() => at.some((x) => x.n === 35), 5000, "the final figures");
+    const gaps = at.slice(1).map((x, i) => x.t - at[i].t);
+    assert.ok(at.length >= 3, `${at.length} presence_stats`);
+    assert.ok(gaps.every((g) => g >= 900), `gaps ${gaps.join(", ")} ms`);
+    d.close();
   } finally {
     await gw.stop();
   }

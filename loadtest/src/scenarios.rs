@@ -561,12 +561,15 @@ async fn fanout(
             let mut last: HashMap<u64, u32> = HashMap::new();
             let (mut lat, mut doubled, mut gaps) = (Latencies::default(), 0u64, 0u64);
             let mut tick = tokio::time::interval(Duration::from_secs(5));
+            // Closed by the server before the run ended (a viewer that hears nothing because it
+            // was disconnected is told apart from one that is connected and deaf).
+            let mut closed_early = false;
             loop {
                 tokio::select! {
                     _ = stop_rx.changed() => break,
                     _ = tick.tick() => { let _ = client.emit("user:heartbeat", None, None).await; }
                     m = client.recv() => match m {
-                        None => break,
+                        None => { closed_early = true; break }
                         Some(Incoming::Event(ev, p)) if ev == "presence-update" => {
                             let from_changer = p["userId"].as_str().is_some_and(|u| u.starts_with(&prefix));
                             let d = &p["details"];
@@ -583,7 +586,7 @@ async fn fanout(
                 }
             }
             client.close().await;
-            Some((lat, doubled, gaps, last))
+            Some((lat, doubled, gaps, last, closed_early))
         }));
     }
     drop(ready_tx);
@@ -656,8 +659,12 @@ async fn fanout(
     let server_cpu_s = measure::sum(&c.pids).cpu_s - cpu_before.cpu_s;
     let _ = stop.send(true);
     let (mut lat, mut doubled, mut missing) = (Latencies::default(), 0u64, 0u64);
+    // Viewers closed by the server, and viewers connected throughout that received nothing.
+    let (mut closed_early, mut deaf) = (0u64, 0u64);
     for t in vtasks {
-        if let Ok(Some((l, d, g, last))) = t.await {
+        if let Ok(Some((l, d, g, last, closed))) = t.await {
+            closed_early += closed as u64;
+            deaf += (!closed && changes > 0 && last.is_empty()) as u64;
             lat.merge(l);
             doubled += d;
             missing += g;
@@ -672,6 +679,7 @@ async fn fanout(
         "scenario": "fanout", "viewers": viewers, "viewers_connected": viewers_up, "changers": changers,
         "changes": changes, "changes_accepted": accepted.load(Ordering::Relaxed), "changes_per_s": changes as f64 / send_s,
         "deliveries": {"expected": expected, "received": got, "missing": missing, "doubled": doubled},
+        "viewers_closed_early": closed_early, "viewers_connected_but_deaf": deaf,
         "deliveries_per_s": got as f64 / send_s,
         "latency": lat.summary(),
         "server_fanout_latency": server,

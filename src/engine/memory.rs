@@ -418,6 +418,10 @@ impl PresenceEngine for MemoryEngine {
         true
     }
 
+    fn is_shared(&self) -> bool {
+        false
+    }
+
     fn kind(&self) -> &'static str {
         "memory"
     }

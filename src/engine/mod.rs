@@ -209,4 +209,8 @@ pub trait PresenceEngine: Send + Sync + 'static {
 
     /// Short name for logs and health (`memory`, `redis`).
     fn kind(&self) -> &'static str;
+
+    /// Whether other replicas share this engine's state (Redis): then there is a store to be
+    /// up or down, and a replica is not the whole cluster.
+    fn is_shared(&self) -> bool;
 }

@@ -21,6 +21,12 @@ pub struct ConnHandle {
     last_heard: AtomicI64,
     /// Whether the handle waits in the heartbeat batch already.
     queued: AtomicBool,
+    /// Set by our connect handler, which the library runs only after it sent CONNECT and
+    /// marked the socket connected. Until then an emit refused as "closed" means "not
+    /// connected yet"; afterwards it means closed. Our own flag, not the library's
+    /// `connected()`: reading that a second time after the refusal races with the library
+    /// setting it (see `fanout::refused_as_closed`).
+    opened: AtomicBool,
     /// Serialises this socket's engine writes with its close. Holds "closed": once the
     /// disconnect has gone through, no late handler (they run as separate tasks, in any
     /// order) may register the connection again. This is the stale-socket bug of the old
@@ -67,6 +73,7 @@ impl ConnHandle {
             connected_at: now,
             last_heard: AtomicI64::new(now.as_micros()),
             queued: AtomicBool::new(false),
+            opened: AtomicBool::new(false),
             gate: tokio::sync::Mutex::new(false),
             bucket: Mutex::new(TokenBucket::new(rate.0, rate.1)),
             backlog: Mutex::new(HashMap::new()),
@@ -120,11 +127,32 @@ impl ConnHandle {
         }
     }
 
-    /// Everything waiting, oldest change first.
-    pub fn take_backlog(&self) -> Vec<(UserId, Pending)> {
-        let mut v: Vec<_> = self.backlog().drain().collect();
-        v.sort_by_key(|(_, p)| p.version);
-        v
+    /// Offer what waits, oldest change first, to `send` until it has taken `max` or refuses
+    /// one; returns how many it took. Runs under the backlog's lock, so a change deferred
+    /// meanwhile waits behind these (and a direct emit, which only happens while the backlog
+    /// is empty, can never overtake an older change of the same user).
+    pub fn drain(&self, max: usize, mut send: impl FnMut(&Pending) -> bool) -> u64 {
+        let mut b = self.backlog();
+        let mut order: Vec<(i64, UserId)> = b.iter().map(|(u, p)| (p.version, u.clone())).collect();
+        order.sort_unstable_by_key(|(v, _)| *v);
+        let mut sent = 0;
+        for (_, user) in order.into_iter().take(max) {
+            if !send(&b[&user]) {
+                break;
+            }
+            b.remove(&user);
+            sent += 1;
+        }
+        sent
+    }
+
+    /// The library completed this socket's connect (see `opened`).
+    pub fn open(&self) {
+        self.opened.store(true, Ordering::Release);
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.opened.load(Ordering::Acquire)
     }
 
     pub fn last_heard(&self) -> Timestamp {
@@ -182,6 +210,18 @@ struct RegistryInner {
     per_audience: [u64; 2],
 }
 
+impl RegistryInner {
+    fn uncount(&mut self, h: &ConnHandle) {
+        if let Some(n) = self.per_user.get_mut(&h.conn.user) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_user.remove(&h.conn.user);
+            }
+        }
+        self.per_audience[audience_index(h.audience)] -= 1;
+    }
+}
+
 /// An audience as an array index (per-audience tables here and in the viewers).
 pub(crate) fn audience_index(a: Audience) -> usize {
     match a {
@@ -199,19 +239,22 @@ impl SocketRegistry {
         let mut r = self.lock();
         *r.per_user.entry(h.conn.user.clone()).or_default() += 1;
         r.per_audience[audience_index(h.audience)] += 1;
-        r.sockets.insert(h.sid, h);
+        // A namespace reconnect whose new socket registers before the old one's close ran.
+        if let Some(prev) = r.sockets.insert(h.sid, h) {
+            r.uncount(&prev);
+        }
     }
 
-    pub fn remove(&self, sid: Sid) -> Option<Arc<ConnHandle>> {
+    /// Remove `h`, if it is still the socket registered under its id. A namespace reconnect
+    /// inside one Engine.IO session reuses the session's id, so a late close of the old
+    /// socket must not remove the new one.
+    pub fn remove(&self, h: &Arc<ConnHandle>) -> Option<Arc<ConnHandle>> {
         let mut r = self.lock();
-        let h = r.sockets.remove(&sid)?;
-        if let Some(n) = r.per_user.get_mut(&h.conn.user) {
-            *n -= 1;
-            if *n == 0 {
-                r.per_user.remove(&h.conn.user);
-            }
+        if !r.sockets.get(&h.sid).is_some_and(|x| Arc::ptr_eq(x, h)) {
+            return None;
         }
-        r.per_audience[audience_index(h.audience)] -= 1;
+        let h = r.sockets.remove(&h.sid)?;
+        r.uncount(&h);
         Some(h)
     }
 
@@ -283,12 +326,56 @@ mod tests {
             "an older change never replaces a newer one"
         );
         assert!(h.defer(&a, pending(7)));
-        let got: Vec<(String, i64)> = h
-            .take_backlog()
-            .into_iter()
-            .map(|(u, p)| (u.to_string(), p.version))
-            .collect();
-        assert_eq!(got, [("b".to_string(), 3), ("a".to_string(), 7)]);
+        let mut got = Vec::new();
+        let mut take = |p: &Pending| {
+            got.push(p.version);
+            true
+        };
+        assert_eq!(h.drain(10, &mut take), 2);
+        assert_eq!(got, [3, 7]);
         assert!(!h.has_backlog());
+    }
+
+    #[test]
+    fn a_refused_drain_keeps_the_rest_in_order() {
+        let h = handle();
+        for (u, v) in [("a", 1), ("b", 2), ("c", 3)] {
+            h.defer(&UserId::parse(u).unwrap(), pending(v));
+        }
+        let mut room = 1;
+        let sent = h.drain(10, |_| {
+            room -= 1;
+            room >= 0
+        });
+        assert_eq!(sent, 1);
+        let mut rest = Vec::new();
+        h.drain(10, |p| {
+            rest.push(p.version);
+            true
+        });
+        assert_eq!(rest, [2, 3]);
+    }
+
+    #[test]
+    fn a_late_close_of_a_reused_socket_id_leaves_the_new_socket_registered() {
+        let reg = SocketRegistry::default();
+        let old = Arc::new(handle());
+        let mut new = handle();
+        new.sid = old.sid;
+        let new = Arc::new(new);
+        // Either order of the old socket's close and the new socket's registration.
+        for close_first in [true, false] {
+            reg.add(old.clone());
+            if close_first {
+                assert!(reg.remove(&old).is_some());
+            }
+            reg.add(new.clone());
+            // A (late) close of the old socket must not take the new one out.
+            assert!(reg.remove(&old).is_none());
+            assert!(reg.get(new.sid).is_some_and(|h| Arc::ptr_eq(&h, &new)));
+            assert_eq!((reg.len(), reg.users()), (1, 1));
+            assert!(reg.remove(&new).is_some());
+            assert_eq!((reg.len(), reg.users()), (0, 0));
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! `/dashboard` (roles `dashboard` or `admin`): `stats_update` for every stored statistics
-//! event, in `seq` order; `presence_stats` at most once a second when the cluster's figures
-//! changed (and once on connect); `stats_resync` to a dashboard too slow to keep up
+//! event, in `seq` order; `presence_stats` on connect, then when the cluster's figures
+//! changed, at most once a second per socket; `stats_resync` to a dashboard too slow to keep up
 //! (bursts wait in a bounded per-socket backlog; overflowing it means too slow).
 
 use super::handshake::{HandshakeError, find_token};
@@ -13,7 +13,7 @@ use socketioxide::extract::{SocketRef, State, TryData};
 use socketioxide::{SendError, SocketError};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const NAMESPACE: &str = "/dashboard";
 /// How often dashboard backlogs are retried.
@@ -46,8 +46,8 @@ pub async fn connected(s: SocketRef, State(state): State<AppState>) {
     s.on_disconnect(|State(state): State<AppState>| async move {
         state.metrics.sockets_dashboard.decrement(1.0);
     });
-    if let Ok(stats) = state.engine.stats().await {
-        let _ = s.emit("presence_stats", &presence_stats(&stats));
+    if let (Some(stats), Some(h)) = (state.figures.stats(), handle(&s)) {
+        h.offer_presence_stats(&s, presence_stats(&stats));
     }
 }
 
@@ -71,6 +71,9 @@ fn handle(s: &SocketRef) -> Option<Arc<DashboardHandle>> {
 #[derive(Default)]
 pub struct DashboardHandle {
     state: Mutex<Backlog>,
+    /// The last `presence_stats` figures this socket was sent, and when: at most one a second
+    /// per socket, the one sent on connect included.
+    presence: Mutex<Option<(Value, Instant)>>,
 }
 
 #[derive(Default)]
@@ -84,7 +87,26 @@ impl DashboardHandle {
     fn lock(&self) -> std::sync::MutexGuard<'_, Backlog> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Send `figures` as `presence_stats` if they differ from what this socket was last sent
+    /// and a second has passed since (else the next offer tries again).
+    fn offer_presence_stats(&self, s: &SocketRef, figures: Value) {
+        let mut last = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((sent, at)) = &*last
+            && (*sent == figures || at.elapsed() < PRESENCE_STATS_EVERY)
+        {
+            return;
+        }
+        let mut body = figures.clone();
+        body["at"] = json!(Timestamp::now());
+        if s.emit("presence_stats", &body).is_ok() {
+            *last = Some((figures, Instant::now()));
+        }
+    }
 }
+
+/// The least time between two `presence_stats` to one socket.
+const PRESENCE_STATS_EVERY: Duration = Duration::from_secs(1);
 
 /// What one attempt to send gave.
 enum Sent {
@@ -174,28 +196,26 @@ fn presence_stats(s: &crate::engine::ClusterStats) -> Value {
     })
 }
 
-/// `presence_stats` to this replica's dashboards, at most once a second, when it changed.
+/// `presence_stats` to this replica's dashboards when the figures changed, at most once a
+/// second per socket. Checked four times a second, so a change reaches a socket within
+/// ~1.25 s of the figures being read; the figures come from [`crate::figures`], so this
+/// costs nothing of Redis.
 pub async fn run_presence_stats(state: AppState) {
-    let mut tick = crate::state::ticker(Duration::from_secs(1));
-    let mut last: Option<Value> = None;
+    let mut tick = crate::state::ticker(PRESENCE_STATS_EVERY / 4);
     while state.tick(&mut tick).await {
         let targets = sockets(&state);
         if targets.is_empty() {
-            last = None;
             continue;
         }
-        let Ok(stats) = state.engine.stats().await else {
+        state.figures.looked_at();
+        let Some(stats) = state.figures.stats() else {
             continue;
         };
         let figures = presence_stats(&stats);
-        if last.as_ref() == Some(&figures) {
-            continue;
-        }
-        let mut body = figures.clone();
-        body["at"] = json!(Timestamp::now());
         for s in targets {
-            let _ = s.emit("presence_stats", &body);
+            if let Some(h) = handle(&s) {
+                h.offer_presence_stats(&s, figures.clone());
+            }
         }
-        last = Some(figures);
     }
 }

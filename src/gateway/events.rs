@@ -214,7 +214,7 @@ async fn disconnected(
 /// library never ran).
 pub async fn record_close(state: &AppState, h: &Arc<ConnHandle>, grace_ms: u64) {
     state.viewers.leave(h);
-    if state.sockets.remove(h.sid).is_some() {
+    if state.sockets.remove(h).is_some() {
         state.metrics.disconnections.increment(1);
         state.metrics.sockets_root.decrement(1.0);
     }

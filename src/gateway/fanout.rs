@@ -11,7 +11,7 @@
 //! socket with a backlog gets new changes through the backlog too, so it converges on the
 //! latest state of every user it may see, with memory bounded per socket.
 
-use super::connection::{BACKLOG_MAX, Pending};
+use super::connection::{BACKLOG_MAX, ConnHandle, Encoded, Pending};
 use super::viewers::Viewer;
 use crate::domain::Timestamp;
 use crate::engine::PresenceEvent;
@@ -36,6 +36,7 @@ impl Backlogged {
     }
 }
 
+#[derive(Debug, PartialEq, Eq)]
 enum Sent {
     Now,
     Deferred,
@@ -48,23 +49,40 @@ enum Sent {
 /// refuses updates as closed never completed its connect, and no disconnect will be reported.
 const HANDSHAKE_LIMIT_US: u64 = 30_000_000;
 
-/// Whether an update the socket refused as closed should wait for it: yes while its
-/// handshake may still complete (what a client is sent right after connecting must not be
-/// lost), no once it has ended.
-fn waits_for_connect(v: &Viewer) -> bool {
-    !v.socket.connected()
-        && Timestamp::now().micros_since(v.handle.connected_at) < HANDSHAKE_LIMIT_US
+/// What an update the socket refused as closed becomes: it waits while the socket's connect
+/// may still complete (what a client is sent right after connecting must not be lost); once
+/// our connect handler ran, or the handshake is long over, the socket is gone.
+///
+/// The decision reads only our own flag ([`ConnHandle::is_open`]). Reading the library's
+/// `connected()` again here — as this once did — races with the library setting it: the emit
+/// saw "not connected", the library then completed the CONNECT, the second read saw
+/// "connected", and a socket that had just connected was taken out of the viewers for good
+/// (connected throughout, it received nothing: one viewer in 10,000 in a connect storm).
+fn refused_as_closed(h: &ConnHandle, now: Timestamp) -> Sent {
+    if !h.is_open() && now.micros_since(h.connected_at) < HANDSHAKE_LIMIT_US {
+        Sent::Deferred
+    } else {
+        Sent::Gone
+    }
+}
+
+/// Emit one update now: `Now`, `Deferred` (no room yet, or not connected yet) or `Gone`.
+fn emit(v: &Viewer, payload: &Encoded) -> Sent {
+    match v.socket.emit("presence-update", &**payload) {
+        Ok(()) => Sent::Now,
+        Err(SendError::Socket(SocketError::InternalChannelFull)) => Sent::Deferred,
+        Err(SendError::Socket(SocketError::Closed)) => refused_as_closed(&v.handle, Timestamp::now()),
+        Err(_) => Sent::Gone,
+    }
 }
 
 /// Queue one update on one socket, or defer it.
 fn offer(state: &AppState, v: &Viewer, user: &crate::domain::UserId, p: &Pending) -> Sent {
     let h = &v.handle;
     if !h.has_backlog() {
-        match v.socket.emit("presence-update", &*p.payload) {
-            Ok(()) => return Sent::Now,
-            Err(SendError::Socket(SocketError::InternalChannelFull)) => {}
-            Err(SendError::Socket(SocketError::Closed)) if waits_for_connect(v) => {}
-            Err(_) => return Sent::Gone,
+        match emit(v, &p.payload) {
+            Sent::Deferred => {}
+            done => return done,
         }
     }
     if h.defer(user, p.clone()) {
@@ -142,30 +160,19 @@ pub async fn run_backlogs(state: AppState) {
                 continue;
             };
             let h = &v.handle;
-            let mut sent = 0u64;
-            let mut waiting = h.take_backlog().into_iter();
+            let mut gone = false;
             // At most half a queue per tick: a client that keeps up at all then finds room for
             // the acks of its own requests, which share the queue.
-            for (user, p) in waiting.by_ref().take(per_tick) {
-                match v.socket.emit("presence-update", &*p.payload) {
-                    Ok(()) => sent += 1,
-                    Err(SendError::Socket(SocketError::InternalChannelFull)) => {
-                        h.defer(&user, p);
-                        break;
-                    }
-                    Err(SendError::Socket(SocketError::Closed)) if waits_for_connect(&v) => {
-                        h.defer(&user, p);
-                        break;
-                    }
-                    Err(_) => {
-                        state.viewers.leave(h);
-                        break;
-                    }
+            let sent = h.drain(per_tick, |p| match emit(&v, &p.payload) {
+                Sent::Now => true,
+                Sent::Deferred => false,
+                Sent::Gone => {
+                    gone = true;
+                    false
                 }
-            }
-            // Still no room: keep the rest (a newer change deferred meanwhile wins).
-            for (user, p) in waiting {
-                h.defer(&user, p);
+            });
+            if gone {
+                state.viewers.leave(h);
             }
             state.metrics.delivered.increment(sent);
             let mut set = state.backlogged.lock();
@@ -173,5 +180,61 @@ pub async fn run_backlogs(state: AppState) {
                 set.remove(&sid);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Identity, Role, Roles};
+    use crate::domain::{Audience, Gender, UserId};
+    use crate::engine::Connection;
+
+    fn connecting(at: Timestamp) -> ConnHandle {
+        let user = UserId::parse("viewer").unwrap();
+        ConnHandle::new(
+            Connection {
+                id: "n:1".into(),
+                user: user.clone(),
+                gender: Gender::Male,
+            },
+            Sid::new(),
+            Identity {
+                user_id: user,
+                gender: Some(Gender::Male),
+                name: None,
+                roles: Roles::from(Role::User),
+            },
+            Audience::FemaleOnly,
+            at,
+            (0, 0),
+        )
+    }
+
+    /// The interleaving behind the deaf viewer: an emit is refused as "closed" because the
+    /// library has not marked the socket connected yet; the library then completes the
+    /// CONNECT (and would now answer `connected() == true`); only afterwards is the refusal
+    /// judged. It must still be judged "not connected yet" (the update waits, the socket
+    /// stays a viewer) until our connect handler ran.
+    #[test]
+    fn a_refusal_just_before_the_connect_completes_waits_instead_of_dropping_the_viewer() {
+        let t0 = Timestamp::now();
+        let h = connecting(t0);
+        // (the library sets its own flag here; nothing of ours reads it)
+        assert_eq!(refused_as_closed(&h, t0.plus_millis(1)), Sent::Deferred);
+        h.open();
+        assert_eq!(
+            refused_as_closed(&h, t0.plus_millis(2)),
+            Sent::Gone,
+            "once connected, a refusal as closed means the socket closed"
+        );
+    }
+
+    #[test]
+    fn a_connect_that_never_completes_stops_holding_updates() {
+        let t0 = Timestamp::now();
+        let h = connecting(t0);
+        assert_eq!(refused_as_closed(&h, t0.plus_millis(29_000)), Sent::Deferred);
+        assert_eq!(refused_as_closed(&h, t0.plus_millis(31_000)), Sent::Gone);
     }
 }

@@ -204,6 +204,8 @@ pub async fn connected(s: SocketRef, State(state): State<AppState>) {
     let Some(handle) = s.extensions.get::<Arc<ConnHandle>>() else {
         return;
     };
+    // The library sent CONNECT and marked the socket connected before running this.
+    handle.open();
     // Under the gate, so a disconnect that already ran keeps the socket out of the registry.
     let added = handle
         .while_open(async {

@@ -56,12 +56,21 @@ impl Viewers {
         w.audiences[index(v.handle.audience)].insert(sid, v);
     }
 
-    /// The socket receives nothing more. Idempotent.
-    pub fn leave(&self, h: &ConnHandle) {
+    /// The socket receives nothing more. Idempotent. Only `h` itself leaves: a namespace
+    /// reconnect inside one Engine.IO session reuses the session's socket id, and a late
+    /// leave of the old socket (its close, or the fan-out finding it closed) must not take
+    /// the new socket's place with it — that viewer would stay connected and hear nothing.
+    pub fn leave(&self, h: &Arc<ConnHandle>) {
         let mut w = self.write();
-        w.audiences[index(h.audience)].remove(&h.sid);
+        let audience = &mut w.audiences[index(h.audience)];
+        if audience
+            .get(&h.sid)
+            .is_some_and(|v| Arc::ptr_eq(&v.handle, h))
+        {
+            audience.remove(&h.sid);
+        }
         if let Some(list) = w.own.get_mut(&h.conn.user) {
-            list.retain(|v| v.handle.sid != h.sid);
+            list.retain(|v| !Arc::ptr_eq(&v.handle, h));
             if list.is_empty() {
                 w.own.remove(&h.conn.user);
             }

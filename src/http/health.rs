@@ -1,6 +1,7 @@
 //! Liveness, readiness and the operator's health summary.
 
 use super::error::ApiResult;
+use crate::figures;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
@@ -13,14 +14,16 @@ pub async fn healthz() -> &'static str {
 }
 
 /// 200 when this replica can serve; 503 while draining or when its engine cannot serve.
+/// From the figures kept by [`crate::figures`]: no round trip of its own.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    state.figures.looked_at();
     if state.is_draining() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"ready": false, "reason": "draining"})),
         );
     }
-    if !state.engine.ready().await {
+    if state.engine.is_shared() && !figures::redis_up(&state).await {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"ready": false, "reason": "presence store unreachable"})),
@@ -29,19 +32,12 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     (StatusCode::OK, Json(json!({"ready": true})))
 }
 
+/// The operator's summary, from the figures kept by [`crate::figures`] (the cluster-wide
+/// ones as last read, whatever Redis or PostgreSQL are doing now).
 pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let ready = state.engine.ready().await;
-    let redis = match (state.engine.kind(), ready) {
-        ("memory", _) => "disabled",
-        (_, true) => "up",
-        (_, false) => "down",
-    };
-    let database = match &state.db {
-        None => "disabled",
-        Some(db) if db.is_up() && db.schema_ready() => "up",
-        Some(_) => "down",
-    };
-    let stats = state.engine.stats().await.ok();
+    state.figures.looked_at();
+    let (redis, database) = figures::dependencies(&state).await;
+    let stats = state.figures.stats();
     let presence = match &stats {
         Some(s) => json!({
             "onlineUsers": s.online_users,
@@ -54,7 +50,8 @@ pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         }),
         None => json!({"uptimeMs": state.started_at.elapsed().as_millis() as u64}),
     };
-    let degraded = !ready || stats.is_none() || state.is_draining() || database == "down";
+    let degraded =
+        redis == "down" || stats.is_none() || state.is_draining() || database == "down";
     Ok(Json(json!({
         "status": if degraded { "degraded" } else { "ok" },
         "node": state.config.node_id,

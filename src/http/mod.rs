@@ -41,24 +41,10 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The Prometheus text. The cluster-wide gauges and the dependency states are kept current by
+/// [`crate::figures`], so a scrape sends nothing to Redis or PostgreSQL.
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    // Cluster-wide gauges are read at scrape time, so they are never staler than the scrape.
-    if let Ok(s) = state.engine.stats().await {
-        state.metrics.online_users.set(s.online_users as f64);
-        state.metrics.peak_online.set(s.peak_online as f64);
-        state.metrics.set_online_by_gender(s.online_by_gender);
-    }
-    // What /api/health says of the dependencies, for alerts (absent: not configured).
-    if state.engine.kind() != "memory" {
-        state
-            .metrics
-            .set_dependency_up("redis", state.engine.ready().await);
-    }
-    if let Some(db) = &state.db {
-        state
-            .metrics
-            .set_dependency_up("database", db.is_up() && db.schema_ready());
-    }
+    state.figures.looked_at();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

@@ -862,4 +862,8 @@ impl PresenceEngine for RedisEngine {
     fn kind(&self) -> &'static str {
         "redis"
     }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
 }

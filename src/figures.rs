@@ -1,0 +1,142 @@
+//! The cluster figures this replica shows — `/api/health`, `/readyz`, `/metrics` and the
+//! dashboards' `presence_stats` — kept refreshed in the background.
+//!
+//! Reading the cluster-wide figures costs a pipeline of Redis commands (one per bucket of
+//! every counter). Done per request, an anonymous caller could make a replica hammer Redis,
+//! and while Redis hangs (paused, or failing over) every health check would hang with it:
+//! exactly when an operator needs the answer. Here one loop reads them, with a deadline, and
+//! requests read what it last got, together with whether that read succeeded recently — which
+//! is what "Redis is up" means to a replica whose connection may be open to a server that no
+//! longer answers.
+//!
+//! The loop reads only while someone looks (a health, readiness or metrics request in the
+//! last minute, or a dashboard connected): an idle replica costs Redis nothing, a watched one
+//! one read a second, however many requests arrive.
+
+use crate::engine::ClusterStats;
+use crate::state::AppState;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How often the figures are read while someone looks.
+pub const REFRESH: Duration = Duration::from_secs(1);
+/// A read that takes longer is abandoned and counts as the store not answering.
+const DEADLINE: Duration = Duration::from_millis(800);
+/// Reads go on this long after the last request that looked.
+const LOOKED_AT: Duration = Duration::from_secs(60);
+
+pub struct Figures {
+    last: RwLock<Last>,
+    /// When a request last looked (ms since `epoch`).
+    looked: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Figures {
+    fn default() -> Self {
+        Figures {
+            last: RwLock::default(),
+            looked: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+#[derive(Default, Clone)]
+struct Last {
+    stats: Option<ClusterStats>,
+    /// Whether the last read succeeded in time.
+    answered: bool,
+}
+
+impl Figures {
+    fn last(&self) -> std::sync::RwLockReadGuard<'_, Last> {
+        self.last.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Someone looks at the figures: keep them fresh for a while.
+    pub fn looked_at(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.looked.store(now.max(1), Ordering::Relaxed);
+    }
+
+    fn watched(&self) -> bool {
+        let at = self.looked.load(Ordering::Relaxed);
+        at > 0 && self.epoch.elapsed().as_millis() as u64 - at <= LOOKED_AT.as_millis() as u64
+    }
+
+    /// The last figures read, however old (none before the first read).
+    pub fn stats(&self) -> Option<ClusterStats> {
+        self.last().stats.clone()
+    }
+
+    /// Whether the presence store answered the last read in time.
+    pub fn store_answers(&self) -> bool {
+        self.last().answered
+    }
+
+    /// Read the figures once, within the deadline.
+    pub async fn refresh(&self, state: &AppState) {
+        let read = tokio::time::timeout(DEADLINE, state.engine.stats()).await;
+        let mut last = self.last.write().unwrap_or_else(|e| e.into_inner());
+        match read {
+            Ok(Ok(s)) => {
+                state.metrics.online_users.set(s.online_users as f64);
+                state.metrics.peak_online.set(s.peak_online as f64);
+                state.metrics.set_online_by_gender(s.online_by_gender);
+                *last = Last {
+                    stats: Some(s),
+                    answered: true,
+                };
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cluster figures not read");
+                last.answered = false;
+            }
+            Err(_) => {
+                tracing::debug!("cluster figures not read in time");
+                last.answered = false;
+            }
+        }
+    }
+}
+
+/// Whether Redis (the Redis engine's store) is up: connected, and answering.
+pub async fn redis_up(state: &AppState) -> bool {
+    state.engine.ready().await && state.figures.store_answers()
+}
+
+/// The dependencies' states as health shows them: `up`, `down` or `disabled`.
+pub async fn dependencies(state: &AppState) -> (&'static str, &'static str) {
+    let redis = if !state.engine.is_shared() {
+        "disabled"
+    } else if redis_up(state).await {
+        "up"
+    } else {
+        "down"
+    };
+    let database = match &state.db {
+        None => "disabled",
+        Some(db) if db.is_up() && db.schema_ready() => "up",
+        Some(_) => "down",
+    };
+    (redis, database)
+}
+
+pub async fn run(state: AppState) {
+    let mut tick = crate::state::ticker(REFRESH);
+    while state.tick(&mut tick).await {
+        if !state.figures.watched() {
+            continue;
+        }
+        state.figures.refresh(&state).await;
+        let (redis, database) = dependencies(&state).await;
+        if state.engine.is_shared() {
+            state.metrics.set_dependency_up("redis", redis == "up");
+        }
+        if state.db.is_some() {
+            state.metrics.set_dependency_up("database", database == "up");
+        }
+    }
+}
