@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproducible benchmarks on this machine: builds release binaries, starts one gateway per
 # scenario (memory engine, production mode with a fixed secret), runs loadgen against it,
-# prints loadgen's JSON. Usage: loadtest/bench.sh [idle5k|idle10k|floor10k|idle15k|fanout|fanout5|storm|storm-db|churn|redis-idle10k|redis-fanout|redis-fanout10k|search|report|all]
+# prints loadgen's JSON. Usage: loadtest/bench.sh [idle5k|idle10k|floor10k|idle15k|fanout|fanout5|storm|storm-db|churn|redis-idle10k|redis-fanout|redis-fanout10k|redis-fanout10k-slow|redis-deaf10k-x5|search|report|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace -q
@@ -74,6 +74,9 @@ case "${1:-all}" in
   redis-idle10k|all) run3 --redis 127.0.0.1:6379 idle --clients 10000 --heartbeat-ms 5000 --hold-s 30 ;;&
   redis-fanout|all)  run3 fanout --viewers 5000 --changers 20 --rate 20 --duration-s 30 ;;&
   redis-fanout10k|all) run3 fanout --viewers 10000 --changers 10 --rate 10 --duration-s 30 ;;&
+  # Issue 13's deaf-viewer scenario, five times in a row: every viewer connected throughout
+  # must receive all 300 changes (viewers_connected_but_deaf and missing 0 in each run).
+  redis-deaf10k-x5) for i in 1 2 3 4 5; do echo "run $i"; run3 fanout --viewers 10000 --changers 20 --rate 10 --duration-s 30; done ;;&
   # The same viewers at a fifth of the rate: how long one change takes to reach 10,000
   # sockets when the machine is not saturated.
   redis-fanout10k-slow|all) run3 fanout --viewers 10000 --changers 2 --rate 2 --duration-s 30 ;;&

@@ -102,6 +102,16 @@ impl Figures {
     }
 }
 
+/// The figures to show now: a replica that is the whole cluster reads its own memory (no
+/// round trip, so always current); a shared store's are the last read.
+pub async fn current(state: &AppState) -> Option<ClusterStats> {
+    if state.engine.is_shared() {
+        state.figures.stats()
+    } else {
+        state.engine.stats().await.ok()
+    }
+}
+
 /// Whether Redis (the Redis engine's store) is up: connected, and answering.
 pub async fn redis_up(state: &AppState) -> bool {
     state.engine.ready().await && state.figures.store_answers()

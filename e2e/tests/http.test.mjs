@@ -107,3 +107,29 @@ describe("HTTP API", () => {
     s.disconnect();
   });
 });
+
+test("every HTTP error is the JSON error shape: oversized bodies, unknown paths, wrong methods, malformed query strings", async () => {
+  const gw = await startGateway({});
+  const publisher = token({ sub: "err-bot", roles: ["publisher"] });
+  const female = token({ sub: "err-f", gender: "female" });
+  try {
+    const shape = (r, status, code, what) => {
+      assert.equal(r.status, status, `${what}: ${r.status} ${r.text.slice(0, 80)}`);
+      assert.equal(r.json?.error?.code, code, `${what}: ${r.text.slice(0, 80)}`);
+      assert.equal(typeof r.json.error.message, "string", what);
+    };
+    const big = { type: "new_message", visitorId: "v", channel: "web", text: "x".repeat(70 * 1024) };
+    shape(await gw.http("/api/events", { token: publisher, method: "POST", body: big }), 413, "payload_too_large", "70 KiB event");
+    shape(await gw.http("/api/no/such/path"), 404, "not_found", "unknown path");
+    shape(await gw.http("/api/health", { method: "POST", body: {} }), 405, "bad_request", "POST /api/health");
+    shape(await gw.http("/api/events", { token: publisher }), 405, "bad_request", "GET /api/events");
+    shape(await gw.http("/api/presence?ids=a&ids=b", { token: female }), 400, "bad_request", "ids twice");
+    shape(await gw.http("/api/users/search?q=a&q=b", { token: female }), 400, "bad_request", "q twice");
+    shape(await gw.http("/api/presence/%FF%FE", { token: female }), 400, "bad_request", "a path segment that is not UTF-8");
+    const notJson = await fetch(gw.url + "/api/events", { method: "POST", headers: { authorization: `Bearer ${publisher}`, "content-type": "application/json" }, body: "{nope" });
+    assert.equal(notJson.status, 400);
+    assert.equal((await notJson.json()).error.code, "bad_request");
+  } finally {
+    await gw.stop();
+  }
+});

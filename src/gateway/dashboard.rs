@@ -46,7 +46,7 @@ pub async fn connected(s: SocketRef, State(state): State<AppState>) {
     s.on_disconnect(|State(state): State<AppState>| async move {
         state.metrics.sockets_dashboard.decrement(1.0);
     });
-    if let (Some(stats), Some(h)) = (state.figures.stats(), handle(&s)) {
+    if let (Some(stats), Some(h)) = (crate::figures::current(&state).await, handle(&s)) {
         h.offer_presence_stats(&s, presence_stats(&stats));
     }
 }
@@ -208,7 +208,7 @@ pub async fn run_presence_stats(state: AppState) {
             continue;
         }
         state.figures.looked_at();
-        let Some(stats) = state.figures.stats() else {
+        let Some(stats) = crate::figures::current(&state).await else {
             continue;
         };
         let figures = presence_stats(&stats);

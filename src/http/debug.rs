@@ -2,14 +2,14 @@
 //! database and live presence disagree.
 
 use super::error::ApiResult;
-use super::extract::Caller;
+use super::extract::{ApiQuery, Caller};
 use crate::auth::Role;
 use crate::domain::{GenderSet, Timestamp, UserId};
 use crate::engine::ListFilter;
 use crate::error::AppError;
 use crate::state::AppState;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide::TransportType;
@@ -25,7 +25,7 @@ pub struct Page {
 pub async fn presence(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<Page>,
+    ApiQuery(q): ApiQuery<Page>,
 ) -> ApiResult<Json<Value>> {
     caller.require(&[Role::Admin])?;
     let limit = q.limit.unwrap_or(500).clamp(1, 5000);

@@ -37,7 +37,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
 pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     state.figures.looked_at();
     let (redis, database) = figures::dependencies(&state).await;
-    let stats = state.figures.stats();
+    let stats = figures::current(&state).await;
     let presence = match &stats {
         Some(s) => json!({
             "onlineUsers": s.online_users,

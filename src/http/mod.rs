@@ -37,6 +37,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/debug/socket-status", get(debug::socket_status))
         .route("/api/check-online-status", get(debug::check_online_status))
         .fallback(|| async { AppError::NotFound("no such endpoint".into()) })
+        // 405 keeps its HTTP meaning; the body is the API's error shape like every other.
+        .method_not_allowed_fallback(|| async {
+            (
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                AppError::bad_request("method not allowed on this path"),
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

@@ -1,21 +1,21 @@
 //! `GET /api/presence/{userId}` and `GET /api/presence?ids=a,b`, with the visibility rule.
 
 use super::error::ApiResult;
-use super::extract::Caller;
+use super::extract::{ApiPath, ApiQuery, Caller};
 use crate::auth::Role;
 use crate::domain::UserId;
 use crate::error::AppError;
 use crate::presence;
 use crate::state::AppState;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 pub async fn one(
     State(state): State<AppState>,
     caller: Caller,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let who = caller.require(&[Role::User])?;
     let id = UserId::parse(&user_id).map_err(|e| AppError::bad_request(e.to_string()))?;
@@ -44,7 +44,7 @@ pub struct IdsQuery {
 pub async fn many(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<IdsQuery>,
+    ApiQuery(q): ApiQuery<IdsQuery>,
 ) -> ApiResult<Json<Value>> {
     let who = caller.require(&[Role::User])?;
     let raw = q

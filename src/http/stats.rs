@@ -1,7 +1,7 @@
 //! `GET /api/stats` (roles `dashboard`, `admin`) and `POST /api/events` (role `publisher`).
 
 use super::error::ApiResult;
-use super::extract::Caller;
+use super::extract::{ApiJson, ApiQuery, Caller};
 use crate::auth::Role;
 use crate::db::stats::{ReportQuery, Stored};
 use crate::domain::Timestamp;
@@ -12,7 +12,7 @@ use crate::domain::stats::{
 use crate::error::AppError;
 use crate::state::AppState;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -52,7 +52,7 @@ pub struct ReportParams {
 pub async fn report(
     State(state): State<AppState>,
     caller: Caller,
-    Query(p): Query<ReportParams>,
+    ApiQuery(p): ApiQuery<ReportParams>,
 ) -> ApiResult<Json<Value>> {
     caller.require(&[Role::Dashboard, Role::Admin])?;
     let stats = stats_of(&state)?;
@@ -129,11 +129,11 @@ pub async fn publish(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    body: Result<Json<EventBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<ApiJson<EventBody>, AppError>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require(&[Role::Publisher])?;
+    let ApiJson(b) = body?;
     let stats = stats_of(&state)?;
-    let Json(b) = body.map_err(|e| AppError::bad_request(e.body_text()))?;
     let kind = EventType::parse(&b.kind).ok_or_else(|| {
         AppError::bad_request(
             "type must be widget_opened, new_message, user_online or user_offline",

@@ -1,12 +1,12 @@
 //! `GET /api/users/search`: users by name, with the visibility rule applied in the query.
 
 use super::error::ApiResult;
-use super::extract::Caller;
+use super::extract::{ApiQuery, Caller};
 use crate::auth::Role;
 use crate::error::AppError;
 use crate::state::AppState;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -25,7 +25,7 @@ pub struct SearchQuery {
 pub async fn search(
     State(state): State<AppState>,
     caller: Caller,
-    Query(params): Query<SearchQuery>,
+    ApiQuery(params): ApiQuery<SearchQuery>,
 ) -> ApiResult<Json<Value>> {
     let who = caller.require(&[Role::User])?;
     let db = state.db.as_deref().ok_or_else(super::database_missing)?;
