@@ -99,6 +99,9 @@ pub struct Config {
     /// `SOCKET_QUEUE_PACKETS` (ours, not the contract's): packets queued per socket before
     /// presence updates wait in its conflated backlog.
     pub socket_queue_packets: usize,
+    /// `PRESENCE_EVENT_BUFFER` (ours): committed changes this replica holds for its fan-out;
+    /// a fan-out further behind loses changes, and its sockets get `presence:resync`.
+    pub event_buffer: usize,
     /// `STATS_DASHBOARD_BACKLOG` (ours): statistics updates a dashboard socket may have
     /// waiting for room before it is told to resync instead.
     pub stats_dashboard_backlog: usize,
@@ -312,6 +315,10 @@ impl Config {
             socket_queue_packets: match ms("SOCKET_QUEUE_PACKETS", 256, 2)? {
                 n if n <= 65_536 => n as usize,
                 _ => return Err(err("SOCKET_QUEUE_PACKETS", "must be at most 65536")),
+            },
+            event_buffer: match ms("PRESENCE_EVENT_BUFFER", crate::engine::EVENT_BUFFER as u64, 1)? {
+                n if n <= 1_048_576 => n as usize,
+                _ => return Err(err("PRESENCE_EVENT_BUFFER", "must be at most 1048576")),
             },
             stats_dashboard_backlog: match count("STATS_DASHBOARD_BACKLOG", 10_000)? {
                 n @ 1..=1_000_000 => n as usize,

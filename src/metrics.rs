@@ -76,6 +76,18 @@ fn describe() {
         "Presence changes this replica's fan-out missed by falling behind"
     );
     describe_counter!(
+        "presence_updates_deferred_total",
+        "presence-update messages that found a socket's queue full and waited in its backlog"
+    );
+    describe_counter!(
+        "presence_updates_dropped_total",
+        "presence-update messages dropped because a socket's backlog was full"
+    );
+    describe_counter!(
+        "presence_resyncs_total",
+        "presence:resync messages sent to sockets (fan-out lagged or the bus was resubscribed)"
+    );
+    describe_counter!(
         "gateway_rejected_requests_total",
         "Socket requests refused, by code"
     );
@@ -124,6 +136,7 @@ pub struct Metrics {
     pub lagged: Counter,
     pub deferred: Counter,
     pub dropped: Counter,
+    pub resyncs: Counter,
     pub fanout_latency: Histogram,
     pub sockets_root: Gauge,
     pub sockets_widget: Gauge,
@@ -147,6 +160,7 @@ impl Metrics {
             lagged: counter!("presence_updates_lagged_total", "node" => n.clone()),
             deferred: counter!("presence_updates_deferred_total", "node" => n.clone()),
             dropped: counter!("presence_updates_dropped_total", "node" => n.clone()),
+            resyncs: counter!("presence_resyncs_total", "node" => n.clone()),
             fanout_latency: histogram!("presence_fanout_latency_seconds", "node" => n.clone()),
             sockets_root: gauge!("gateway_connected_sockets", "node" => n.clone(), "namespace" => "/"),
             sockets_widget: gauge!("gateway_connected_sockets", "node" => n.clone(), "namespace" => "/widget"),
@@ -164,6 +178,9 @@ impl Metrics {
             &m.published,
             &m.delivered,
             &m.lagged,
+            &m.deferred,
+            &m.dropped,
+            &m.resyncs,
         ] {
             c.increment(0);
         }

@@ -46,10 +46,18 @@ impl Gateway {
             generated_secret,
         } = Authenticator::from_config(&config)?;
         let engine: Arc<dyn PresenceEngine> = match &config.redis_url {
-            None => Arc::new(MemoryEngine::new(&config.node_id)),
+            None => Arc::new(MemoryEngine::with_buffer(
+                &config.node_id,
+                config.event_buffer,
+            )),
             Some(url) => {
-                let e = RedisEngine::connect(url, &config.redis_key_prefix, &config.node_id)
-                    .await
+                let e = RedisEngine::connect_with_buffer(
+                    url,
+                    &config.redis_key_prefix,
+                    &config.node_id,
+                    config.event_buffer,
+                )
+                .await
                     .map_err(|e| ConfigError {
                         var: "REDIS_URL",
                         message: format!("cannot use Redis: {e}"),

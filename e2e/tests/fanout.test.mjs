@@ -126,3 +126,26 @@ test("a namespace reconnect inside one Engine.IO session keeps receiving updates
     await gw.stop();
   }
 });
+
+test("a fan-out that falls behind its change buffer tells every viewer to resync", async () => {
+  // A change buffer of one event: a burst of concurrent changes overruns it.
+  const gw = await startGateway({ PRESENCE_EVENT_BUFFER: "1", RATE_LIMIT_PER_SEC: "0" });
+  try {
+    const viewer = await gw.connect(user("lag-viewer", "other"));
+    const resyncs = [];
+    viewer.on("presence:resync", (r) => resyncs.push(r));
+    const changers = await Promise.all(Array.from({ length: 40 }, (_, i) => gw.connect(user(`lag-${i}`, "female"))));
+    for (let round = 0; round < 20 && resyncs.length === 0; round++) {
+      await Promise.all(changers.map((s, i) => ask(s, "presence:set-status", { status: "live", details: { round, i } })));
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await waitUntil(() => resyncs.length > 0, 5000, "presence:resync");
+    assert.deepEqual(resyncs[0], { reason: "lagged" });
+    assert.equal(viewer.connected, true);
+    const m = await gw.http("/metrics");
+    assert.match(m.text, /presence_resyncs_total\{node="[^"]+"\} [1-9]/);
+    for (const s of changers) s.disconnect();
+  } finally {
+    await gw.stop();
+  }
+});

@@ -28,6 +28,8 @@ test("Redis stops for a while and returns empty: nothing is lost or announced tw
   const b = await startGateway(env);
   const viewer = await a.connect(user("out-viewer", "other"));
   const seen = recorder(viewer);
+  const resyncs = [];
+  viewer.on("presence:resync", (r) => resyncs.push(r));
   const x = await b.connect(user("out-x", "female"));
   const beats = setInterval(() => [viewer, x].forEach((s) => s.connected && s.emit("user:heartbeat")), 300);
   try {
@@ -58,6 +60,10 @@ test("Redis stops for a while and returns empty: nothing is lost or announced tw
     assert.ok(Date.now() - backAt < 5000, "rebuilt within 5 s of Redis returning");
     assert.equal(restored.version, live.presence.version, "restored as it was, same version");
     assert.deepEqual(restored.details, { stream: 7 });
+    // Its replica's subscription was re-established: what was published meanwhile was
+    // missed, and the viewer is told to refetch.
+    await waitUntil(() => resyncs.length > 0, 5000, "presence:resync after the resubscription");
+    assert.deepEqual(resyncs[0], { reason: "resubscribed" });
     // Changes flow again (subscriptions are back), and nothing else was announced meanwhile.
     x.disconnect();
     await seen.waitFor((p) => p.userId === "out-x" && !p.online, 5000, "offline after the outage");

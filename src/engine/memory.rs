@@ -17,15 +17,13 @@ use std::sync::Mutex;
 /// not grow with every user ever seen. PostgreSQL keeps `lastSeen` for longer.
 const OFFLINE_RETENTION_MS: u64 = 24 * 3600 * 1000;
 
-/// Slots in the change channel; a subscriber that falls this far behind loses changes and
-/// is told so (`RecvError::Lagged`).
-const EVENT_CHANNEL_CAPACITY: usize = 8192;
-
 pub struct MemoryEngine {
     node: Arc<str>,
     inner: Mutex<Inner>,
     events: broadcast::Sender<PresenceEvent>,
     stats_bus: broadcast::Sender<Arc<str>>,
+    /// Nothing is ever lost between this engine and its only replica: never sent.
+    resyncs: broadcast::Sender<super::Resync>,
 }
 
 /// Where committed changes go, and whose they are.
@@ -62,11 +60,17 @@ struct Inner {
 impl MemoryEngine {
     /// `node` is this replica's id, stamped on the changes it commits.
     pub fn new(node: &str) -> Self {
+        Self::with_buffer(node, super::EVENT_BUFFER)
+    }
+
+    /// With a change stream of `buffer` events (a reader further behind lags).
+    pub fn with_buffer(node: &str, buffer: usize) -> Self {
         MemoryEngine {
             node: Arc::from(node),
             inner: Mutex::new(Inner::default()),
-            events: broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
-            stats_bus: broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
+            events: broadcast::channel(buffer.max(1)).0,
+            stats_bus: broadcast::channel(super::EVENT_BUFFER).0,
+            resyncs: broadcast::channel(1).0,
         }
     }
 
@@ -399,6 +403,10 @@ impl PresenceEngine for MemoryEngine {
             last_sweep_at: inner.last_sweep_at,
             nodes: 1,
         })
+    }
+
+    fn subscribe_resyncs(&self) -> broadcast::Receiver<super::Resync> {
+        self.resyncs.subscribe()
     }
 
     fn subscribe(&self) -> broadcast::Receiver<PresenceEvent> {

@@ -105,6 +105,28 @@ pub struct SweepReport {
     pub went_offline: u64,
 }
 
+/// Why a replica may have missed changes: its sockets are told to refetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resync {
+    /// The subscription to the change bus was re-established (after a reconnect): what was
+    /// published meanwhile never arrived.
+    Resubscribed,
+    /// Messages arrived faster than they were read, and some were dropped.
+    BusLagged,
+}
+
+impl Resync {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Resync::Resubscribed => "resubscribed",
+            Resync::BusLagged => "lagged",
+        }
+    }
+}
+
+/// The default capacity of an engine's change stream (`PRESENCE_EVENT_BUFFER`).
+pub const EVENT_BUFFER: usize = 8192;
+
 /// Cluster-wide figures.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterStats {
@@ -197,6 +219,10 @@ pub trait PresenceEngine: Send + Sync + 'static {
 
     /// Every committed change, from every replica, in commit order per user.
     fn subscribe(&self) -> broadcast::Receiver<PresenceEvent>;
+
+    /// When [`subscribe`](Self::subscribe)'s stream may have lost changes before they reached
+    /// this replica (announced after the stream is whole again).
+    fn subscribe_resyncs(&self) -> broadcast::Receiver<Resync>;
 
     /// Send `payload` to every replica's [`subscribe_stats`](Self::subscribe_stats), this one
     /// included, in the order of the calls (the statistics bus; the payload is opaque here).

@@ -14,7 +14,7 @@
 use super::connection::{BACKLOG_MAX, ConnHandle, Encoded, Pending};
 use super::viewers::Viewer;
 use crate::domain::Timestamp;
-use crate::engine::PresenceEvent;
+use crate::engine::{PresenceEvent, Resync};
 use crate::state::AppState;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError};
@@ -96,10 +96,19 @@ fn offer(state: &AppState, v: &Viewer, user: &crate::domain::UserId, p: &Pending
 }
 
 pub async fn run(state: AppState, mut rx: Receiver<PresenceEvent>) {
+    let mut resyncs = state.engine.subscribe_resyncs();
     loop {
         let event = tokio::select! {
             _ = state.stop.cancelled() => break,
             r = rx.recv() => r,
+            r = resyncs.recv() => {
+                match r {
+                    Ok(cause) => schedule_resync(&state, cause),
+                    Err(RecvError::Lagged(_)) => schedule_resync(&state, Resync::BusLagged),
+                    Err(RecvError::Closed) => {}
+                }
+                continue;
+            }
         };
         match event {
             Ok(ev) => deliver(&state, ev).await,
@@ -107,11 +116,44 @@ pub async fn run(state: AppState, mut rx: Receiver<PresenceEvent>) {
                 state.metrics.lagged.increment(n);
                 tracing::warn!(
                     missed = n,
-                    "fan-out fell behind; some viewers missed presence updates"
+                    "fan-out fell behind; viewers are told to resync"
                 );
+                resync_all(&state, Resync::BusLagged);
             }
             Err(RecvError::Closed) => break,
         }
+    }
+}
+
+/// After a resubscription, wait until every replica has had a sweep and a heartbeat flush to
+/// notice the store is back and restore its connections (it may have come back empty), so
+/// that what the sockets refetch is whole.
+fn schedule_resync(state: &AppState, cause: Resync) {
+    if cause != Resync::Resubscribed {
+        return resync_all(state, cause);
+    }
+    let settle = Duration::from_millis(state.config.sweep_interval_ms)
+        + super::heartbeats::flush_interval(state.config.heartbeat_timeout_ms) * 2;
+    let state2 = state.clone();
+    state.tasks.spawn(async move {
+        tokio::select! {
+            _ = state2.stop.cancelled() => {}
+            _ = tokio::time::sleep(settle) => resync_all(&state2, cause),
+        }
+    });
+}
+
+/// `presence:resync` to every `/` socket of this replica: it may have missed changes and
+/// should refetch what it shows.
+fn resync_all(state: &AppState, cause: Resync) {
+    let body = serde_json::json!({"reason": cause.reason()});
+    let viewers = state.viewers.all();
+    tracing::info!(reason = cause.reason(), sockets = viewers.len(), "presence:resync");
+    state.metrics.resyncs.increment(viewers.len() as u64);
+    for v in viewers {
+        // A socket whose queue is full has a backlog of newer changes coming anyway; one that
+        // closed needs nothing.
+        let _ = v.socket.emit("presence:resync", &body);
     }
 }
 

@@ -107,6 +107,12 @@ impl Viewers {
         out
     }
 
+    /// Every socket here that receives changes, each once.
+    pub fn all(&self) -> Vec<Viewer> {
+        let r = self.read();
+        r.audiences.iter().flat_map(|m| m.values().cloned()).collect()
+    }
+
     /// The socket with this id, while it receives changes.
     pub fn get(&self, sid: Sid) -> Option<Viewer> {
         let r = self.read();

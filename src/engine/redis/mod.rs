@@ -56,6 +56,8 @@ pub struct RedisEngine {
     node: Arc<str>,
     channel: String,
     events: broadcast::Sender<PresenceEvent>,
+    /// See [`PresenceEngine::subscribe_resyncs`].
+    resyncs: broadcast::Sender<super::Resync>,
     /// The statistics bus: its channel, and what arrives on it.
     stats_channel: String,
     stats_bus: broadcast::Sender<Arc<str>>,
@@ -88,6 +90,16 @@ fn member(user: &UserId, conn: &str) -> String {
 
 impl RedisEngine {
     pub async fn connect(url: &str, prefix: &str, node: &str) -> Result<Self, EngineError> {
+        Self::connect_with_buffer(url, prefix, node, super::EVENT_BUFFER).await
+    }
+
+    /// With a change stream of `buffer` events (a reader further behind lags).
+    pub async fn connect_with_buffer(
+        url: &str,
+        prefix: &str,
+        node: &str,
+        buffer: usize,
+    ) -> Result<Self, EngineError> {
         let config = Config::from_url(url).map_err(unavailable)?;
         let mut builder = Builder::from_config(config);
         // No reconnect policy is fred's default: then a Redis restart would be fatal.
@@ -105,13 +117,29 @@ impl RedisEngine {
         let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
         client.init().await.map_err(unavailable)?;
         subscriber.init().await.map_err(unavailable)?;
-        // Resubscribe after every reconnect; without it subscriptions vanish with a restart.
-        drop(subscriber.manage_subscriptions());
         let channel = format!("{prefix}:events");
         let stats_channel = format!("{prefix}:stats");
-        let (events, _) = broadcast::channel(8192);
-        let (stats_bus, _) = broadcast::channel(8192);
+        let (events, _) = broadcast::channel(buffer.max(1));
+        let (stats_bus, _) = broadcast::channel(super::EVENT_BUFFER);
+        let (resyncs, _) = broadcast::channel(16);
+        // Resubscribe after every reconnect (without it subscriptions vanish with a restart),
+        // then say that what was published meanwhile was missed.
         {
+            let (subscriber, resyncs) = (subscriber.clone(), resyncs.clone());
+            let mut reconnects = subscriber.reconnect_rx();
+            tokio::spawn(async move {
+                while reconnects.recv().await.is_ok() {
+                    match subscriber.resubscribe_all().await {
+                        Ok(()) => {
+                            let _ = resyncs.send(super::Resync::Resubscribed);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "could not resubscribe to Redis"),
+                    }
+                }
+            });
+        }
+        {
+            let resyncs = resyncs.clone();
             let mut rx = subscriber.message_rx();
             let events = events.clone();
             let stats_bus = stats_bus.clone();
@@ -136,6 +164,7 @@ impl RedisEngine {
                                 missed = n,
                                 "Redis subscriber lagged; presence updates lost"
                             );
+                            let _ = resyncs.send(super::Resync::BusLagged);
                         }
                         Err(_) => break,
                     }
@@ -153,6 +182,7 @@ impl RedisEngine {
             node: Arc::from(node),
             channel,
             events,
+            resyncs,
             stats_channel,
             stats_bus,
             scripts: Scripts {
@@ -836,6 +866,10 @@ impl PresenceEngine for RedisEngine {
         s.last_sweep_at = g.get(1).copied().flatten().map(Timestamp);
         s.nodes = it.next().and_then(|v| v.convert::<u64>().ok()).unwrap_or(1);
         Ok(s)
+    }
+
+    fn subscribe_resyncs(&self) -> broadcast::Receiver<super::Resync> {
+        self.resyncs.subscribe()
     }
 
     fn subscribe(&self) -> broadcast::Receiver<PresenceEvent> {
