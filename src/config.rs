@@ -316,7 +316,11 @@ impl Config {
                 n if n <= 65_536 => n as usize,
                 _ => return Err(err("SOCKET_QUEUE_PACKETS", "must be at most 65536")),
             },
-            event_buffer: match ms("PRESENCE_EVENT_BUFFER", crate::engine::EVENT_BUFFER as u64, 1)? {
+            event_buffer: match ms(
+                "PRESENCE_EVENT_BUFFER",
+                crate::engine::EVENT_BUFFER as u64,
+                1,
+            )? {
                 n if n <= 1_048_576 => n as usize,
                 _ => return Err(err("PRESENCE_EVENT_BUFFER", "must be at most 1048576")),
             },

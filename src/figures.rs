@@ -146,7 +146,9 @@ pub async fn run(state: AppState) {
             state.metrics.set_dependency_up("redis", redis == "up");
         }
         if state.db.is_some() {
-            state.metrics.set_dependency_up("database", database == "up");
+            state
+                .metrics
+                .set_dependency_up("database", database == "up");
         }
     }
 }

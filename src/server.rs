@@ -58,10 +58,10 @@ impl Gateway {
                     config.event_buffer,
                 )
                 .await
-                    .map_err(|e| ConfigError {
-                        var: "REDIS_URL",
-                        message: format!("cannot use Redis: {e}"),
-                    })?;
+                .map_err(|e| ConfigError {
+                    var: "REDIS_URL",
+                    message: format!("cannot use Redis: {e}"),
+                })?;
                 Arc::new(e)
             }
         };

@@ -71,7 +71,9 @@ fn emit(v: &Viewer, payload: &Encoded) -> Sent {
     match v.socket.emit("presence-update", &**payload) {
         Ok(()) => Sent::Now,
         Err(SendError::Socket(SocketError::InternalChannelFull)) => Sent::Deferred,
-        Err(SendError::Socket(SocketError::Closed)) => refused_as_closed(&v.handle, Timestamp::now()),
+        Err(SendError::Socket(SocketError::Closed)) => {
+            refused_as_closed(&v.handle, Timestamp::now())
+        }
         Err(_) => Sent::Gone,
     }
 }
@@ -148,7 +150,11 @@ fn schedule_resync(state: &AppState, cause: Resync) {
 fn resync_all(state: &AppState, cause: Resync) {
     let body = serde_json::json!({"reason": cause.reason()});
     let viewers = state.viewers.all();
-    tracing::info!(reason = cause.reason(), sockets = viewers.len(), "presence:resync");
+    tracing::info!(
+        reason = cause.reason(),
+        sockets = viewers.len(),
+        "presence:resync"
+    );
     state.metrics.resyncs.increment(viewers.len() as u64);
     for v in viewers {
         // A socket whose queue is full has a backlog of newer changes coming anyway; one that
@@ -276,7 +282,10 @@ mod tests {
     fn a_connect_that_never_completes_stops_holding_updates() {
         let t0 = Timestamp::now();
         let h = connecting(t0);
-        assert_eq!(refused_as_closed(&h, t0.plus_millis(29_000)), Sent::Deferred);
+        assert_eq!(
+            refused_as_closed(&h, t0.plus_millis(29_000)),
+            Sent::Deferred
+        );
         assert_eq!(refused_as_closed(&h, t0.plus_millis(31_000)), Sent::Gone);
     }
 }

@@ -110,7 +110,10 @@ impl Viewers {
     /// Every socket here that receives changes, each once.
     pub fn all(&self) -> Vec<Viewer> {
         let r = self.read();
-        r.audiences.iter().flat_map(|m| m.values().cloned()).collect()
+        r.audiences
+            .iter()
+            .flat_map(|m| m.values().cloned())
+            .collect()
     }
 
     /// The socket with this id, while it receives changes.

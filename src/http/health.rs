@@ -50,8 +50,7 @@ pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         }),
         None => json!({"uptimeMs": state.started_at.elapsed().as_millis() as u64}),
     };
-    let degraded =
-        redis == "down" || stats.is_none() || state.is_draining() || database == "down";
+    let degraded = redis == "down" || stats.is_none() || state.is_draining() || database == "down";
     Ok(Json(json!({
         "status": if degraded { "degraded" } else { "ok" },
         "node": state.config.node_id,

@@ -1,5 +1,6 @@
 -- Shared by every presence script. KEYS (all share the bucket's hash tag, so a script runs
--- on one cluster slot): 1 user record (hash), 2 user's connections (set), 3-5 the bucket's
+-- on one cluster slot): 1 user record (hash; also `i:<conn>`, when each connection was last
+-- indexed), 2 user's connections (set), 3-5 the bucket's
 -- online users by gender (male, female, other; sorted sets read by lex), 6 the bucket's
 -- counters (hash), 7 the bucket's pending offlines (sorted set, score = deadline).
 -- ARGV: 1 user id, 2 now (µs), 3 event channel, 4 this replica's id, 5 offline retention (ms),
@@ -59,9 +60,17 @@ local function clear_pending(p)
   end
 end
 
+-- When connection `conn` was last indexed (its replica's `index_conn`, with this `now`):
+-- the user's record keeps it, so an expiry can tell a connection indexed after it was judged
+-- stale (expire.lua).
+local function indexed(conn)
+  redis.call('HSET', U, 'i:' .. conn, fmt(now))
+end
+
 -- Register connection `conn`; offline -> online. Returns whether the presence changed.
 local function attach(p, conn, gender, fresh)
   redis.call('SADD', C, conn)
+  indexed(conn)
   if fresh then redis.call('HINCRBY', CNT, 'conns', 1) end
   clear_pending(p)
   local changed = false

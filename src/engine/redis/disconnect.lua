@@ -2,6 +2,7 @@
 -- Returns {0} unknown connection, {1} still online, {2, deadline} pending, {3, presence} offline.
 redis.call('HINCRBY', CNT, 'disconns', 1)
 if redis.call('SREM', C, ARGV[6]) == 0 then return { 0 } end
+redis.call('HDEL', U, 'i:' .. ARGV[6])
 if redis.call('SCARD', C) > 0 then return { 1 } end
 local p = load()
 if p.st == 'offline' then return { 1 } end

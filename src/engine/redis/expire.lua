@@ -1,6 +1,12 @@
--- A connection went silent (swept). ARGV 6 connection id.
--- Returns {removed, went_offline, presence?}. Silence is its own grace: offline at once.
+-- A claimed connection went silent (see claim.lua). ARGV 6 connection id, 7 the claimed
+-- score: when the connection was last heard or indexed, as the sweep judged it stale.
+-- A connection indexed again after that (a status change, a revival by a heartbeat that
+-- found it claimed) is alive: it stays. Silence is its own grace: offline at once.
+-- Returns {removed, went_offline, presence?}.
+local indexed = redis.call('HGET', U, 'i:' .. ARGV[6])
+if indexed and tonumber(indexed) > tonumber(ARGV[7]) then return { 0, 0 } end
 if redis.call('SREM', C, ARGV[6]) == 0 then return { 0, 0 } end
+redis.call('HDEL', U, 'i:' .. ARGV[6])
 redis.call('HINCRBY', CNT, 'swept', 1)
 if redis.call('SCARD', C) > 0 then return { 1, 0 } end
 local p = load()

@@ -43,6 +43,7 @@ struct Scripts {
     disconnect: Script,
     settle: Script,
     expire: Script,
+    claim: Script,
 }
 
 fn script(body: &str) -> Script {
@@ -193,6 +194,7 @@ impl RedisEngine {
                 disconnect: script(include_str!("disconnect.lua")),
                 settle: script(include_str!("settle.lua")),
                 expire: script(include_str!("expire.lua")),
+                claim: Script::from_lua(include_str!("claim.lua")),
             },
         };
         engine.sadd_node().await?;
@@ -232,6 +234,12 @@ impl RedisEngine {
 
     fn node_set(&self, node: &str) -> String {
         format!("{}:nc:{{{node}}}", self.prefix)
+    }
+
+    /// A replica's claimed members: taken from its index for expiry, not yet expired (see
+    /// `claim.lua`). Same hash tag as the index.
+    fn claimed_set(&self, node: &str) -> String {
+        format!("{}:ncx:{{{node}}}", self.prefix)
     }
 
     fn nodes_key(&self) -> String {
@@ -341,31 +349,72 @@ impl RedisEngine {
         presence_at(&r, 1)
     }
 
+    /// Expire member `m` of `node`'s index if it is still stale at `cutoff`: claimed (the
+    /// score re-checked and the member moved in one step, `claim.lua`), expired unless it was
+    /// indexed again since (`expire.lua`), then released. Returns (removed, went offline).
     async fn expire_member(
         &self,
-        set: &str,
+        node: &str,
         m: &str,
+        cutoff: &str,
         now: Timestamp,
     ) -> Result<(bool, bool), EngineError> {
-        let Some((uid, conn)) = m.split_once('\u{1f}') else {
-            let _: i64 = self
-                .client
-                .custom(cmd("ZREM"), vec![set.to_string(), m.to_string()])
-                .await
-                .map_err(unavailable)?;
-            return Ok((false, false));
-        };
-        let r = self
-            .run(&self.scripts.expire, uid, now, &[conn.to_string()])
-            .await?;
+        match self.claim(node, m, cutoff).await? {
+            Some(score) => self.expire_claimed(node, m, &score, now).await,
+            None => Ok((false, false)),
+        }
+    }
+
+    /// The first half of an expiry (`claim.lua`): the claimed score, or none.
+    async fn claim(
+        &self,
+        node: &str,
+        m: &str,
+        cutoff: &str,
+    ) -> Result<Option<String>, EngineError> {
+        self.scripts
+            .claim
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.node_set(node), self.claimed_set(node)],
+                vec![m.to_string(), cutoff.to_string()],
+            )
+            .await
+            .map_err(unavailable)
+    }
+
+    /// The second half of an expiry: also what the next sweep does with a member a sweeper
+    /// claimed and did not get to (it died between the two steps). Idempotent.
+    async fn expire_claimed(
+        &self,
+        node: &str,
+        m: &str,
+        score: &str,
+        now: Timestamp,
+    ) -> Result<(bool, bool), EngineError> {
+        let mut out = (false, false);
+        if let Some((uid, conn)) = m.split_once('\u{1f}') {
+            let r = self
+                .run(
+                    &self.scripts.expire,
+                    uid,
+                    now,
+                    &[conn.to_string(), score.to_string()],
+                )
+                .await?;
+            out = (int_at(&r, 0) == 1, int_at(&r, 1) == 1);
+        }
         let _: i64 = self
             .client
-            .custom(cmd("ZREM"), vec![set.to_string(), m.to_string()])
+            .custom(cmd("ZREM"), vec![self.claimed_set(node), m.to_string()])
             .await
             .map_err(unavailable)?;
-        Ok((int_at(&r, 0) == 1, int_at(&r, 1) == 1))
+        Ok(out)
     }
 }
+
+#[cfg(test)]
+mod expiry_tests;
 
 fn int_at(r: &[fred::types::Value], i: usize) -> i64 {
     r.get(i).and_then(|v| v.as_i64()).unwrap_or(0)
@@ -575,6 +624,26 @@ impl PresenceEngine for RedisEngine {
             .await
             .map_err(unavailable)?;
         for node in nodes {
+            // Claims a sweeper left unfinished (usually none: one command).
+            let leftover: Vec<String> = self
+                .client
+                .custom(
+                    cmd("ZRANGE"),
+                    vec![
+                        self.claimed_set(&node),
+                        "0".into(),
+                        (SWEEP_BATCH - 1).to_string(),
+                        "WITHSCORES".into(),
+                    ],
+                )
+                .await
+                .map_err(unavailable)?;
+            for pair in leftover.chunks_exact(2) {
+                let (removed, offline) =
+                    self.expire_claimed(&node, &pair[0], &pair[1], now).await?;
+                report.swept += removed as u64;
+                report.went_offline += offline as u64;
+            }
             let set = self.node_set(&node);
             let stale: Vec<String> = self
                 .client
@@ -593,7 +662,7 @@ impl PresenceEngine for RedisEngine {
                 .map_err(unavailable)?;
             let had_stale = !stale.is_empty();
             for m in stale {
-                let (removed, offline) = self.expire_member(&set, &m, now).await?;
+                let (removed, offline) = self.expire_member(&node, &m, &cutoff, now).await?;
                 report.swept += removed as u64;
                 report.went_offline += offline as u64;
             }

@@ -10,6 +10,7 @@ if redis.call('EXISTS', U) == 0 and last ~= '' then
   local k = cjson.decode(last)
   redis.call('SADD', C, ARGV[6])
   redis.call('HSET', U, 'st', k.st, 'det', k.d, 'g', k.g, 'ls', k.ls, 'ua', k.ua, 'v', k.v)
+  indexed(ARGV[6])
   if k.st ~= 'offline' then redis.call('ZADD', online_key(k.g), 0, uid) end
   p = load()
   -- Re-entering the online index is not a transition, but the cluster-wide counter lost it.
