@@ -137,12 +137,16 @@ impl Gateway {
                 .spawn(gateway::dashboard::run_backlogs(state.clone()));
         }
         if let Some(db) = &state.db {
-            state.tasks.spawn(database_loop(state.clone(), db.clone()));
-            state.tasks.spawn(record_changes(
-                state.clone(),
-                db.clone(),
-                state.engine.subscribe(),
-            ));
+            // The writer's last flush waits until the recorder has drained what arrived.
+            let (drained, drained_rx) = tokio::sync::oneshot::channel();
+            let (state2, db2, rx) = (state.clone(), db.clone(), state.engine.subscribe());
+            state
+                .tasks
+                .spawn(database_loop(state.clone(), db.clone(), drained_rx));
+            state.tasks.spawn(async move {
+                record_changes(state2, db2, rx).await;
+                let _ = drained.send(());
+            });
         }
     }
 }
@@ -183,7 +187,11 @@ const DB_PING: Duration = Duration::from_secs(2);
 
 /// The database side: migrate (retrying until the database answers), then run the presence
 /// writer and a health ping; on shutdown, flush what is pending.
-async fn database_loop(state: AppState, db: Arc<Database>) {
+async fn database_loop(
+    state: AppState,
+    db: Arc<Database>,
+    recorder_drained: tokio::sync::oneshot::Receiver<()>,
+) {
     if !state.config.database_skip_migrations {
         let mut delay = Duration::from_millis(200);
         loop {
@@ -238,6 +246,13 @@ async fn database_loop(state: AppState, db: Arc<Database>) {
     tokio::select! {
         _ = db.writer.run(&db, state.stop.clone()) => {}
         _ = ping => {}
+    }
+    // Stopping: what the change recorder still drains must make this flush.
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, recorder_drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!("presence change recorder did not drain in time");
     }
     let pending = db.writer.pending();
     if pending > 0 {

@@ -237,3 +237,41 @@ test("migrate needs nothing but the database (a deployment's migration job holds
   assert.equal(serve.status, 2);
   assert.match(serve.stderr, /JWT_SECRET/);
 });
+
+test("Redis engine, shutdown grace 0: the offline of every user the shutdown closed reaches the database before exit", async () => {
+  const url = freshDatabase();
+  const env = {
+    DATABASE_URL: url,
+    REDIS_URL: process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379",
+    REDIS_KEY_PREFIX: `sd${process.pid}x${Date.now() % 1e6}`,
+    PRESENCE_SHUTDOWN_GRACE_MS: "0",
+    PRESENCE_DB_ONLINE_DEBOUNCE_MS: "0",
+    PRESENCE_DB_OFFLINE_DEBOUNCE_MS: "0",
+  };
+  const gw = await startGateway(env);
+  await waitUntil(async () => (await gw.http("/api/health")).json?.dependencies?.database === "up", 10000, "database up");
+  const ids = Array.from({ length: 300 }, (_, i) => `sd-user-${i}`);
+  for (let i = 0; i < ids.length; i += 50) await Promise.all(ids.slice(i, i + 50).map((id) => gw.connect(user(id, "female"), { reconnection: false, transports: ["websocket"] })));
+  await waitUntil(() => ids.every((id) => storedPresence(url, id)?.online), 5000, "stored online");
+  gw.proc.kill("SIGTERM");
+  const r = await gw.exited;
+  assert.equal(r.code, 0);
+  const still = ids.filter((id) => storedPresence(url, id)?.online !== false);
+  assert.deepEqual(still, [], "stored online after the replica that closed them exited");
+});
+
+test("search re-checks visibility with the gender it returns (the live one, not the database's older copy)", async () => {
+  // A long online debounce keeps the database's copy of the new gender from arriving.
+  const { url, gw } = await withDatabase({ PRESENCE_DB_ONLINE_DEBOUNCE_MS: "60000" });
+  try {
+    psql(url, "INSERT INTO users (id, name, gender) VALUES ('srch-turned', 'Quentin Turnedmale', 'female'), ('srch-she', 'Quinn Turnedstill', 'female')");
+    await gw.connect(user("srch-turned", "male"));
+    await gw.connect(user("srch-she", "female"));
+    const man = token({ sub: "srch-viewer", gender: "male" });
+    const r = await gw.http("/api/users/search?q=Turned", { token: man });
+    assert.equal(r.status, 200, r.text);
+    assert.deepEqual(r.json.users.map((u) => [u.userId, u.gender]), [["srch-she", "female"]]);
+  } finally {
+    await gw.stop();
+  }
+});

@@ -223,6 +223,14 @@ pub async fn record_close(state: &AppState, h: &Arc<ConnHandle>, grace_ms: u64) 
         .await;
     match outcome {
         Some(Ok(DisconnectOutcome::Pending { deadline })) => schedule_settle(state, h, deadline),
+        // Recorded here as well as from the change stream: the stream's copy may arrive only
+        // after a shutting-down replica's writer flushed (the version guard makes the second
+        // record harmless, and the writer keeps one entry per user).
+        Some(Ok(DisconnectOutcome::Offline(p))) => {
+            if let Some(db) = &state.db {
+                db.writer.record(&p);
+            }
+        }
         Some(Err(e)) => {
             tracing::warn!(error = %e, conn = %h.conn.id, "disconnect not recorded; the sweep will remove it")
         }

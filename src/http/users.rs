@@ -59,13 +59,26 @@ pub async fn search(
             HashMap::new()
         }
     };
+    let policy = state.config.visibility_policy;
     let users: Vec<Value> = hits
         .into_iter()
         .map(|h| {
             let presence = live.get(&h.presence.user_id).cloned().unwrap_or(h.presence);
+            (h.name, presence)
+        })
+        // The database filtered by its copy of each gender; the live one may differ (a new
+        // token with another gender), and the answer shows the live one: the rule is checked
+        // against what is returned.
+        .filter(|(_, p)| {
+            policy.can_see(
+                (viewer.user.as_str(), viewer.gender),
+                (p.user_id.as_str(), p.gender),
+            )
+        })
+        .map(|(name, presence)| {
             json!({
                 "userId": presence.user_id,
-                "name": h.name,
+                "name": name,
                 "gender": presence.gender,
                 "presence": presence,
             })
