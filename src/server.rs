@@ -137,6 +137,16 @@ impl Gateway {
                 .spawn(gateway::dashboard::run_backlogs(state.clone()));
         }
         if let Some(db) = &state.db {
+            let (st, d) = (state.clone(), db.clone());
+            state.tasks.spawn(async move {
+                let each = |user| {
+                    let st2 = st.clone();
+                    st.tasks.spawn(async move {
+                        gateway::gender::apply_database_gender(&st2, &user).await
+                    });
+                };
+                d.gender_changes(each, st.stop.clone()).await
+            });
             // The writer's last flush waits until the recorder has drained what arrived.
             let (drained, drained_rx) = tokio::sync::oneshot::channel();
             let (state2, db2, rx) = (state.clone(), db.clone(), state.engine.subscribe());

@@ -44,6 +44,14 @@ impl Users {
         slot
     }
 
+    /// The database says the gender changed: the next lookup asks it again.
+    pub fn forget_gender(&self, user: &UserId) {
+        self.genders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(user);
+    }
+
     /// A token said so: later handshakes without a gender claim use it without a query.
     pub fn remember_gender(&self, user: &UserId, gender: Gender) {
         let mut map = self.genders.lock().unwrap_or_else(|e| e.into_inner());
@@ -60,7 +68,55 @@ impl Users {
     }
 }
 
+/// The channel `migrations/0005_user_gender_notify.sql` notifies, with the user's id.
+pub const GENDER_CHANNEL: &str = "pgw_user_gender";
+
 impl Database {
+    /// Users whose gender changed in the database, as they change (their cached gender is
+    /// dropped first). Reconnects after a lost connection; what changed meanwhile is covered
+    /// by the cache's lifetime.
+    pub async fn gender_changes(
+        &self,
+        mut each: impl FnMut(UserId),
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let mut listener = loop {
+            match sqlx::postgres::PgListener::connect_with(self.pool()).await {
+                Ok(mut l) => match l.listen(GENDER_CHANNEL).await {
+                    Ok(()) => break l,
+                    Err(e) => tracing::debug!(error = %e, "gender changes: listen failed"),
+                },
+                Err(e) => tracing::debug!(error = %e, "gender changes: no connection"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        };
+        loop {
+            let n = tokio::select! {
+                _ = stop.cancelled() => return,
+                n = listener.recv() => n,
+            };
+            match n {
+                Ok(n) => {
+                    if let Ok(user) = UserId::parse(n.payload()) {
+                        self.users.forget_gender(&user);
+                        each(user);
+                    }
+                }
+                // recv reconnects by itself on the next call.
+                Err(e) => {
+                    tracing::debug!(error = %e, "gender changes: connection lost");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+
     /// The stored gender of `user`, `None` if unknown. Fails only when the database does.
     pub async fn gender_of(&self, user: &UserId) -> Result<Option<Gender>, DbError> {
         let slot = self.users.slot(user);

@@ -109,6 +109,20 @@ pub struct Presence {
 
 impl Presence {
     /// A user nobody has seen: offline, version 0, never updated.
+    /// What viewers who may no longer see this user (their gender changed) are told: gone,
+    /// offline since this change, with this change's version (so it supersedes what they
+    /// showed) and the gender they knew, not the new one.
+    pub fn gone_for(&self, known_gender: Gender) -> Presence {
+        Presence {
+            status: Status::Offline,
+            online: false,
+            gender: known_gender,
+            last_seen: self.updated_at,
+            details: None,
+            ..self.clone()
+        }
+    }
+
     pub fn unseen(user_id: UserId, gender: Gender) -> Self {
         PresenceRecord::new(gender).to_presence(user_id)
     }
@@ -152,11 +166,15 @@ impl PresenceRecord {
     }
 
     /// A connection of this user is live. Returns whether that changed anything: going from
-    /// offline to `online`, or a token now giving another gender (which moves the user
-    /// between audiences, so viewers must hear of it).
-    pub fn connect(&mut self, gender: Gender, now: Timestamp) -> bool {
+    /// offline to `online`, or a new connection whose token (or database row) now gives
+    /// another gender (which moves the user between audiences, so viewers must hear of it).
+    /// `gender` is `None` for a connection that is not new (a revival): the newest handshake
+    /// decides the gender, and an older connection speaking again must not undo it.
+    pub fn connect(&mut self, gender: Option<Gender>, now: Timestamp) -> bool {
         let mut changed = false;
-        if self.gender != gender {
+        if let Some(gender) = gender
+            && self.gender != gender
+        {
             self.gender = gender;
             changed = true;
         }
@@ -249,9 +267,9 @@ mod tests {
     #[test]
     fn lifecycle() {
         let mut r = PresenceRecord::new(Gender::Female);
-        assert!(r.connect(Gender::Female, t(1)));
+        assert!(r.connect(Some(Gender::Female), t(1)));
         assert!(
-            !r.connect(Gender::Female, t(2)),
+            !r.connect(Some(Gender::Female), t(2)),
             "a second connection is not a change"
         );
         let d = Details::parse(json!({"streamId": "s1"})).unwrap();
@@ -283,7 +301,7 @@ mod tests {
             (Status::Offline, false, Some(t(7)))
         );
         assert!(!r.disconnect(t(8)), "offline twice is one change");
-        assert!(r.connect(Gender::Female, t(9)));
+        assert!(r.connect(Some(Gender::Female), t(9)));
         assert_eq!(
             (r.status, r.last_seen),
             (Status::Online, None),

@@ -89,6 +89,17 @@ impl VisibilityPolicy {
         }
     }
 
+    /// The audiences that could see a user of gender `from` and may not see them as `to`:
+    /// they must be told the user is gone, and then hear nothing more of them.
+    pub fn audiences_lost(self, from: Gender, to: Gender) -> Vec<Audience> {
+        let now = self.audiences_for(to);
+        self.audiences_for(from)
+            .iter()
+            .copied()
+            .filter(|a| !now.contains(a))
+            .collect()
+    }
+
     /// Whether the user's own connections miss a change of theirs when only
     /// [`audiences_for`](Self::audiences_for) receive it, so it must also be sent to them
     /// directly (a male user, under `gender`, is in no audience that sees males).

@@ -119,7 +119,7 @@ impl MemoryEngine {
             inner.pending.remove(&conn.user);
         }
         let before = state.record.clone();
-        if state.record.connect(conn.gender, now) {
+        if state.record.connect(fresh.then_some(conn.gender), now) {
             inner.committed(&self.tx(), &conn.user, &before, now);
         }
         inner.users[&conn.user]
@@ -147,10 +147,13 @@ impl Inner {
         let presence = record.to_presence(user.clone());
         self.peak_online = self.peak_online.max(self.online_users());
         // No receiver is not an error: nobody is listening yet.
+        let was_online_as =
+            (before.is_online() && before.gender != record.gender).then_some(before.gender);
         let _ = events.events.send(PresenceEvent {
             presence,
             committed_at: now,
             origin: events.node.clone(),
+            was_online_as,
         });
     }
 

@@ -52,6 +52,10 @@ pub struct PresenceEvent {
     pub committed_at: Timestamp,
     /// The replica that committed it (`NODE_ID`).
     pub origin: Arc<str>,
+    /// The gender the user was online with until this change, when the change gave them
+    /// another: viewers who could see that one and may not see the new one must be told the
+    /// user is gone.
+    pub was_online_as: Option<Gender>,
 }
 
 /// What happened to the user when one of their connections closed.

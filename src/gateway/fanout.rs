@@ -191,9 +191,42 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
             Sent::Gone => state.viewers.leave(&v.handle),
         }
     }
+    if let Some(old) = ev.was_online_as {
+        sent += tell_gone(state, p, old);
+    }
     state.metrics.delivered.increment(sent);
     let latency = Timestamp::now().micros_since(ev.committed_at) as f64 / 1e6;
     state.metrics.fanout_latency.record(latency);
+}
+
+/// A user online as `old` has another gender now: the viewers who could see them and may
+/// not any more get them as gone, once (later changes of theirs never reach those audiences).
+/// The user's own sockets are not told: a user always sees themselves.
+fn tell_gone(state: &AppState, p: &crate::domain::Presence, old: crate::domain::Gender) -> u64 {
+    let lost = state.config.visibility_policy.audiences_lost(old, p.gender);
+    if lost.is_empty() {
+        return 0;
+    }
+    let gone = p.gone_for(old);
+    let Ok(raw) = serde_json::value::to_raw_value(&gone) else {
+        return 0;
+    };
+    let pending = Pending {
+        version: gone.version,
+        payload: Arc::from(raw),
+    };
+    let mut sent = 0;
+    for v in state.viewers.in_audiences(&lost) {
+        if v.handle.conn.user == p.user_id {
+            continue;
+        }
+        match offer(state, &v, &p.user_id, &pending) {
+            Sent::Now => sent += 1,
+            Sent::Deferred => {}
+            Sent::Gone => state.viewers.leave(&v.handle),
+        }
+    }
+    sent
 }
 
 /// Deliver backlogs as their sockets' queues drain.

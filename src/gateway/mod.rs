@@ -6,6 +6,7 @@
 //! - [`connection`]: per-socket state and this replica's socket registry;
 //! - [`heartbeats`]: batching "heard from" writes to the engine;
 //! - [`fanout`]: committed changes to this replica's viewers ([`viewers`]: by audience);
+//! - [`gender`]: a gender changed in the database, applied to live connections;
 //! - [`widget`]: `/widget`, anonymous chat widgets recording statistics events;
 //! - [`dashboard`]: `/dashboard`, live statistics and presence figures for dashboards;
 //! - [`ratelimit`]: the per-socket request budget.
@@ -14,6 +15,7 @@ pub mod connection;
 pub mod dashboard;
 pub mod events;
 pub mod fanout;
+pub mod gender;
 pub mod handshake;
 pub mod heartbeats;
 pub mod ratelimit;

@@ -107,6 +107,15 @@ impl Viewers {
         out
     }
 
+    /// The sockets of these audiences (a user's own sockets are in theirs).
+    pub fn in_audiences(&self, audiences: &[crate::domain::Audience]) -> Vec<Viewer> {
+        let r = self.read();
+        audiences
+            .iter()
+            .flat_map(|a| r.audiences[index(*a)].values().cloned())
+            .collect()
+    }
+
     /// Every socket here that receives changes, each once.
     pub fn all(&self) -> Vec<Viewer> {
         let r = self.read();

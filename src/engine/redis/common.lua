@@ -25,7 +25,10 @@ local function load()
 end
 
 local function encode(p)
-  return cjson.encode({ u = uid, st = p.st, g = p.g, ls = p.ls, ua = p.ua, v = fmt(p.v), d = p.det, at = fmt(now), o = node })
+  -- pg: the gender the user was online with until this change, when it changed.
+  local pg = ''
+  if p.was_on and p.was_g ~= p.g then pg = p.was_g end
+  return cjson.encode({ u = uid, st = p.st, g = p.g, ls = p.ls, ua = p.ua, v = fmt(p.v), d = p.det, at = fmt(now), o = node, pg = pg })
 end
 
 -- Commit a change: version, record, online index, TTL, announcement. Nothing is announced
@@ -74,7 +77,9 @@ local function attach(p, conn, gender, fresh)
   if fresh then redis.call('HINCRBY', CNT, 'conns', 1) end
   clear_pending(p)
   local changed = false
-  if p.g ~= gender then p.g = gender; changed = true end
+  -- The newest handshake decides the gender (a user never seen takes the connection's);
+  -- an older connection speaking again must not undo it.
+  if p.g ~= gender and (fresh or p.v == 0) then p.g = gender; changed = true end
   if p.st == 'offline' then p.st = 'online'; p.det = ''; p.ls = ''; changed = true end
   return changed
 end

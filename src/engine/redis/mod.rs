@@ -468,6 +468,7 @@ fn decode_event(text: &str) -> Option<PresenceEvent> {
         presence,
         committed_at: ts(s("at")).unwrap_or_default(),
         origin: Arc::from(s("o")),
+        was_online_as: s("pg").parse().ok(),
     })
 }
 
