@@ -4,11 +4,12 @@ import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
+import os from "node:os";
 import { io } from "socket.io-client";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const BIN = process.env.GATEWAY_BIN ?? path.join(here, "..", "target", "debug", "presence-gateway");
-export const SECRET = "e2e-secret-0123456789abcdef";
+export const SECRET = "e2e-secret-0123456789abcdef-0123456789";
 export const TRANSPORTS = [["websocket"], ["polling"]];
 
 /** Short timeouts, so timing tests take seconds, not the production defaults. */
@@ -29,6 +30,8 @@ export async function startGateway(env = {}, { expectExit = false, args = [] } =
       PORT: "0",
       NODE_ID: procEnvNodeId,
       RUST_LOG: "info",
+      // A development start without a key keeps its secret here, not in the working tree.
+      DEV_SECRET_FILE: path.join(os.tmpdir(), `pgw-e2e-dev-secret-${process.pid}`),
       ...env,
     },
     stdio: ["ignore", "pipe", "pipe"],

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace -q
-export JWT_SECRET=loadtest-secret
+export JWT_SECRET=loadtest-secret-0123456789abcdef-0123
 GW=./target/release/presence-gateway
 LG=./target/release/loadgen
 PORT=${PORT:-3300}

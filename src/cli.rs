@@ -16,27 +16,40 @@ use tokio_util::sync::CancellationToken;
     about = "Presence and live statistics over Socket.IO"
 )]
 pub struct Cli {
-    /// Start in development (same as APP_ENV=development): a random JWT secret and ready tokens.
-    #[arg(long, global = true)]
-    dev: bool,
-    /// Listen address (overrides HOST).
-    #[arg(long, global = true)]
-    host: Option<String>,
-    /// Listen port (overrides PORT; 0 picks a free one).
-    #[arg(long, global = true)]
-    port: Option<String>,
+    #[command(flatten)]
+    serve: ServeArgs,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// The flags of `serve` (also accepted before any subcommand: `presence-gateway --dev`).
+#[derive(clap::Args, Debug, Clone, Default)]
+struct ServeArgs {
+    /// Start in development (same as APP_ENV=development): without JWT_SECRET, a secret kept
+    /// in DEV_SECRET_FILE, and ready tokens printed.
+    #[arg(long)]
+    dev: bool,
+    /// Listen address (overrides HOST).
+    #[arg(long)]
+    host: Option<String>,
+    /// Listen port (overrides PORT; 0 picks a free one).
+    #[arg(long)]
+    port: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the gateway (the default).
-    Serve,
-    /// Apply the SQL migrations and exit.
+    Serve(ServeArgs),
+    /// Apply the SQL migrations (DATABASE_URL) and exit.
     Migrate,
-    /// Print a signed JWT for local testing, using JWT_SECRET.
+    /// Print a signed JWT for local testing: with JWT_SECRET, or with --dev the development
+    /// gateway's secret.
     Token {
+        /// Sign with the development secret (DEV_SECRET_FILE) that `presence-gateway --dev`
+        /// uses, for tokens a running development gateway accepts.
+        #[arg(long)]
+        dev: bool,
         /// The user id (`sub`).
         #[arg(long)]
         sub: String,
@@ -56,7 +69,19 @@ enum Command {
 }
 
 fn config_from(cli: &Cli) -> Result<Config, ConfigError> {
-    let (dev, host, port) = (cli.dev, cli.host.clone(), cli.port.clone());
+    let serve = match &cli.command {
+        Some(Command::Serve(args)) => ServeArgs {
+            dev: args.dev || cli.serve.dev,
+            host: args.host.clone().or(cli.serve.host.clone()),
+            port: args.port.clone().or(cli.serve.port.clone()),
+        },
+        Some(Command::Token { dev, .. }) => ServeArgs {
+            dev: *dev || cli.serve.dev,
+            ..Default::default()
+        },
+        _ => cli.serve.clone(),
+    };
+    let ServeArgs { dev, host, port } = serve;
     let lookup = |k: &str| match k {
         "APP_ENV" if dev => Some("development".into()),
         "HOST" if host.is_some() => host.clone(),
@@ -81,9 +106,10 @@ pub fn main() -> ExitCode {
         Err(e) => return fail(e),
     };
     match cli.command {
-        None | Some(Command::Serve) => serve(config),
+        None | Some(Command::Serve(_)) => serve(config),
         Some(Command::Migrate) => migrate(&config),
         Some(Command::Token {
+            dev: _,
             sub,
             gender,
             roles,
@@ -101,9 +127,15 @@ fn token(
     name: Option<String>,
     ttl: u64,
 ) -> ExitCode {
-    if config.jwt_secret.is_none() {
+    if config.jwt_secret.is_none() && !config.is_development() {
         return fail(
-            "JWT_SECRET: token signs with the HS256 secret the gateway verifies with; set it",
+            "JWT_SECRET: token signs with the HS256 secret the gateway verifies with; set it, \
+             or pass --dev for the development gateway's secret",
+        );
+    }
+    if config.jwt_public_key_file.is_some() {
+        return fail(
+            "JWT_PUBLIC_KEY_FILE: tokens for RS256/ES256 come from your identity provider",
         );
     }
     let gender = match gender.as_deref().map(str::parse::<Gender>) {
@@ -257,13 +289,20 @@ fn announce_development(gw: &Gateway, port: u16) {
     let mint = |sub: &str, g: Option<Gender>, roles: &[Role]| {
         auth.issue(sub, g, Some(sub), roles, 24 * 3600)
     };
-    if gw.generated_secret {
-        tracing::warn!(
-            "development mode: JWT secret generated for this run; set JWT_SECRET to keep tokens across restarts"
-        );
-    } else {
+    if !gw.generated_secret {
+        // A configured key may be a real deployment's: tokens signed with it are not printed.
         tracing::warn!("development mode");
+        println!(
+            "\n  Development mode with a configured key: mint tokens with\n    \
+             presence-gateway token --sub u1 --gender female\n  \
+             Health: curl http://localhost:{port}/api/health\n"
+        );
+        return;
     }
+    tracing::warn!(
+        secret_file = %gw.state.config.dev_secret_file.display(),
+        "development mode: JWT secret kept in DEV_SECRET_FILE (never use it in production)"
+    );
     let url = format!("http://localhost:{port}");
     let alice = mint("alice", Some(Gender::Female), &[Role::User]);
     let bob = mint("bob", Some(Gender::Male), &[Role::User]);
@@ -275,7 +314,7 @@ fn announce_development(gw: &Gateway, port: u16) {
              io(\"{url}\", {{ auth: {{ token: \"{bob}\" }} }})   // bob, male\n  \
              Health:  curl {url}/api/health\n  \
              Admin:   curl -H \"Authorization: Bearer {admin}\" {url}/api/debug/presence\n  \
-             More tokens: JWT_SECRET=... presence-gateway token --sub u1 --gender female\n  \
+             More tokens: cargo run -- token --dev --sub u1 --gender female   (or presence-gateway token --dev ...)\n  \
              For e2e/examples/two-users.mjs:\n    export ALICE={alice} BOB={bob}\n"
         );
         if gw.state.config.insecure_userid_allowed() {

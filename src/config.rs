@@ -58,6 +58,9 @@ pub struct Config {
     pub app_env: AppEnv,
     /// `JWT_SECRET`: HS256 secret.
     pub jwt_secret: Option<String>,
+    /// `DEV_SECRET_FILE` (ours): where a development start without a key keeps its HS256
+    /// secret, created on first use (`presence-gateway token --dev` signs with it).
+    pub dev_secret_file: PathBuf,
     /// `JWT_PUBLIC_KEY_FILE`: PEM public key for RS256 or ES256.
     pub jwt_public_key_file: Option<PathBuf>,
     /// `JWT_ISSUER`: required `iss` when set.
@@ -113,13 +116,21 @@ pub struct Config {
 pub const DEFAULT_RATE_LIMIT_PER_SEC: u32 = 20;
 pub const DEFAULT_RATE_LIMIT_BURST: u32 = 40;
 
+/// Where the development secret is kept unless `DEV_SECRET_FILE` says otherwise: beside the
+/// working directory, ignored by git.
+pub const DEV_SECRET_FILE: &str = ".presence-gateway-dev-secret";
+
+/// The shortest HS256 secret production accepts.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 impl Config {
     /// Read the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
 
-    /// The configuration of a gateway: everything validated, and in production a JWT key.
+    /// The configuration of a gateway: everything validated, and in production a JWT key
+    /// (an HS256 secret of at least [`MIN_SECRET_BYTES`]).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let c = Self::from_lookup_keyless(get)?;
         if c.app_env == AppEnv::Production
@@ -130,6 +141,19 @@ impl Config {
                 "JWT_SECRET",
                 "production needs a JWT key: set JWT_SECRET (HS256) or JWT_PUBLIC_KEY_FILE (RS256/ES256), \
                  or start in development with APP_ENV=development (or --dev)",
+            ));
+        }
+        // A short HS256 secret can be brute-forced offline from any one token.
+        if c.app_env == AppEnv::Production
+            && c.jwt_secret
+                .as_ref()
+                .is_some_and(|s| s.len() < MIN_SECRET_BYTES)
+        {
+            return Err(err(
+                "JWT_SECRET",
+                format!(
+                    "must be at least {MIN_SECRET_BYTES} bytes in production (e.g. openssl rand -hex 32)"
+                ),
             ));
         }
         Ok(c)
@@ -294,6 +318,9 @@ impl Config {
             },
             app_env,
             jwt_secret,
+            dev_secret_file: get("DEV_SECRET_FILE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(DEV_SECRET_FILE)),
             jwt_public_key_file,
             jwt_issuer: get("JWT_ISSUER"),
             jwt_audience: get("JWT_AUDIENCE"),

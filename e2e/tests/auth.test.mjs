@@ -103,3 +103,19 @@ describe("RS256 and ES256 public keys", () => {
     });
   }
 });
+
+test("with JWT_ISSUER and JWT_AUDIENCE set, a token without iss or aud is refused; nbf in the future is refused", async () => {
+  const gw = await startGateway({ JWT_ISSUER: "issuer-a", JWT_AUDIENCE: "aud-a" });
+  try {
+    (await connect(gw.url, { token: token({ sub: "ia", iss: "issuer-a", aud: "aud-a" }) })).disconnect();
+    for (const claims of [{ aud: "aud-a" }, { iss: "issuer-a" }, {}]) {
+      await assert.rejects(connect(gw.url, { token: token({ sub: "ia", ...claims }) }), /^Error: unauthorized/, JSON.stringify(claims));
+      const r = await gw.http("/api/presence/ia", { token: token({ sub: "ia", ...claims }) });
+      assert.equal(r.status, 401, `HTTP ${JSON.stringify(claims)}`);
+    }
+    const early = token({ sub: "ia", iss: "issuer-a", aud: "aud-a", nbf: now() + 600 });
+    await assert.rejects(connect(gw.url, { token: early }), /^Error: unauthorized: token not valid yet/);
+  } finally {
+    await gw.stop();
+  }
+});

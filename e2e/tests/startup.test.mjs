@@ -2,7 +2,10 @@
 // and the token subcommand.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
+import { mkdtempSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { startGateway, connect, BIN, SECRET } from "../helpers.mjs";
 
 for (const [env, variable] of [
@@ -18,6 +21,7 @@ for (const [env, variable] of [
   [{ JWT_PUBLIC_KEY_FILE: "/nonexistent.pem", JWT_SECRET: "" }, "JWT_PUBLIC_KEY_FILE"],
   [{ APP_ENV: "production", JWT_SECRET: "" }, "JWT_SECRET"],
   [{ APP_ENV: "", NODE_ENV: "staging", JWT_SECRET: "" }, "JWT_SECRET"],
+  [{ APP_ENV: "production", JWT_SECRET: "x".repeat(31) }, "JWT_SECRET"],
 ]) {
   test(`bad ${variable} (${JSON.stringify(env)}) stops start-up with exit 2`, async () => {
     const r = await startGateway(env, { expectExit: true });
@@ -58,6 +62,40 @@ test("presence-gateway token signs with JWT_SECRET", async () => {
   const gw = await startGateway();
   try {
     (await connect(gw.url, { token: t })).disconnect();
+  } finally {
+    await gw.stop();
+  }
+});
+
+test("token --dev mints tokens a running development gateway accepts; token --help lists only its options", async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "pgw-dev-"));
+  const env = { PATH: process.env.PATH, DEV_SECRET_FILE: path.join(dir, "secret") };
+  const gw = await startGateway({ JWT_SECRET: "", APP_ENV: "", DEV_SECRET_FILE: env.DEV_SECRET_FILE }, { args: ["--dev"] });
+  try {
+    assert.match(gw.output(), /token --dev --sub/, "the banner says how to mint more");
+    // Minted after the start, for a user the banner did not name.
+    const t = execFileSync(BIN, ["token", "--dev", "--sub", "carol", "--gender", "female"], { env }).toString().trim();
+    const s = await connect(gw.url, { token: t });
+    s.disconnect();
+  } finally {
+    await gw.stop();
+  }
+  const help = execFileSync(BIN, ["token", "--help"], { env }).toString();
+  for (const flag of ["--dev", "--sub", "--gender", "--role", "--name", "--ttl"]) assert.match(help, new RegExp(flag));
+  for (const flag of ["--host", "--port"]) assert.doesNotMatch(help, new RegExp(flag), `token --help offers ${flag}`);
+  // Without a secret or --dev, token says what to do.
+  const r = spawnSync(BIN, ["token", "--sub", "x"], { env: { PATH: process.env.PATH, APP_ENV: "development", DEV_SECRET_FILE: env.DEV_SECRET_FILE } });
+  assert.equal(r.status, 0, "APP_ENV=development works like --dev");
+  const prod = spawnSync(BIN, ["token", "--sub", "x"], { env: { PATH: process.env.PATH } });
+  assert.equal(prod.status, 2);
+  assert.match(prod.stderr.toString(), /JWT_SECRET/);
+});
+
+test("--dev with a configured JWT_SECRET prints no token signed with it", async () => {
+  const gw = await startGateway({ JWT_SECRET: "a-real-deployment-secret-0123456789abcdef" }, { args: ["--dev"] });
+  try {
+    assert.doesNotMatch(gw.output(), /eyJ[\w-]+\.[\w-]+\.[\w-]+/, gw.output());
+    assert.match(gw.output(), /presence-gateway token --sub/);
   } finally {
     await gw.stop();
   }

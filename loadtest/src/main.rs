@@ -40,7 +40,7 @@ pub struct Common {
     #[arg(
         long,
         env = "JWT_SECRET",
-        default_value = "loadtest-secret",
+        default_value = "loadtest-secret-0123456789abcdef-0123",
         global = true
     )]
     pub secret: String,

@@ -6,6 +6,7 @@
 //! expired tokens, and genders outside the three values. Error texts say what was wrong with
 //! the token, never anything about the server.
 
+pub mod dev_secret;
 mod roles;
 
 pub use roles::{Role, Roles};
@@ -115,11 +116,19 @@ impl Authenticator {
         } else {
             let (secret, generated) = match &cfg.jwt_secret {
                 Some(s) => (s.clone().into_bytes(), false),
-                None => {
-                    // Config validation refuses production without a key; this is development.
-                    let bytes: [u8; 32] = rand::random();
-                    (bytes.to_vec(), true)
-                }
+                // Config validation refuses production without a key; this is development.
+                None => match dev_secret::load_or_create(&cfg.dev_secret_file) {
+                    Ok(s) => (s.into_bytes(), true),
+                    Err(e) => {
+                        tracing::warn!(
+                            error = %e,
+                            file = %cfg.dev_secret_file.display(),
+                            "development secret not kept in a file; using one for this run only"
+                        );
+                        let bytes: [u8; 32] = rand::random();
+                        (bytes.to_vec(), true)
+                    }
+                },
             };
             (
                 DecodingKey::from_secret(&secret),
@@ -129,16 +138,26 @@ impl Authenticator {
             )
         };
         let mut validation = Validation::new(alg);
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience is required, not only checked when present: a
+        // token minted for another service (without them) must not pass.
+        let mut required = vec!["exp"];
         validation.leeway = 30;
+        validation.validate_nbf = true;
         match &cfg.jwt_issuer {
-            Some(iss) => validation.set_issuer(&[iss]),
+            Some(iss) => {
+                validation.set_issuer(&[iss]);
+                required.push("iss");
+            }
             None => validation.iss = None,
         }
         match &cfg.jwt_audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         Ok(KeySetup {
             authenticator: Authenticator {
                 decoding,

@@ -4,6 +4,9 @@ use presence_gateway::config::{AppEnv, Config};
 use presence_gateway::domain::VisibilityPolicy;
 use std::collections::HashMap;
 
+/// Long enough for production.
+const SECRET: &str = "config-test-secret-0123456789abcdef";
+
 fn parse(pairs: &[(&str, &str)]) -> Result<Config, presence_gateway::config::ConfigError> {
     let env: HashMap<String, String> = pairs
         .iter()
@@ -14,7 +17,7 @@ fn parse(pairs: &[(&str, &str)]) -> Result<Config, presence_gateway::config::Con
 
 #[test]
 fn defaults_match_the_contract() {
-    let c = parse(&[("JWT_SECRET", "s")]).unwrap();
+    let c = parse(&[("JWT_SECRET", SECRET)]).unwrap();
     assert_eq!(c.app_env, AppEnv::Production);
     assert_eq!((c.host.to_string().as_str(), c.port), ("0.0.0.0", 3000));
     assert_eq!(c.redis_key_prefix, "pg");
@@ -64,7 +67,7 @@ fn every_bad_value_names_its_variable() {
         ("SOCKET_ALLOW_INSECURE_USERID", "2"),
         ("NODE_ID", "a b"),
     ] {
-        let e = parse(&[("JWT_SECRET", "s"), (var, value)]).expect_err(var);
+        let e = parse(&[("JWT_SECRET", SECRET), (var, value)]).expect_err(var);
         assert_eq!(e.var, var, "{var}={value}: {e}");
         assert!(e.to_string().starts_with(&format!("{var}: ")));
     }
@@ -79,6 +82,16 @@ fn production_needs_a_key_and_development_does_not() {
         "anything but development is production"
     );
     assert!(parse(&[("NODE_ENV", "development")]).is_ok());
+    let short = "x".repeat(31);
+    let e = parse(&[("JWT_SECRET", short.as_str())]).unwrap_err();
+    assert_eq!(
+        e.var, "JWT_SECRET",
+        "a secret under 32 bytes in production: {e}"
+    );
+    assert!(
+        parse(&[("JWT_SECRET", short.as_str()), ("APP_ENV", "development")]).is_ok(),
+        "development accepts any secret"
+    );
     assert!(
         parse(&[("APP_ENV", "development"), ("NODE_ENV", "production")]).is_ok(),
         "APP_ENV wins"
@@ -97,7 +110,7 @@ fn production_needs_a_key_and_development_does_not() {
 #[test]
 fn the_insecure_login_needs_development() {
     let prod = parse(&[
-        ("JWT_SECRET", "s"),
+        ("JWT_SECRET", SECRET),
         ("SOCKET_ALLOW_INSECURE_USERID", "true"),
     ])
     .unwrap();
@@ -112,7 +125,7 @@ fn the_insecure_login_needs_development() {
 
 #[test]
 fn empty_means_unset() {
-    let c = parse(&[("JWT_SECRET", "s"), ("PORT", ""), ("REDIS_URL", "")]).unwrap();
+    let c = parse(&[("JWT_SECRET", SECRET), ("PORT", ""), ("REDIS_URL", "")]).unwrap();
     assert_eq!(c.port, 3000);
     assert!(c.redis_url.is_none());
 }
