@@ -76,8 +76,21 @@ impl Figures {
         self.last().answered
     }
 
-    /// Read the figures once, within the deadline.
+    /// Read the figures once, within the deadline, and set the gauges that follow them.
     pub async fn refresh(&self, state: &AppState) {
+        self.read(state).await;
+        let (redis, database) = dependencies(state).await;
+        if state.engine.is_shared() {
+            state.metrics.set_dependency_up("redis", redis == "up");
+        }
+        if state.db.is_some() {
+            state
+                .metrics
+                .set_dependency_up("database", database == "up");
+        }
+    }
+
+    async fn read(&self, state: &AppState) {
         let read = tokio::time::timeout(DEADLINE, state.engine.stats()).await;
         let mut last = self.last.write().unwrap_or_else(|e| e.into_inner());
         match read {
@@ -141,14 +154,5 @@ pub async fn run(state: AppState) {
             continue;
         }
         state.figures.refresh(&state).await;
-        let (redis, database) = dependencies(&state).await;
-        if state.engine.is_shared() {
-            state.metrics.set_dependency_up("redis", redis == "up");
-        }
-        if state.db.is_some() {
-            state
-                .metrics
-                .set_dependency_up("database", database == "up");
-        }
     }
 }

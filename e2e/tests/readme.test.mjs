@@ -4,6 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { readFileSync } from "node:fs";
 import { startGateway, waitUntil } from "../helpers.mjs";
 
 test("README example: two users see each other come online, go live, go offline", async () => {
@@ -26,4 +27,11 @@ test("README example: two users see each other come online, go live, go offline"
   } finally {
     await gw.stop();
   }
+});
+
+test("the README's JavaScript snippet is the example the test above runs", () => {
+  const readme = readFileSync(fileURLToPath(new URL("../../README.md", import.meta.url)), "utf8");
+  const example = readFileSync(fileURLToPath(new URL("../examples/two-users.mjs", import.meta.url)), "utf8");
+  const code = example.slice(example.indexOf('import { io }')).trim();
+  assert.ok(readme.includes("```js\n" + code + "\n```"), "README's snippet differs from e2e/examples/two-users.mjs");
 });

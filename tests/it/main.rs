@@ -6,4 +6,5 @@ mod config;
 mod db;
 mod engine;
 mod http;
+mod protocol_doc;
 mod rollups;
