@@ -16,13 +16,13 @@ drop_test_databases
 echo "==> deployment checks (Helm chart, values schema, k8s/ manifests)"
 bash scripts/check-deploy.sh
 
-echo "==> style (rustfmt, clippy with warnings as errors)"
+echo "==> style (rustfmt, clippy with warnings as errors; the first run compiles the workspace for several minutes)"
 # Both come with the toolchain's default profile; a toolchain without them cannot fetch them
 # here (no rustup downloads), so their absence is reported, not fatal.
 if cargo fmt --version >/dev/null 2>&1; then cargo fmt --all -- --check; else echo "rustfmt not installed: format not checked"; fi
-if cargo clippy --version >/dev/null 2>&1; then cargo clippy --workspace --all-targets -q -- -D warnings; else echo "clippy not installed: lints not checked"; fi
+if cargo clippy --version >/dev/null 2>&1; then cargo clippy --workspace --all-targets -- -D warnings; else echo "clippy not installed: lints not checked"; fi
 
-echo "==> cargo test (unit and integration)"
+echo "==> cargo test (unit and integration; compiles the tests first)"
 cargo test --workspace --all-targets
 
 echo "==> cargo build (the binary the end-to-end tests start)"

@@ -797,6 +797,13 @@ async fn search(c: &Common, rounds: usize) -> Result<Value, String> {
     let queries = vec![
         q("1 char", "a", 20),
         q("2 chars", "an", 20),
+        // Inside names only (no first name starts with them): the substring index for one
+        // or two characters, the trigram index for three.
+        q("1 char inside", "y", 20),
+        q("2 chars inside", "lm", 20),
+        q("3 chars inside", "ilm", 20),
+        q("1 char, no match", "%25", 20),
+        q("2 chars, digits", "57", 20),
         q("first name", "anna", 20),
         q("surname", "kowalski", 20),
         q("full name", "maria%20garcia", 20),

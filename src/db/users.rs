@@ -168,9 +168,7 @@ impl Database {
 
     /// Users whose name contains `q` (case-insensitive, every character literal) that a
     /// viewer of `genders` (plus `viewer` themselves) may see: names starting with `q` first,
-    /// by name, then the others. A `q` shorter than [`MIN_INFIX_CHARS`] matches names that
-    /// start with it only: no index finds one or two characters inside names, and reading
-    /// every name for a rare pair would cost a second at a million users.
+    /// by name, then the others.
     pub async fn search(
         &self,
         q: &str,
@@ -181,42 +179,25 @@ impl Database {
         let pattern = escape_like(q);
         let genders: Vec<&str> = genders.iter().map(Gender::as_str).collect();
         // Names that start with `q` first, in name order (a range scan of the "C"-collated
-        // btree that stops at `limit`), then other names containing it (the trigram index),
-        // unordered among themselves. The outer LIMIT stops the second branch from running
-        // at all when the first filled the page: a common query costs a few index entries,
-        // not every match.
-        const SQL: &str = r#"
-SELECT m.id, m.gender, p.online,
-       (extract(epoch FROM p.last_seen) * 1000000)::int8, p.version,
-       (extract(epoch FROM p.updated_at) * 1000000)::int8, m.name
-FROM (
-    SELECT * FROM (
-        (SELECT u.id, u.gender, u.name, 0 AS rank FROM users u
-         WHERE lower(u.name) COLLATE "C" LIKE lower($1) || '%' ESCAPE '\'
-           AND (COALESCE(u.gender, 'other') = ANY($2) OR u.id = $3)
-         ORDER BY lower(u.name) COLLATE "C", u.id
-         LIMIT $4)
-        UNION ALL
-        (SELECT u.id, u.gender, u.name, 1 FROM users u
-         WHERE lower(u.name) LIKE '%' || lower($1) || '%' ESCAPE '\'
-           AND NOT (lower(u.name) COLLATE "C" LIKE lower($1) || '%' ESCAPE '\')
-           AND $5
-           AND (COALESCE(u.gender, 'other') = ANY($2) OR u.id = $3)
-         LIMIT $4)
-    ) matches
-    LIMIT $4
-) m
-LEFT JOIN user_presence p ON p.user_id = m.id
-ORDER BY m.rank, lower(m.name) COLLATE "C", m.id"#;
+        // btree that stops at `limit`), then other names containing it (the trigram index,
+        // or for one or two characters the substring index of migration 0006), unordered
+        // among themselves. The outer LIMIT stops the second branch from running at all when
+        // the first filled the page: a common query costs a few index entries, not every
+        // match.
+        let sql = if q.chars().count() >= MIN_TRIGRAM_CHARS {
+            SEARCH_SQL
+        } else {
+            SEARCH_SHORT_SQL
+        };
         // Unnamed statement: planned with the actual pattern, so the planner can choose
         // between the trigram index (rare patterns) and walking names in order (common ones).
-        let r = sqlx::query(SQL)
+        let r = sqlx::query(sql)
             .persistent(false)
             .bind(pattern)
             .bind(genders)
             .bind(viewer.as_str())
             .bind(limit as i64)
-            .bind(q.chars().count() >= MIN_INFIX_CHARS)
+            .bind(q)
             .fetch_all(self.pool())
             .await
             .map_err(DbError::from);
@@ -305,8 +286,48 @@ impl Database {
     }
 }
 
-/// Shortest query matched inside names (the trigram index needs three characters).
-pub const MIN_INFIX_CHARS: usize = 3;
+/// Shortest query the trigram index finds inside names; shorter ones use the substring index.
+const MIN_TRIGRAM_CHARS: usize = 3;
+
+/// The search: `$1` the LIKE-escaped query, `$2` visible genders, `$3` the viewer, `$4` the
+/// limit, `$5` the query as typed. The two forms differ only in how the second branch finds
+/// names containing the query.
+macro_rules! search_sql {
+    ($infix:literal) => {
+        concat!(
+            r#"
+SELECT m.id, m.gender, p.online,
+       (extract(epoch FROM p.last_seen) * 1000000)::int8, p.version,
+       (extract(epoch FROM p.updated_at) * 1000000)::int8, m.name
+FROM (
+    SELECT * FROM (
+        (SELECT u.id, u.gender, u.name, 0 AS rank FROM users u
+         WHERE lower(u.name) COLLATE "C" LIKE lower($1) || '%' ESCAPE '\'
+           AND (COALESCE(u.gender, 'other') = ANY($2) OR u.id = $3)
+         ORDER BY lower(u.name) COLLATE "C", u.id
+         LIMIT $4)
+        UNION ALL
+        (SELECT u.id, u.gender, u.name, 1 FROM users u
+         WHERE "#,
+            $infix,
+            r#"
+           AND lower(u.name) LIKE '%' || lower($1) || '%' ESCAPE '\'
+           AND NOT (lower(u.name) COLLATE "C" LIKE lower($1) || '%' ESCAPE '\')
+           AND (COALESCE(u.gender, 'other') = ANY($2) OR u.id = $3)
+         LIMIT $4)
+    ) matches
+    LIMIT $4
+) m
+LEFT JOIN user_presence p ON p.user_id = m.id
+ORDER BY m.rank, lower(m.name) COLLATE "C", m.id"#
+        )
+    };
+}
+
+/// Three characters or more: the trigram index serves the LIKE itself (`$5` unused).
+const SEARCH_SQL: &str = search_sql!("($5::text IS NOT NULL)");
+/// One or two characters: the substring index finds the candidates.
+const SEARCH_SHORT_SQL: &str = search_sql!("user_name_grams(lower(u.name)) @> ARRAY[lower($5)]");
 
 pub struct SearchHit {
     /// As the database has it, offline; the caller overlays live presence.
