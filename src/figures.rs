@@ -9,9 +9,11 @@
 //! is what "Redis is up" means to a replica whose connection may be open to a server that no
 //! longer answers.
 //!
-//! The loop reads only while someone looks (a health, readiness or metrics request in the
-//! last minute, or a dashboard connected): an idle replica costs Redis nothing, a watched one
-//! one read a second, however many requests arrive.
+//! The loop reads only while someone looks, at most once a second however many requests
+//! arrive: the figures while a health or metrics request came in the last few seconds or a
+//! dashboard is connected; otherwise, while readiness is probed, a one-command liveness check
+//! (a probe every few seconds must not cost a figures read). An idle replica costs Redis
+//! nothing. A request never waits for either: it gets what the last read found.
 
 use crate::engine::ClusterStats;
 use crate::state::AppState;
@@ -24,12 +26,13 @@ pub const REFRESH: Duration = Duration::from_secs(1);
 /// A read that takes longer is abandoned and counts as the store not answering.
 const DEADLINE: Duration = Duration::from_millis(800);
 /// Reads go on this long after the last request that looked.
-const LOOKED_AT: Duration = Duration::from_secs(60);
+const LOOKED_AT: Duration = Duration::from_secs(3);
 
 pub struct Figures {
     last: RwLock<Last>,
-    /// When a request last looked (ms since `epoch`).
+    /// When a request last looked at the figures, and at liveness only (ms since `epoch`).
     looked: AtomicU64,
+    probed: AtomicU64,
     epoch: Instant,
 }
 
@@ -38,6 +41,7 @@ impl Default for Figures {
         Figures {
             last: RwLock::default(),
             looked: AtomicU64::new(0),
+            probed: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -55,15 +59,23 @@ impl Figures {
         self.last.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Someone looks at the figures: keep them fresh for a while.
-    pub fn looked_at(&self) {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        self.looked.store(now.max(1), Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        (self.epoch.elapsed().as_millis() as u64).max(1)
     }
 
-    fn watched(&self) -> bool {
-        let at = self.looked.load(Ordering::Relaxed);
-        at > 0 && self.epoch.elapsed().as_millis() as u64 - at <= LOOKED_AT.as_millis() as u64
+    /// Someone looks at the figures: keep them fresh for a while.
+    pub fn looked_at(&self) {
+        self.looked.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Someone asks whether the store answers (readiness): check it for a while.
+    pub fn probed(&self) {
+        self.probed.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn recent(&self, at: &AtomicU64) -> bool {
+        let at = at.load(Ordering::Relaxed);
+        at > 0 && self.now_ms() - at <= LOOKED_AT.as_millis() as u64
     }
 
     /// The last figures read, however old (none before the first read).
@@ -88,6 +100,20 @@ impl Figures {
                 .metrics
                 .set_dependency_up("database", database == "up");
         }
+    }
+
+    /// Only whether the store answers, in one command.
+    async fn check(&self, state: &AppState) {
+        let ok = matches!(
+            tokio::time::timeout(DEADLINE, state.engine.ping()).await,
+            Ok(Ok(()))
+        );
+        self.last
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .answered = ok;
+        let up = redis_up(state).await;
+        state.metrics.set_dependency_up("redis", up);
     }
 
     async fn read(&self, state: &AppState) {
@@ -150,9 +176,11 @@ pub async fn dependencies(state: &AppState) -> (&'static str, &'static str) {
 pub async fn run(state: AppState) {
     let mut tick = crate::state::ticker(REFRESH);
     while state.tick(&mut tick).await {
-        if !state.figures.watched() {
-            continue;
+        let f = &state.figures;
+        if f.recent(&f.looked) {
+            f.refresh(&state).await;
+        } else if f.recent(&f.probed) && state.engine.is_shared() {
+            f.check(&state).await;
         }
-        state.figures.refresh(&state).await;
     }
 }

@@ -429,6 +429,10 @@ impl PresenceEngine for MemoryEngine {
         true
     }
 
+    async fn ping(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
     fn is_shared(&self) -> bool {
         false
     }

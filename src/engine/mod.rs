@@ -234,8 +234,12 @@ pub trait PresenceEngine: Send + Sync + 'static {
 
     fn subscribe_stats(&self) -> broadcast::Receiver<Arc<str>>;
 
-    /// Whether the engine can serve right now (readiness).
+    /// Whether the engine can serve right now (readiness), from what it knows without asking
+    /// its store.
     async fn ready(&self) -> bool;
+
+    /// One round trip to the store, to learn whether it answers.
+    async fn ping(&self) -> Result<(), EngineError>;
 
     /// Short name for logs and health (`memory`, `redis`).
     fn kind(&self) -> &'static str;

@@ -16,7 +16,7 @@ pub async fn healthz() -> &'static str {
 /// 200 when this replica can serve; 503 while draining or when its engine cannot serve.
 /// From the figures kept by [`crate::figures`]: no round trip of its own.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    state.figures.looked_at();
+    state.figures.probed();
     if state.is_draining() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

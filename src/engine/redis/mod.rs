@@ -970,4 +970,16 @@ impl PresenceEngine for RedisEngine {
     fn is_shared(&self) -> bool {
         true
     }
+
+    async fn ping(&self) -> Result<(), EngineError> {
+        let _: String = self
+            .client
+            .custom(
+                CustomCommand::new_static("PING", ClusterHash::Random, false),
+                Vec::<String>::new(),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
 }
