@@ -201,6 +201,9 @@ impl Authenticator {
             Some(_) => return Err(bad("gender must be male, female or other")),
         };
         let name = match c.name {
+            Some(serde_json::Value::String(s)) if !crate::domain::text::storable(&s) => {
+                return Err(bad("name: text must not contain the NUL character"));
+            }
             Some(serde_json::Value::String(s)) => Some(s.chars().take(256).collect()),
             _ => None,
         };

@@ -7,6 +7,7 @@
 
 pub mod presence;
 pub mod stats;
+pub mod text;
 pub mod time;
 pub mod user;
 pub mod visibility;

@@ -63,6 +63,8 @@ pub enum StatusError {
     DetailsNotObject,
     #[error("details must be at most 2048 bytes as JSON")]
     DetailsTooLarge,
+    #[error("details: text must not contain the NUL character (\\u0000)")]
+    DetailsUnstorable,
 }
 
 /// The object given with `live`/`in_call`: a JSON object of at most 2 KiB.
@@ -84,6 +86,9 @@ impl Details {
             .unwrap_or(usize::MAX);
         if len > Self::MAX_BYTES {
             return Err(StatusError::DetailsTooLarge);
+        }
+        if !super::text::json_storable(&v) {
+            return Err(StatusError::DetailsUnstorable);
         }
         Ok(Details(Arc::new(v)))
     }

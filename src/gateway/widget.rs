@@ -28,6 +28,9 @@ pub struct WidgetConn {
 fn label(auth: &Value, key: &str) -> Result<Option<String>, HandshakeError> {
     match auth.get(key) {
         None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !crate::domain::text::storable(s) => Err(
+            HandshakeError::Unauthorized(format!("{key}: {}", crate::domain::text::UNSTORABLE)),
+        ),
         Some(Value::String(s)) if s.chars().count() <= MAX_LABEL_CHARS => {
             Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty()))
         }
@@ -150,6 +153,12 @@ async fn record_message(
     if text.chars().count() > MAX_TEXT_CHARS {
         return Err(AppError::bad_request(format!(
             "text: at most {MAX_TEXT_CHARS} characters"
+        )));
+    }
+    if !crate::domain::text::storable(text) {
+        return Err(AppError::bad_request(format!(
+            "text: {}",
+            crate::domain::text::UNSTORABLE
         )));
     }
     let human_mode = match o.get("humanMode") {

@@ -44,13 +44,24 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
     type Rejection = AppError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, AppError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => Err(
-                AppError::PayloadTooLarge(format!("request body over {} bytes", super::MAX_BODY)),
-            ),
-            Err(e) => Err(AppError::bad_request(e.body_text())),
+        // Read as a JSON value first: text PostgreSQL cannot store is refused here, for every
+        // field of every body, before any handler sees it.
+        let v = match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(v)) => v,
+            Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(AppError::PayloadTooLarge(format!(
+                    "request body over {} bytes",
+                    super::MAX_BODY
+                )));
+            }
+            Err(e) => return Err(AppError::bad_request(e.body_text())),
+        };
+        if !crate::domain::text::json_storable(&v) {
+            return Err(AppError::bad_request(crate::domain::text::UNSTORABLE));
         }
+        T::deserialize(v)
+            .map(ApiJson)
+            .map_err(|e| AppError::bad_request(format!("invalid request body: {e}")))
     }
 }
 
@@ -62,6 +73,9 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Api
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        if parts.uri.query().is_some_and(encodes_nul) {
+            return Err(AppError::bad_request(crate::domain::text::UNSTORABLE));
+        }
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Query(v)| ApiQuery(v))
@@ -80,5 +94,41 @@ impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> 
             .await
             .map(|axum::extract::Path(v)| ApiPath(v))
             .map_err(|e| AppError::bad_request(e.body_text()))
+    }
+}
+
+/// Whether a query string decodes to a NUL character (`%00`; a literal one cannot be in a
+/// URI). Decoded as form-urlencoding does: "%2500" is "%" then "00", and "%%00" holds one.
+fn encodes_nul(q: &str) -> bool {
+    let b = q.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let pair = (b[i] == b'%' && i + 2 < b.len())
+            .then(|| (b[i + 1], b[i + 2]))
+            .filter(|(h, l)| h.is_ascii_hexdigit() && l.is_ascii_hexdigit());
+        match pair {
+            Some((b'0', b'0')) => return true,
+            Some(_) => i += 3,
+            None => i += 1,
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_query_string_decoding_to_nul_is_found() {
+        for (q, nul) in [
+            ("q=a%00b", true),
+            ("q=%00", true),
+            ("q=%%00", true),
+            ("q=%2500", false),
+            ("q=100%25", false),
+            ("q=%0", false),
+            ("q=a&limit=10", false),
+        ] {
+            assert_eq!(super::encodes_nul(q), nul, "{q}");
+        }
     }
 }
