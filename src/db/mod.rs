@@ -36,6 +36,15 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+impl DbError {
+    /// The database refused what was sent (a value it cannot store, a constraint), as opposed
+    /// to not answering: the same statement will fail again, so retrying it whole is useless.
+    pub fn is_data_error(&self) -> bool {
+        matches!(self, DbError::Sql(sqlx::Error::Database(d))
+            if d.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")))
+    }
+}
+
 impl From<DbError> for crate::error::AppError {
     fn from(e: DbError) -> Self {
         tracing::warn!(cause = %e, "database unavailable");

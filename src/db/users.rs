@@ -22,7 +22,16 @@ type Slot = Arc<OnceCell<Option<Gender>>>;
 #[derive(Default)]
 pub struct Users {
     genders: Mutex<HashMap<UserId, (Slot, Instant)>>,
+    /// How common each one- and two-character substring of names is (see [`Database::search`]),
+    /// and when that was read.
+    grams: Mutex<Option<(Instant, Arc<HashMap<String, f32>>)>>,
 }
+
+/// How long the substring frequencies are trusted before they are read again.
+const GRAM_STATS_TTL: Duration = Duration::from_secs(600);
+/// A substring in at least this share of names is looked for by reading names in order (the
+/// page fills within a few thousand rows); a rarer one through the substring index.
+const DENSE_GRAM: f32 = 0.02;
 
 impl Users {
     fn slot(&self, user: &UserId) -> Slot {
@@ -184,7 +193,14 @@ impl Database {
         // among themselves. The outer LIMIT stops the second branch from running at all when
         // the first filled the page: a common query costs a few index entries, not every
         // match.
+        // For one or two characters the planner cannot tell a common substring from a rare
+        // one (its estimate of "contains" is ten times off), and each mistake costs: a
+        // 100,000-entry bitmap for a common one, or the substring function evaluated on every
+        // name read for a rare one. The substring index's own statistics tell, so the query
+        // says which way.
         let sql = if q.chars().count() >= MIN_TRIGRAM_CHARS {
+            SEARCH_SQL
+        } else if self.gram_share(&q.to_lowercase()).await >= DENSE_GRAM {
             SEARCH_SQL
         } else {
             SEARCH_SHORT_SQL
@@ -210,6 +226,35 @@ impl Database {
                 })
             })
             .collect()
+    }
+
+    /// The share of names containing `gram` (one or two characters), from the statistics of
+    /// the substring index (0 for one too rare to be listed there, or when they cannot be read).
+    async fn gram_share(&self, gram: &str) -> f32 {
+        let cached = self
+            .users
+            .grams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let map = match cached {
+            Some((at, map)) if at.elapsed() < GRAM_STATS_TTL => map,
+            _ => {
+                let rows: Vec<(String, f32)> = sqlx::query_as(
+                    "SELECT e, f FROM pg_stats s,
+                        unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS t(e, f)
+                     WHERE s.tablename = 'users_name_grams' AND e IS NOT NULL AND f IS NOT NULL",
+                )
+                .fetch_all(self.pool())
+                .await
+                .unwrap_or_default();
+                let map = Arc::new(rows.into_iter().collect::<HashMap<_, _>>());
+                *self.users.grams.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((Instant::now(), map.clone()));
+                map
+            }
+        };
+        map.get(gram).copied().unwrap_or(0.0)
     }
 
     /// Users the database believes online, with their stored status and version.
@@ -324,7 +369,8 @@ ORDER BY m.rank, lower(m.name) COLLATE "C", m.id"#
     };
 }
 
-/// Three characters or more: the trigram index serves the LIKE itself (`$5` unused).
+/// Three characters or more (the trigram index serves the LIKE), or a common substring of
+/// one or two (names read in order until the page is full); `$5` unused.
 const SEARCH_SQL: &str = search_sql!("($5::text IS NOT NULL)");
 /// One or two characters: the substring index finds the candidates.
 const SEARCH_SHORT_SQL: &str = search_sql!("user_name_grams(lower(u.name)) @> ARRAY[lower($5)]");

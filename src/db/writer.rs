@@ -28,6 +28,10 @@ pub const MAX_BATCH: usize = 2000;
 /// A flush takes everything due within this window too: a few milliseconds early costs
 /// nothing and turns a stream of immediate offline writes into batches.
 const COALESCE: Duration = Duration::from_millis(20);
+/// Writes of one entry the database refuses on its data before it is dropped (logged and
+/// counted): no input should get here (text is checked where it enters), but one that does
+/// must not block every other user's writes for ever.
+const MAX_TRIES: u8 = 3;
 /// Retry delays after a failed flush.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -44,6 +48,8 @@ struct Pending {
     profile: Option<Profile>,
     presence: Option<Presence>,
     due: Instant,
+    /// Writes of this entry alone that the database refused on its data.
+    refused: u8,
 }
 
 impl Pending {
@@ -58,6 +64,7 @@ impl Pending {
             (_, None) => {}
         }
         self.due = self.due.min(newer.due);
+        self.refused = self.refused.max(newer.refused);
     }
 }
 
@@ -84,6 +91,7 @@ pub struct PresenceWriter {
     pending_gauge: Gauge,
     errors: Counter,
     written: Counter,
+    dropped: Counter,
 }
 
 impl PresenceWriter {
@@ -93,6 +101,8 @@ impl PresenceWriter {
         errors.increment(0);
         let written = counter!("db_presence_writes_total", "node" => node.to_string());
         written.increment(0);
+        let dropped = counter!("db_presence_writes_dropped_total", "node" => node.to_string());
+        dropped.increment(0);
         let pending_gauge = gauge!("db_pending_writes", "node" => node.to_string());
         pending_gauge.set(0.0);
         PresenceWriter {
@@ -107,6 +117,7 @@ impl PresenceWriter {
             pending_gauge,
             errors,
             written,
+            dropped,
         }
     }
 
@@ -128,6 +139,7 @@ impl PresenceWriter {
                 profile: Some(profile),
                 presence: None,
                 due: Instant::now() + self.online_debounce,
+                refused: 0,
             },
         );
     }
@@ -150,6 +162,7 @@ impl PresenceWriter {
                 profile,
                 presence: Some(presence.clone()),
                 due: Instant::now() + debounce,
+                refused: 0,
             },
         );
     }
@@ -241,6 +254,10 @@ impl PresenceWriter {
                     inner.in_flight -= n;
                     self.pending_gauge.set(inner.pending() as f64);
                 }
+                Err(e) if e.is_data_error() => {
+                    self.errors.increment(1);
+                    total += self.write_apart(db, batch).await?;
+                }
                 Err(e) => {
                     self.errors.increment(1);
                     self.restore(batch);
@@ -252,6 +269,64 @@ impl PresenceWriter {
             }
         }
         Ok(total)
+    }
+
+    /// A batch the database refused on its data: written in halves, down to the entries it
+    /// refuses alone, so the others land now. Such an entry is tried again with the next
+    /// flush, and dropped after [`MAX_TRIES`]. Returns how many users were written.
+    async fn write_apart(
+        &self,
+        db: &Database,
+        batch: Vec<(UserId, Pending)>,
+    ) -> Result<usize, DbError> {
+        let mut written = 0;
+        let mut parts = vec![batch];
+        while let Some(part) = parts.pop() {
+            let n = part.len();
+            let r = write_batch(db, &part).await;
+            db.observe(&r);
+            match r {
+                Ok(()) => {
+                    written += n;
+                    self.written.increment(n as u64);
+                    let mut inner = self.inner();
+                    inner.in_flight -= n;
+                    self.pending_gauge.set(inner.pending() as f64);
+                }
+                Err(e) if e.is_data_error() && n > 1 => {
+                    let mut part = part;
+                    let right = part.split_off(n / 2);
+                    parts.push(right);
+                    parts.push(part);
+                }
+                Err(e) if e.is_data_error() => {
+                    let (user, mut p) = part.into_iter().next().expect("one entry");
+                    p.refused += 1;
+                    if p.refused >= MAX_TRIES {
+                        tracing::error!(user = %user, error = %e, tries = p.refused,
+                            "presence write refused by the database; dropped");
+                        self.dropped.increment(1);
+                        let mut inner = self.inner();
+                        inner.in_flight -= 1;
+                        self.pending_gauge.set(inner.pending() as f64);
+                    } else {
+                        tracing::warn!(user = %user, error = %e, "presence write refused by the database; tried again later");
+                        // Not due again before the next flush's backoff.
+                        p.due = Instant::now() + BACKOFF_MAX;
+                        self.restore(vec![(user, p)]);
+                    }
+                }
+                Err(e) => {
+                    // The database went away meanwhile: everything not written goes back.
+                    self.restore(part);
+                    for rest in parts {
+                        self.restore(rest);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(written)
     }
 
     /// Write everything pending now, whatever its due time (shutdown), until `deadline`.

@@ -49,7 +49,16 @@ const CACHE_MAX: usize = 256;
 
 struct Job {
     events: Vec<NewEvent>,
-    done: oneshot::Sender<Result<Vec<Stored>, ()>>,
+    done: oneshot::Sender<Result<Vec<Stored>, NotStored>>,
+}
+
+/// Why a job's events were not stored.
+#[derive(Debug, Clone, Copy)]
+enum NotStored {
+    /// The database refused these events themselves (a value it cannot store).
+    Refused,
+    /// The database did not answer, or the committer is stopping.
+    Unavailable,
 }
 
 pub struct Stats {
@@ -67,6 +76,16 @@ pub struct Stats {
 struct CacheEntry {
     slot: Arc<tokio::sync::OnceCell<Arc<Value>>>,
     at: Instant,
+}
+
+fn not_stored(e: &DbError, events: usize) -> NotStored {
+    if e.is_data_error() {
+        tracing::warn!(error = %e, events, "statistics events refused by the database");
+        NotStored::Refused
+    } else {
+        tracing::warn!(error = %e, events, "statistics events not stored");
+        NotStored::Unavailable
+    }
 }
 
 /// The bus payload: a stored batch, in seq order.
@@ -126,7 +145,12 @@ impl Stats {
             .map_err(|_| AppError::Unavailable("statistics are backed up; retry shortly".into()))?;
         rx.await
             .map_err(|_| AppError::Unavailable("statistics are shutting down".into()))?
-            .map_err(|()| AppError::Unavailable("the database is temporarily unavailable".into()))
+            .map_err(|e| match e {
+                NotStored::Refused => AppError::bad_request("the database refused this event"),
+                NotStored::Unavailable => {
+                    AppError::Unavailable("the database is temporarily unavailable".into())
+                }
+            })
     }
 
     /// The committer: batches of queued events, stored and published under [`SEQ_LOCK`].
@@ -165,22 +189,35 @@ impl Stats {
             let events: Vec<NewEvent> =
                 jobs.iter().flat_map(|j| j.events.iter().cloned()).collect();
             let result = self.commit(&*engine, &events).await;
-            if let Err(e) = &result {
-                tracing::warn!(error = %e, events = events.len(), "statistics events not stored");
-            }
-            let mut stored = result.map(Vec::into_iter).map_err(|_| ());
-            for j in jobs {
-                let mine = match &mut stored {
-                    Ok(it) => Ok(it.by_ref().take(j.events.len()).collect()),
-                    Err(()) => Err(()),
-                };
-                let _ = j.done.send(mine);
+            match result {
+                Ok(stored) => {
+                    let mut it = stored.into_iter();
+                    for j in jobs {
+                        let _ = j.done.send(Ok(it.by_ref().take(j.events.len()).collect()));
+                    }
+                }
+                // One job's events the database refuses must not fail the others with it:
+                // each is committed on its own (text is checked where it enters, so this is
+                // the committer's own defence).
+                Err(e) if e.is_data_error() && jobs.len() > 1 => {
+                    tracing::warn!(error = %e, jobs = jobs.len(), "statistics batch refused; committing its jobs one by one");
+                    for j in jobs {
+                        let r = self.commit(&*engine, &j.events).await;
+                        let _ = j.done.send(r.map_err(|e| not_stored(&e, j.events.len())));
+                    }
+                }
+                Err(e) => {
+                    let why = not_stored(&e, events.len());
+                    for j in jobs {
+                        let _ = j.done.send(Err(why));
+                    }
+                }
             }
         }
         // Stopping: refuse what is still queued rather than leave its senders waiting.
         rx.close();
         while let Ok(j) = rx.try_recv() {
-            let _ = j.done.send(Err(()));
+            let _ = j.done.send(Err(NotStored::Unavailable));
         }
     }
 
