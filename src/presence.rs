@@ -20,35 +20,40 @@ pub struct Viewer {
     pub gender: Gender,
 }
 
-/// The gender that decides whom this user sees and who sees them: the token's, else the database's (cached),
-/// else `other`. A database that is down costs the handshake nothing: `other` is shown to
-/// fewer viewers than any gender a database could have returned, so it reveals no one.
-pub async fn gender_of(db: Option<&Database>, identity: &Identity) -> Gender {
+/// The gender that decides whom this user sees and who sees them: the token's, else the
+/// database's (cached), else `other` (no database configured, or a user it does not know).
+///
+/// A configured database that cannot answer is `unavailable`, never a guess: `other` sees
+/// everyone, so guessing would show a man whom he may not see — and anyone able to slow the
+/// database down (exhausting its pool with cheap requests) could force the guess.
+pub async fn gender_of(db: Option<&Database>, identity: &Identity) -> Result<Gender, AppError> {
     let Some(db) = db else {
-        return identity.gender.unwrap_or_default();
+        return Ok(identity.gender.unwrap_or_default());
     };
     if let Some(g) = identity.gender {
         db.users.remember_gender(&identity.user_id, g);
-        return g;
+        return Ok(g);
     }
+    let unavailable =
+        || AppError::Unavailable("the user directory is unreachable; retry shortly".into());
     if !db.is_up() {
-        return Gender::Other;
+        return Err(unavailable());
     }
     match db.gender_of(&identity.user_id).await {
-        Ok(g) => g.unwrap_or_default(),
+        Ok(g) => Ok(g.unwrap_or_default()),
         Err(e) => {
-            tracing::warn!(error = %e, "gender lookup failed; using other");
-            Gender::Other
+            tracing::warn!(error = %e, "gender lookup failed; refusing rather than guessing");
+            Err(unavailable())
         }
     }
 }
 
 /// Who is looking, with their gender resolved as for a connection.
-pub async fn viewer_of(db: Option<&Database>, who: &Identity) -> Viewer {
-    Viewer {
+pub async fn viewer_of(db: Option<&Database>, who: &Identity) -> Result<Viewer, AppError> {
+    Ok(Viewer {
         user: who.user_id.clone(),
-        gender: gender_of(db, who).await,
-    }
+        gender: gender_of(db, who).await?,
+    })
 }
 
 /// Parse and bound a list of requested ids.

@@ -349,9 +349,11 @@ pub async fn run(
     let state = gw.state.clone();
     gw.spawn_background();
     let stop_accepting = CancellationToken::new();
-    let serve = axum::serve(listener, gw.router.into_make_service())
-        .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
-    let server = tokio::spawn(serve.into_future());
+    let server = tokio::spawn(crate::http::serve::serve(
+        listener,
+        gw.router,
+        stop_accepting.clone(),
+    ));
 
     shutdown.cancelled().await;
     tracing::info!(
@@ -392,7 +394,7 @@ pub async fn run(
     }
     // Only plain HTTP requests can be left by now, and they are short.
     match tokio::time::timeout(HTTP_DRAIN, server).await {
-        Ok(Ok(r)) => r?,
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
         Err(_) => tracing::warn!("connections still open at exit"),
     }

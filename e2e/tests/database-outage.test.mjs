@@ -4,7 +4,7 @@
 // disturbs no other test.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startGateway, user, token, ask, recorder, waitUntil } from "../helpers.mjs";
+import { startGateway, user, token, ask, recorder, waitUntil, connect } from "../helpers.mjs";
 import { ownPostgres, freshDatabase, storedPresence } from "../db.mjs";
 
 const admin = token({ sub: "o-admin", roles: ["admin"] });
@@ -35,6 +35,13 @@ test("PostgreSQL down for 30 s: presence stays live, writes wait and land, nothi
     const h = await gw.http("/api/health");
     assert.equal(h.json.status, "degraded");
     assert.equal((await gw.http("/readyz")).status, 200, "still ready: presence does not need the database");
+
+    // A token without gender needs the database to know what its user may see: refused
+    // (never guessed as `other`, which sees everyone), on both transports' paths.
+    const genderless = token({ sub: "o-nogender" });
+    await assert.rejects(connect(gw.url, { token: genderless }), /^Error: unavailable/);
+    const hidden = await gw.http("/api/presence/o-before-2", { token: genderless });
+    assert.deepEqual([hidden.status, hidden.json?.error?.code], [503, "unavailable"]);
 
     // Live presence during the outage: connects, status changes, disconnects, flapping.
     const during = [];

@@ -24,8 +24,11 @@ pub struct Users {
     genders: Mutex<HashMap<UserId, (Slot, Instant)>>,
     /// How common each one- and two-character substring of names is (see [`Database::search`]),
     /// and when that was read.
-    grams: Mutex<Option<(Instant, Arc<HashMap<String, f32>>)>>,
+    grams: Mutex<Option<(Instant, GramShares)>>,
 }
+
+/// Share of names containing each listed substring.
+type GramShares = Arc<HashMap<String, f32>>;
 
 /// How long the substring frequencies are trusted before they are read again.
 const GRAM_STATS_TTL: Duration = Duration::from_secs(600);

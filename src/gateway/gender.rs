@@ -24,7 +24,10 @@ pub async fn apply_database_gender(state: &AppState, user: &UserId) {
     let Some(first) = targets.first() else {
         return;
     };
-    let gender = crate::presence::gender_of(Some(db), &first.handle.identity).await;
+    let Ok(gender) = crate::presence::gender_of(Some(db), &first.handle.identity).await else {
+        tracing::warn!(user = %user, "gender changed in the database but not readable; the next handshake applies it");
+        return;
+    };
     let policy = state.config.visibility_policy;
     let rate = (
         state.config.rate_limit_per_sec,

@@ -153,7 +153,9 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Hands
             "presence store unreachable; retry shortly",
         ));
     }
-    let gender = crate::presence::gender_of(state.db.as_deref(), &identity).await;
+    let gender = crate::presence::gender_of(state.db.as_deref(), &identity)
+        .await
+        .map_err(|_| HandshakeError::Unavailable("user directory unreachable; retry shortly"))?;
     let conn = Connection {
         id: format!("{}:{}", state.config.node_id, s.id).into(),
         user: identity.user_id.clone(),

@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod presence;
+pub mod serve;
 pub mod stats;
 pub mod users;
 

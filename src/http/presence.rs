@@ -23,7 +23,7 @@ pub async fn one(
         &*state.engine,
         state.db.as_deref(),
         state.config.visibility_policy,
-        &presence::viewer_of(state.db.as_deref(), &who).await,
+        &presence::viewer_of(state.db.as_deref(), &who).await?,
         &[id],
     )
     .await?;
@@ -56,7 +56,7 @@ pub async fn many(
         &*state.engine,
         state.db.as_deref(),
         state.config.visibility_policy,
-        &presence::viewer_of(state.db.as_deref(), &who).await,
+        &presence::viewer_of(state.db.as_deref(), &who).await?,
         &ids,
     )
     .await?;

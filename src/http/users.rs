@@ -39,7 +39,7 @@ pub async fn search(
         )));
     }
     let limit = super::limit_param(params.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
-    let viewer = crate::presence::viewer_of(Some(db), &who).await;
+    let viewer = crate::presence::viewer_of(Some(db), &who).await?;
     let genders = state
         .config
         .visibility_policy
