@@ -201,12 +201,11 @@ impl Database {
         // 100,000-entry bitmap for a common one, or the substring function evaluated on every
         // name read for a rare one. The substring index's own statistics tell, so the query
         // says which way.
-        let sql = if q.chars().count() >= MIN_TRIGRAM_CHARS {
-            SEARCH_SQL
-        } else if self.gram_share(&q.to_lowercase()).await >= DENSE_GRAM {
-            SEARCH_SQL
-        } else {
+        let short = q.chars().count() < MIN_TRIGRAM_CHARS;
+        let sql = if short && self.gram_share(&q.to_lowercase()).await < DENSE_GRAM {
             SEARCH_SHORT_SQL
+        } else {
+            SEARCH_SQL
         };
         // Unnamed statement: planned with the actual pattern, so the planner can choose
         // between the trigram index (rare patterns) and walking names in order (common ones).
