@@ -30,6 +30,9 @@ export async function startGateway(env = {}, { expectExit = false, args = [] } =
       PORT: "0",
       NODE_ID: procEnvNodeId,
       RUST_LOG: "info",
+      // Tests poll authenticated endpoints faster than any client would; the limit itself is
+      // tested in limits.test.mjs.
+      HTTP_RATE_LIMIT_PER_SEC: "0",
       // A development start without a key keeps its secret here, not in the working tree.
       DEV_SECRET_FILE: path.join(os.tmpdir(), `pgw-e2e-dev-secret-${process.pid}`),
       ...env,

@@ -105,6 +105,22 @@ pub struct Config {
     /// `PRESENCE_EVENT_BUFFER` (ours): committed changes this replica holds for its fan-out;
     /// a fan-out further behind loses changes, and its sockets get `presence:resync`.
     pub event_buffer: usize,
+    /// `MAX_CONNECTIONS_PER_USER`: `/` connections one user may hold at once, cluster-wide;
+    /// 0: no limit.
+    pub max_connections_per_user: u32,
+    /// `HANDSHAKE_RATE_PER_IP`, `HANDSHAKE_BURST_PER_IP`: new Socket.IO sessions per second
+    /// (and at once) from one client address, per replica; rate 0: no limit.
+    pub handshake_rate_per_ip: u32,
+    pub handshake_burst_per_ip: u32,
+    /// `HTTP_RATE_LIMIT_PER_SEC`, `HTTP_RATE_LIMIT_BURST`: authenticated `/api/*` requests per
+    /// second (and at once) per caller identity, per replica; rate 0: no limit.
+    pub http_rate_limit_per_sec: u32,
+    pub http_rate_limit_burst: u32,
+    /// `TRUSTED_PROXIES`: CIDRs whose connections may name the client in `X-Forwarded-For`.
+    pub trusted_proxies: Vec<crate::limits::Cidr>,
+    /// `SOCKET_BACKLOG_TOTAL` (ours): presence updates all sockets' backlogs of this replica may
+    /// hold together; past it the sockets furthest behind are disconnected.
+    pub socket_backlog_total: usize,
     /// `STATS_DASHBOARD_BACKLOG` (ours): statistics updates a dashboard socket may have
     /// waiting for room before it is told to resync instead.
     pub stats_dashboard_backlog: usize,
@@ -350,6 +366,27 @@ impl Config {
             )? {
                 n if n <= 1_048_576 => n as usize,
                 _ => return Err(err("PRESENCE_EVENT_BUFFER", "must be at most 1048576")),
+            },
+            max_connections_per_user: count("MAX_CONNECTIONS_PER_USER", 10)?,
+            handshake_rate_per_ip: count("HANDSHAKE_RATE_PER_IP", 0)?,
+            handshake_burst_per_ip: count("HANDSHAKE_BURST_PER_IP", 100)?,
+            http_rate_limit_per_sec: count("HTTP_RATE_LIMIT_PER_SEC", 20)?,
+            http_rate_limit_burst: count("HTTP_RATE_LIMIT_BURST", 40)?,
+            trusted_proxies: match get("TRUSTED_PROXIES") {
+                None => Vec::new(),
+                Some(v) => v
+                    .split(',')
+                    .filter(|c| !c.trim().is_empty())
+                    .map(|c| {
+                        crate::limits::Cidr::parse(c.trim()).ok_or_else(|| {
+                            err("TRUSTED_PROXIES", format!("not an address or CIDR: {c:?}"))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
+            socket_backlog_total: match count("SOCKET_BACKLOG_TOTAL", 1_000_000)? {
+                n @ 1.. => n as usize,
+                _ => return Err(err("SOCKET_BACKLOG_TOTAL", "must be at least 1")),
             },
             stats_dashboard_backlog: match count("STATS_DASHBOARD_BACKLOG", 10_000)? {
                 n @ 1..=1_000_000 => n as usize,

@@ -75,6 +75,7 @@ impl From<EngineError> for AppError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::BadCursor => AppError::bad_request("malformed cursor"),
+            EngineError::TooManyConnections(_) => AppError::RateLimited,
             EngineError::Status(s) => AppError::BadRequest(s.to_string()),
             EngineError::Unavailable(cause) => {
                 tracing::warn!(%cause, "presence store unavailable");

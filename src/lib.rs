@@ -18,6 +18,7 @@
 //! - [`server`]: wiring it all from a [`config::Config`], serving, and shutting down.
 //! - [`figures`]: the cluster figures and dependency states health, metrics and dashboards
 //!   show, refreshed in the background (no request waits on Redis or PostgreSQL for them).
+//! - [`limits`]: budgets by identity, address and session, and the client's address.
 //! - [`config`], [`metrics`], [`error`], [`state`], [`telemetry`], [`cli`]: the pieces
 //!   those share; `main.rs` only calls [`cli::main`].
 
@@ -31,6 +32,7 @@ pub mod error;
 pub mod figures;
 pub mod gateway;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod presence;
 pub mod server;

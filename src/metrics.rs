@@ -84,6 +84,10 @@ fn describe() {
         "presence-update messages dropped because a socket's backlog was full"
     );
     describe_counter!(
+        "presence_slow_sockets_disconnected_total",
+        "Sockets disconnected because the backlogs of all sockets together exceeded SOCKET_BACKLOG_TOTAL"
+    );
+    describe_counter!(
         "presence_resyncs_total",
         "presence:resync messages sent to sockets (fan-out lagged or the bus was resubscribed)"
     );
@@ -137,6 +141,7 @@ pub struct Metrics {
     pub deferred: Counter,
     pub dropped: Counter,
     pub resyncs: Counter,
+    pub slow_disconnected: Counter,
     pub fanout_latency: Histogram,
     pub sockets_root: Gauge,
     pub sockets_widget: Gauge,
@@ -161,6 +166,7 @@ impl Metrics {
             deferred: counter!("presence_updates_deferred_total", "node" => n.clone()),
             dropped: counter!("presence_updates_dropped_total", "node" => n.clone()),
             resyncs: counter!("presence_resyncs_total", "node" => n.clone()),
+            slow_disconnected: counter!("presence_slow_sockets_disconnected_total", "node" => n.clone()),
             fanout_latency: histogram!("presence_fanout_latency_seconds", "node" => n.clone()),
             sockets_root: gauge!("gateway_connected_sockets", "node" => n.clone(), "namespace" => "/"),
             sockets_widget: gauge!("gateway_connected_sockets", "node" => n.clone(), "namespace" => "/widget"),
@@ -181,6 +187,7 @@ impl Metrics {
             &m.deferred,
             &m.dropped,
             &m.resyncs,
+            &m.slow_disconnected,
         ] {
             c.increment(0);
         }

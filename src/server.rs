@@ -46,10 +46,10 @@ impl Gateway {
             generated_secret,
         } = Authenticator::from_config(&config)?;
         let engine: Arc<dyn PresenceEngine> = match &config.redis_url {
-            None => Arc::new(MemoryEngine::with_buffer(
-                &config.node_id,
-                config.event_buffer,
-            )),
+            None => Arc::new(
+                MemoryEngine::with_buffer(&config.node_id, config.event_buffer)
+                    .with_max_connections_per_user(config.max_connections_per_user),
+            ),
             Some(url) => {
                 let e = RedisEngine::connect_with_buffer(
                     url,
@@ -58,6 +58,7 @@ impl Gateway {
                     config.event_buffer,
                 )
                 .await
+                .map(|e| e.with_max_connections_per_user(config.max_connections_per_user))
                 .map_err(|e| ConfigError {
                     var: "REDIS_URL",
                     message: format!("cannot use Redis: {e}"),
@@ -87,6 +88,10 @@ impl Gateway {
         let router = crate::http::router(state.clone())
             .layer(gateway::layer(&state))
             .layer(axum::middleware::map_request(gateway::detach_request))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                gateway::admit_session,
+            ))
             // Web widgets connect from other origins; no cookies are involved, so any origin.
             .layer(
                 tower_http::cors::CorsLayer::new()
@@ -165,6 +170,11 @@ async fn sweep_loop(state: AppState) {
     let mut tick = crate::state::ticker(Duration::from_millis(state.config.sweep_interval_ms));
     let mut was_ready = true;
     while state.tick(&mut tick).await {
+        // Budgets nobody used lately are as good as new: forget them. A session's is kept a
+        // minute, so a namespace reconnect finds the budget it left with.
+        state.http_limits.prune(Duration::ZERO);
+        state.handshake_limits.prune(Duration::ZERO);
+        state.session_budgets.prune(Duration::from_secs(60));
         // The store is back after an outage (and may have lost everything): have the next
         // heartbeat flush check, and restore, every local connection.
         let ready = state.engine.ready().await;

@@ -39,6 +39,13 @@ pub struct Shared {
     pub sockets: SocketRegistry,
     /// Connections heard from since the last flush to the engine.
     pub heartbeats: HeartbeatBatch,
+    /// Authenticated HTTP requests per caller identity.
+    pub http_limits: crate::limits::KeyedLimiter<String>,
+    /// New Socket.IO sessions per client address.
+    pub handshake_limits: crate::limits::KeyedLimiter<std::net::IpAddr>,
+    /// Each Engine.IO session's request budget per namespace: a namespace reconnect inside the
+    /// session (same socket id) gets the budget it left with, not a full one.
+    pub session_budgets: crate::limits::KeyedLimiter<(socketioxide::socket::Sid, &'static str)>,
     /// The cluster figures and dependency states, refreshed in the background.
     pub figures: crate::figures::Figures,
     /// Where the fan-out sends each change on this replica.
@@ -74,6 +81,16 @@ impl AppState {
         auth: Authenticator,
     ) -> Self {
         let metrics = Metrics::new(&config.node_id);
+        let http_limits = crate::limits::KeyedLimiter::new(
+            config.http_rate_limit_per_sec,
+            config.http_rate_limit_burst,
+        );
+        let handshake_limits = crate::limits::KeyedLimiter::new(
+            config.handshake_rate_per_ip,
+            config.handshake_burst_per_ip,
+        );
+        let session_budgets =
+            crate::limits::KeyedLimiter::new(config.rate_limit_per_sec, config.rate_limit_burst);
         AppState(Arc::new(Shared {
             config: Arc::new(config),
             engine,
@@ -83,6 +100,9 @@ impl AppState {
             metrics,
             sockets: SocketRegistry::default(),
             heartbeats: HeartbeatBatch::default(),
+            http_limits,
+            handshake_limits,
+            session_budgets,
             figures: Default::default(),
             viewers: Default::default(),
             backlogged: Default::default(),

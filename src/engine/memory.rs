@@ -24,6 +24,8 @@ pub struct MemoryEngine {
     stats_bus: broadcast::Sender<Arc<str>>,
     /// Nothing is ever lost between this engine and its only replica: never sent.
     resyncs: broadcast::Sender<super::Resync>,
+    /// `MAX_CONNECTIONS_PER_USER` (0: no limit).
+    max_conns: u32,
 }
 
 /// Where committed changes go, and whose they are.
@@ -71,7 +73,14 @@ impl MemoryEngine {
             events: broadcast::channel(buffer.max(1)).0,
             stats_bus: broadcast::channel(super::EVENT_BUFFER).0,
             resyncs: broadcast::channel(1).0,
+            max_conns: 0,
         }
+    }
+
+    /// At most `n` connections per user (0: no limit).
+    pub fn with_max_connections_per_user(mut self, n: u32) -> Self {
+        self.max_conns = n;
+        self
     }
 
     fn tx(&self) -> Publisher<'_> {
@@ -193,6 +202,14 @@ impl Inner {
 #[async_trait]
 impl PresenceEngine for MemoryEngine {
     async fn connect(&self, conn: &Connection, now: Timestamp) -> Result<Presence, EngineError> {
+        let max = self.max_conns;
+        if max > 0 {
+            let inner = self.lock();
+            let held = inner.users.get(&conn.user).map_or(0, |u| u.conns.len());
+            if held >= max as usize && !inner.conns.contains_key(&conn.id) {
+                return Err(EngineError::TooManyConnections(max));
+            }
+        }
         Ok(self.register(conn, now, true))
     }
 

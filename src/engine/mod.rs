@@ -153,6 +153,9 @@ pub enum EngineError {
     Unavailable(String),
     #[error("malformed cursor")]
     BadCursor,
+    /// A new connection of a user who holds the most connections allowed, cluster-wide.
+    #[error("at most {0} connections per user")]
+    TooManyConnections(u32),
     #[error(transparent)]
     Status(#[from] StatusError),
 }

@@ -1,6 +1,6 @@
 //! Per-socket state, and this replica's registry of sockets.
 
-use super::ratelimit::TokenBucket;
+use super::ratelimit::SharedBucket;
 use crate::auth::Identity;
 use crate::domain::{Audience, Timestamp, UserId};
 use crate::engine::Connection;
@@ -32,7 +32,8 @@ pub struct ConnHandle {
     /// order) may register the connection again. This is the stale-socket bug of the old
     /// service, closed by construction.
     gate: tokio::sync::Mutex<bool>,
-    bucket: Mutex<TokenBucket>,
+    /// The Engine.IO session's budget for this namespace (see `AppState::session_budgets`).
+    bucket: SharedBucket,
     /// Presence updates this socket's queue had no room for: the newest per user, waiting
     /// for room. Presence is state, not a log, so only each user's latest change matters.
     backlog: Mutex<HashMap<UserId, Pending>>,
@@ -63,7 +64,7 @@ impl ConnHandle {
         identity: Identity,
         audience: Audience,
         now: Timestamp,
-        rate: (u32, u32),
+        bucket: SharedBucket,
     ) -> Self {
         ConnHandle {
             conn,
@@ -75,7 +76,7 @@ impl ConnHandle {
             queued: AtomicBool::new(false),
             opened: AtomicBool::new(false),
             gate: tokio::sync::Mutex::new(false),
-            bucket: Mutex::new(TokenBucket::new(rate.0, rate.1)),
+            bucket,
             backlog: Mutex::new(HashMap::new()),
             last_known: Mutex::new(None),
         }
@@ -105,6 +106,14 @@ impl ConnHandle {
 
     pub fn has_backlog(&self) -> bool {
         !self.backlog().is_empty()
+    }
+
+    pub fn backlog_len(&self) -> usize {
+        self.backlog().len()
+    }
+
+    pub fn clear_backlog(&self) {
+        self.backlog().clear();
     }
 
     /// Keep `p` for later, unless a newer change of that user waits already. Returns false
@@ -170,6 +179,11 @@ impl ConnHandle {
     /// Leave the batch; later events queue the handle again.
     pub fn dequeue(&self) {
         self.queued.store(false, Ordering::Release);
+    }
+
+    /// The request budget, for a handle that replaces this one on the same socket.
+    pub fn budget(&self) -> SharedBucket {
+        self.bucket.clone()
     }
 
     pub fn allow_request(&self) -> bool {
@@ -304,7 +318,7 @@ mod tests {
             identity,
             Audience::Everyone,
             Timestamp(0),
-            (0, 0),
+            super::super::ratelimit::TokenBucket::shared(0, 0),
         )
     }
 

@@ -229,11 +229,45 @@ fn tell_gone(state: &AppState, p: &crate::domain::Presence, old: crate::domain::
     sent
 }
 
+/// All backlogs of this replica together hold at most `SOCKET_BACKLOG_TOTAL` updates: past it
+/// the sockets furthest behind are disconnected (their backlogs dropped), largest first, until
+/// the rest fit. Each socket's own bound ([`BACKLOG_MAX`]) is not enough on its own: ten
+/// thousand slow readers could each hold the most.
+fn bound_backlogs(state: &AppState, sids: &[Sid]) {
+    let bound = state.config.socket_backlog_total;
+    let mut sizes: Vec<(usize, Viewer)> = sids
+        .iter()
+        .filter_map(|sid| state.viewers.get(*sid))
+        .map(|v| (v.handle.backlog_len(), v))
+        .collect();
+    let mut total: usize = sizes.iter().map(|(n, _)| n).sum();
+    if total <= bound {
+        return;
+    }
+    sizes.sort_unstable_by_key(|(n, _)| std::cmp::Reverse(*n));
+    for (n, v) in sizes {
+        if total <= bound {
+            break;
+        }
+        total -= n;
+        v.handle.clear_backlog();
+        state.backlogged.lock().remove(&v.handle.sid);
+        state.viewers.leave(&v.handle);
+        state.metrics.slow_disconnected.increment(1);
+        tracing::warn!(sid = %v.handle.sid, backlog = n, bound, "socket too far behind; disconnected");
+        // Cut off at once (no more updates, its backlog dropped); then closed: a namespace
+        // disconnect if its queue has room for the packet, else by the transport at its next
+        // ping, which a full queue cannot carry.
+        let _ = v.socket.disconnect();
+    }
+}
+
 /// Deliver backlogs as their sockets' queues drain.
 pub async fn run_backlogs(state: AppState) {
     let mut tick = crate::state::ticker(BACKLOG_RETRY);
     while state.tick(&mut tick).await {
         let sids: Vec<Sid> = state.backlogged.lock().iter().copied().collect();
+        bound_backlogs(&state, &sids);
         let per_tick = (state.config.socket_queue_packets / 2).max(1);
         for sid in sids {
             let Some(v) = state.viewers.get(sid) else {
@@ -288,7 +322,7 @@ mod tests {
             },
             Audience::FemaleOnly,
             at,
-            (0, 0),
+            crate::gateway::ratelimit::TokenBucket::shared(0, 0),
         )
     }
 

@@ -29,10 +29,6 @@ pub async fn apply_database_gender(state: &AppState, user: &UserId) {
         return;
     };
     let policy = state.config.visibility_policy;
-    let rate = (
-        state.config.rate_limit_per_sec,
-        state.config.rate_limit_burst,
-    );
     for v in targets {
         let old = &v.handle;
         if old.conn.gender == gender {
@@ -49,7 +45,7 @@ pub async fn apply_database_gender(state: &AppState, user: &UserId) {
             old.identity.clone(),
             policy.audience_of(gender),
             old.connected_at,
-            rate,
+            old.budget(),
         ));
         new.open();
         let r = old

@@ -26,6 +26,8 @@ pub enum HandshakeError {
     Forbidden(String),
     #[error("unavailable: {0}")]
     Unavailable(&'static str),
+    #[error("rate_limited: {0}")]
+    RateLimited(String),
 }
 
 impl HandshakeError {
@@ -34,6 +36,7 @@ impl HandshakeError {
             HandshakeError::Unauthorized(_) => "unauthorized",
             HandshakeError::Forbidden(_) => "forbidden",
             HandshakeError::Unavailable(_) => "unavailable",
+            HandshakeError::RateLimited(_) => "rate_limited",
         }
     }
 }
@@ -163,17 +166,13 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Hands
     };
     let policy = state.config.visibility_policy;
     let now = Timestamp::now();
-    let rate = (
-        state.config.rate_limit_per_sec,
-        state.config.rate_limit_burst,
-    );
     let handle = Arc::new(ConnHandle::new(
         conn,
         s.id,
         identity,
         policy.audience_of(gender),
         now,
-        rate,
+        state.session_budgets.bucket(&(s.id, "/")),
     ));
     s.extensions.insert(handle.clone());
     events::register(s);
@@ -189,6 +188,11 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Hands
                 // announced this user online died before its write, this one records it.
                 db.writer.record_connect(profile, &p);
             }
+        }
+        Err(crate::engine::EngineError::TooManyConnections(n)) => {
+            return Err(HandshakeError::RateLimited(format!(
+                "this user holds the most connections allowed ({n})"
+            )));
         }
         Err(e) => {
             tracing::warn!(error = %e, "could not register a connection");

@@ -107,3 +107,38 @@ pub async fn detach_request(req: axum::extract::Request) -> axum::extract::Reque
     }
     axum::extract::Request::from_parts(parts, body)
 }
+
+/// New Engine.IO sessions per client address (`HANDSHAKE_RATE_PER_IP`): a request to
+/// `/socket.io` without a session id opens one. Over the budget: 429 in the API's error shape,
+/// before the Socket.IO layer spends anything on it. Runs before [`detach_request`], which
+/// drops the `X-Forwarded-For` header the client address may come from.
+pub async fn admit_session(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let opens_session = req.uri().path().starts_with("/socket.io")
+        && !req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("sid=")));
+    if opens_session && !state.handshake_limits.is_off() {
+        let peer = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        if let Some(peer) = peer {
+            let forwarded = req
+                .headers()
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok());
+            let ip = crate::limits::client_ip(peer, forwarded, &state.config.trusted_proxies);
+            if !state.handshake_limits.allow(&ip) {
+                state.metrics.handshake_failed("rate_limited");
+                return crate::error::AppError::RateLimited.into_response();
+            }
+        }
+    }
+    next.run(req).await
+}

@@ -9,6 +9,9 @@ pub struct TokenBucket {
     last: Instant,
 }
 
+/// A bucket shared by whoever holds it (a socket's handle, the session's budget table).
+pub type SharedBucket = std::sync::Arc<std::sync::Mutex<TokenBucket>>;
+
 impl TokenBucket {
     /// `rate` 0 means unlimited.
     pub fn new(rate: u32, burst: u32) -> Self {
@@ -19,6 +22,11 @@ impl TokenBucket {
             tokens: burst,
             last: Instant::now(),
         }
+    }
+
+    /// A new bucket nobody else holds.
+    pub fn shared(rate: u32, burst: u32) -> SharedBucket {
+        std::sync::Arc::new(std::sync::Mutex::new(TokenBucket::new(rate, burst)))
     }
 
     /// Take one token if there is one.

@@ -5,7 +5,6 @@
 //! presence engine.
 
 use super::handshake::HandshakeError;
-use super::ratelimit::TokenBucket;
 use crate::domain::Timestamp;
 use crate::domain::stats::{
     Channel, EventType, MAX_LABEL_CHARS, MAX_TEXT_CHARS, Message, NewEvent, Sender, Visitor,
@@ -15,14 +14,15 @@ use crate::error::AppError;
 use crate::state::AppState;
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 pub struct WidgetConn {
     visitor: Visitor,
     /// `user_online` was recorded (so `user_offline` is due on close).
     online: AtomicBool,
-    rate: Mutex<TokenBucket>,
+    /// The Engine.IO session's budget for `/widget` (not refilled by a namespace reconnect).
+    rate: super::ratelimit::SharedBucket,
 }
 
 fn label(auth: &Value, key: &str) -> Result<Option<String>, HandshakeError> {
@@ -97,10 +97,7 @@ pub async fn admit(
         s.extensions.insert(Arc::new(WidgetConn {
             visitor: v,
             online: AtomicBool::new(false),
-            rate: Mutex::new(TokenBucket::new(
-                state.config.rate_limit_per_sec,
-                state.config.rate_limit_burst,
-            )),
+            rate: state.session_budgets.bucket(&(s.id, "/widget")),
         }));
         s.on("widget:message", message);
         s.on_disconnect(closed);

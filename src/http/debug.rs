@@ -81,6 +81,10 @@ pub async fn socket_status(
                 "connectedAt": h.connected_at,
                 "lastHeardAt": h.last_heard(),
                 "silentMs": now.micros_since(h.last_heard()) / 1000,
+                // Updates waiting for room in its queue, and whether it still gets new ones
+                // (a socket cut off for being too far behind waits for its transport to close).
+                "backlog": h.backlog_len(),
+                "receivesUpdates": state.viewers.get(h.sid).is_some_and(|v| std::sync::Arc::ptr_eq(&v.handle, &h)),
             })
         })
         .collect();

@@ -31,7 +31,14 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(|| {
                 AppError::Unauthorized("expected Authorization: Bearer <token>".into())
             })?;
-        Ok(Caller(state.auth.verify_bearer(token.trim())?))
+        let who = state.auth.verify_bearer(token.trim())?;
+        // Per identity, so one leaked token cannot take the database's capacity (searches,
+        // reports) from everyone; anonymous paths (health, metrics) are not counted.
+        if !state.http_limits.allow(&who.user_id.to_string()) {
+            state.metrics.rejected("rate_limited");
+            return Err(AppError::RateLimited);
+        }
+        Ok(Caller(who))
     }
 }
 

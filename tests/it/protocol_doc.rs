@@ -66,8 +66,15 @@ fn code_events() -> BTreeSet<String> {
     files.push("src/server.rs".into());
     for f in files {
         let src = read(&f);
-        for (_, s) in literals(&src) {
-            if is_event(s) {
+        // An event name is what is emitted, sent, listened to, or matched as a request.
+        for (i, s) in literals(&src) {
+            let before = src[..i].trim_end();
+            let after = src[i + s.len() + 2..].trim_start();
+            let used_as_event = ["emit(", "on(", "send(&s,"]
+                .iter()
+                .any(|f| before.ends_with(f))
+                || after.starts_with("=>");
+            if is_event(s) && used_as_event {
                 out.insert(s.to_string());
             }
         }

@@ -63,6 +63,8 @@ pub struct RedisEngine {
     stats_channel: String,
     stats_bus: broadcast::Sender<Arc<str>>,
     scripts: Scripts,
+    /// `MAX_CONNECTIONS_PER_USER` (0: no limit).
+    max_conns: u32,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> EngineError {
@@ -196,9 +198,16 @@ impl RedisEngine {
                 expire: script(include_str!("expire.lua")),
                 claim: Script::from_lua(include_str!("claim.lua")),
             },
+            max_conns: 0,
         };
         engine.sadd_node().await?;
         Ok(engine)
+    }
+
+    /// At most `n` connections per user, cluster-wide (0: no limit).
+    pub fn with_max_connections_per_user(mut self, n: u32) -> Self {
+        self.max_conns = n;
+        self
     }
 
     fn tag(&self, b: u32) -> String {
@@ -342,10 +351,23 @@ impl RedisEngine {
             conn.id.to_string(),
             conn.gender.as_str().to_string(),
             if fresh { "1" } else { "0" }.to_string(),
+            self.max_conns.to_string(),
         ];
         let r = self
             .run(&self.scripts.connect, conn.user.as_str(), now, &extra)
             .await?;
+        if int_at(&r, 0) == -1 {
+            // Refused: take back the index entry made for it.
+            let _: i64 = self
+                .client
+                .custom(
+                    cmd("ZREM"),
+                    vec![self.node_set(&self.node), member(&conn.user, &conn.id)],
+                )
+                .await
+                .map_err(unavailable)?;
+            return Err(EngineError::TooManyConnections(self.max_conns));
+        }
         presence_at(&r, 1)
     }
 
