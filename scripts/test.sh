@@ -31,5 +31,8 @@ cargo build --bin presence-gateway
 echo "==> npm ci (e2e)"
 (cd e2e && npm ci --no-audit --no-fund --loglevel=error)
 
+echo "==> HTTP API fuzzing (schemathesis against /api/openapi.json, Redis and PostgreSQL)"
+bash scripts/fuzz-http.sh 60
+
 echo "==> end-to-end tests (socket.io-client)"
 (cd e2e && GATEWAY_BIN="$PWD/../target/debug/presence-gateway" node --test --test-concurrency=4 --test-timeout=120000 tests/)

@@ -9,7 +9,7 @@ use super::{Gender, Timestamp, UserId};
 use serde::Serialize;
 use std::{fmt, str::FromStr, sync::Arc};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Online,
@@ -99,21 +99,24 @@ impl Details {
 }
 
 /// The presence object of the contract, as clients receive it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Presence {
+    #[schema(value_type = String)]
     pub user_id: UserId,
     pub status: Status,
     pub online: bool,
     pub gender: Gender,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_seen: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub updated_at: Option<Timestamp>,
     pub version: i64,
+    #[schema(value_type = Option<Object>)]
     pub details: Option<Details>,
 }
 
 impl Presence {
-    /// A user nobody has seen: offline, version 0, never updated.
     /// What viewers who may no longer see this user (their gender changed) are told: gone,
     /// offline since this change, with this change's version (so it supersedes what they
     /// showed) and the gender they knew, not the new one.
@@ -128,6 +131,7 @@ impl Presence {
         }
     }
 
+    /// A user nobody has seen: offline, version 0, never updated.
     pub fn unseen(user_id: UserId, gender: Gender) -> Self {
         PresenceRecord::new(gender).to_presence(user_id)
     }

@@ -52,7 +52,9 @@ impl<'de> Deserialize<'de> for UserId {
 }
 
 /// The three genders the visibility rule knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Gender {
     Male,

@@ -214,12 +214,20 @@ async fn disconnected(
 /// library never ran).
 pub async fn record_close(state: &AppState, h: &Arc<ConnHandle>, grace_ms: u64) {
     state.viewers.leave(h);
-    if state.sockets.remove(h).is_some() {
-        state.metrics.disconnections.increment(1);
-        state.metrics.sockets_root.decrement(1.0);
-    }
+    // Under the socket's gate, like the connect handler's registration: either that ran
+    // before (and is undone here) or it never will. Outside it, a close arriving before the
+    // connect handler ran could be followed by a registration nothing would ever remove.
     let outcome = h
-        .close(state.engine.disconnect(&h.conn, grace_ms, Timestamp::now()))
+        .close(async {
+            if state.sockets.remove(h).is_some() {
+                state.metrics.disconnections.increment(1);
+                state.metrics.sockets_root.decrement(1.0);
+            }
+            state
+                .engine
+                .disconnect(&h.conn, grace_ms, Timestamp::now())
+                .await
+        })
         .await;
     match outcome {
         Some(Ok(DisconnectOutcome::Pending { deadline })) => schedule_settle(state, h, deadline),

@@ -7,6 +7,7 @@ pub mod debug;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod openapi;
 pub mod presence;
 pub mod serve;
 pub mod stats;
@@ -29,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/api/health", get(health::health))
         .route("/metrics", get(metrics))
+        .route("/api/openapi.json", get(openapi::openapi))
         .route("/api/presence", get(presence::many))
         .route("/api/presence/{user_id}", get(presence::one))
         .route("/api/users/search", get(users::search))
@@ -51,6 +53,8 @@ pub fn router(state: AppState) -> Router {
 
 /// The Prometheus text. The cluster-wide gauges and the dependency states are kept current by
 /// [`crate::figures`], so a scrape sends nothing to Redis or PostgreSQL.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, body = String, content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     state.figures.looked_at();
     (

@@ -10,8 +10,13 @@ use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
+#[utoipa::path(get, path = "/api/presence/{userId}", tag = "presence", security(("bearer" = [])),
+    params(("userId" = String, Path, description = "a user id, 1-128 characters")),
+    responses((status = 200, body = crate::domain::Presence),
+        (status = 404, description = "not visible to the caller, or never seen", body = super::openapi::ErrorResponse),
+        (status = 400, body = super::openapi::ErrorResponse), (status = 401, body = super::openapi::ErrorResponse), (status = 403, body = super::openapi::ErrorResponse), (status = 429, body = super::openapi::ErrorResponse), (status = 503, body = super::openapi::ErrorResponse)))]
 pub async fn one(
     State(state): State<AppState>,
     caller: Caller,
@@ -36,16 +41,26 @@ pub async fn one(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct IdsQuery {
+    /// Comma-separated user ids, at most 200.
     ids: Option<String>,
 }
 
+/// `GET /api/presence?ids=`'s answer: the visible ones.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Presences {
+    pub presences: Vec<crate::domain::Presence>,
+}
+
+#[utoipa::path(get, path = "/api/presence", tag = "presence", security(("bearer" = [])), params(IdsQuery),
+    responses((status = 200, body = Presences), (status = 400, body = super::openapi::ErrorResponse), (status = 401, body = super::openapi::ErrorResponse), (status = 403, body = super::openapi::ErrorResponse), (status = 429, body = super::openapi::ErrorResponse), (status = 503, body = super::openapi::ErrorResponse)))]
 pub async fn many(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(q): ApiQuery<IdsQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Presences>> {
     let who = caller.require(&[Role::User])?;
     let raw = q
         .ids
@@ -60,5 +75,5 @@ pub async fn many(
         &ids,
     )
     .await?;
-    Ok(Json(json!({"presences": presences})))
+    Ok(Json(Presences { presences }))
 }

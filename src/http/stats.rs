@@ -15,7 +15,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::Arc;
 
 const DAY_US: i64 = 24 * 3600 * 1_000_000;
@@ -41,7 +41,8 @@ fn instant(name: &str, v: &str) -> Result<Timestamp, AppError> {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ReportParams {
     from: Option<String>,
     to: Option<String>,
@@ -49,6 +50,73 @@ pub struct ReportParams {
     limit: Option<String>,
 }
 
+/// The report `GET /api/stats` answers (built by PostgreSQL, `src/db/report.sql`; this type
+/// describes it).
+#[derive(utoipa::ToSchema)]
+#[schema(as = StatsReport)]
+#[allow(dead_code)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsReportSchema {
+    last_event_seq: i64,
+    total_users: i64,
+    total_sessions: i64,
+    total_messages: i64,
+    widget_opens: i64,
+    web_unique_users: i64,
+    premium_unique_users: i64,
+    online: OnlineSchema,
+    users: Vec<SessionSchema>,
+    countries: Vec<CountrySchema>,
+    /// 7 rows (Sunday first) of 24 hourly message counts in `tz`.
+    heatmap: Vec<Vec<i64>>,
+    #[schema(format = DateTime)]
+    from: String,
+    #[schema(format = DateTime)]
+    to: String,
+    tz: String,
+}
+
+#[derive(utoipa::ToSchema)]
+#[schema(as = StatsOnline)]
+#[allow(dead_code)]
+pub struct OnlineSchema {
+    web: i64,
+    premium: i64,
+}
+
+#[derive(utoipa::ToSchema)]
+#[schema(as = StatsCountry)]
+#[allow(dead_code)]
+pub struct CountrySchema {
+    country: String,
+    users: i64,
+}
+
+/// One session: a visitor's run of messages.
+#[derive(utoipa::ToSchema)]
+#[schema(as = StatsSession)]
+#[allow(dead_code)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionSchema {
+    user_id: String,
+    original_user_id: String,
+    session_number: i64,
+    total_sessions: i64,
+    user_name: Option<String>,
+    #[schema(format = DateTime)]
+    first_activity: String,
+    #[schema(format = DateTime)]
+    last_activity: String,
+    message_count: i64,
+    message_timestamps: Vec<String>,
+    is_human_mode: bool,
+    country: Option<String>,
+    city: Option<String>,
+    channel: String,
+}
+
+#[utoipa::path(get, path = "/api/stats", tag = "statistics", security(("bearer" = [])), params(ReportParams),
+    responses((status = 200, body = StatsReportSchema), (status = 400, body = super::openapi::ErrorResponse), (status = 401, body = super::openapi::ErrorResponse), (status = 403, body = super::openapi::ErrorResponse), (status = 429, body = super::openapi::ErrorResponse), (status = 503, body = super::openapi::ErrorResponse)))]
 pub async fn report(
     State(state): State<AppState>,
     caller: Caller,
@@ -99,7 +167,7 @@ pub async fn report(
     Ok(Json((*v).clone()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventBody {
     #[serde(rename = "type")]
@@ -125,12 +193,24 @@ fn bounded(name: &str, v: Option<String>) -> Result<Option<String>, AppError> {
     }
 }
 
+/// `POST /api/events`'s answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Published {
+    pub seq: i64,
+    /// A retry with an idempotency key already stored: nothing stored or announced again.
+    pub duplicate: bool,
+}
+
+#[utoipa::path(post, path = "/api/events", tag = "statistics", security(("bearer" = [])),
+    request_body = EventBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry return the first seq")),
+    responses((status = 202, body = Published), (status = 400, body = super::openapi::ErrorResponse), (status = 401, body = super::openapi::ErrorResponse), (status = 403, body = super::openapi::ErrorResponse), (status = 413, body = super::openapi::ErrorResponse), (status = 429, body = super::openapi::ErrorResponse), (status = 503, body = super::openapi::ErrorResponse)))]
 pub async fn publish(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
     body: Result<ApiJson<EventBody>, AppError>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Published>)> {
     caller.require(&[Role::Publisher])?;
     let ApiJson(b) = body?;
     let stats = stats_of(&state)?;
@@ -203,8 +283,5 @@ pub async fn publish(
         Some(Stored::Duplicate(s)) => (*s, true),
         None => return Err(AppError::Internal),
     };
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"seq": seq, "duplicate": duplicate})),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(Published { seq, duplicate })))
 }

@@ -8,7 +8,7 @@ use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
-use serde_json::{Value, json};
+
 use std::collections::HashMap;
 
 pub const DEFAULT_LIMIT: usize = 20;
@@ -16,17 +16,38 @@ pub const MAX_LIMIT: usize = 100;
 /// Longer queries match nothing a person would type and only cost the database.
 pub const MAX_QUERY_CHARS: usize = 128;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SearchQuery {
+    /// Text the name contains (case-insensitive, every character literal), 1-128 characters.
     q: Option<String>,
+    /// 1-100, default 20.
     limit: Option<String>,
 }
 
+/// `GET /api/users/search`'s answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SearchResults {
+    pub users: Vec<SearchUser>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchUser {
+    #[schema(value_type = String)]
+    pub user_id: crate::domain::UserId,
+    pub name: Option<String>,
+    pub gender: crate::domain::Gender,
+    pub presence: crate::domain::Presence,
+}
+
+#[utoipa::path(get, path = "/api/users/search", tag = "users", security(("bearer" = [])), params(SearchQuery),
+    responses((status = 200, body = SearchResults), (status = 400, body = super::openapi::ErrorResponse), (status = 401, body = super::openapi::ErrorResponse), (status = 403, body = super::openapi::ErrorResponse), (status = 429, body = super::openapi::ErrorResponse), (status = 503, body = super::openapi::ErrorResponse)))]
 pub async fn search(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(params): ApiQuery<SearchQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SearchResults>> {
     let who = caller.require(&[Role::User])?;
     let db = state.db.as_deref().ok_or_else(super::database_missing)?;
     let q = params.q.unwrap_or_default();
@@ -60,7 +81,7 @@ pub async fn search(
         }
     };
     let policy = state.config.visibility_policy;
-    let users: Vec<Value> = hits
+    let users: Vec<SearchUser> = hits
         .into_iter()
         .map(|h| {
             let presence = live.get(&h.presence.user_id).cloned().unwrap_or(h.presence);
@@ -75,14 +96,12 @@ pub async fn search(
                 (p.user_id.as_str(), p.gender),
             )
         })
-        .map(|(name, presence)| {
-            json!({
-                "userId": presence.user_id,
-                "name": name,
-                "gender": presence.gender,
-                "presence": presence,
-            })
+        .map(|(name, presence)| SearchUser {
+            user_id: presence.user_id.clone(),
+            name,
+            gender: presence.gender,
+            presence,
         })
         .collect();
-    Ok(Json(json!({"users": users})))
+    Ok(Json(SearchResults { users }))
 }
