@@ -109,6 +109,14 @@ fn describe() {
         "From a change's commit (committing side's clock) to its emission on this replica"
     );
     describe_counter!("stats_events_total", "Statistics events recorded, by type");
+    describe_counter!(
+        "stats_report_cache_hits_total",
+        "Statistics reports answered from this replica's cache"
+    );
+    describe_counter!(
+        "stats_dashboards_resynced_total",
+        "Dashboards told to resync because they fell further behind than their backlog"
+    );
     describe_gauge!(
         "gateway_dependency_up",
         "Whether this replica reaches a configured dependency (redis, database): 1 or 0"
@@ -120,6 +128,10 @@ fn describe() {
     describe_counter!(
         "db_write_errors_total",
         "Failed presence write batches (each is kept and retried), and changes the writer missed"
+    );
+    describe_counter!(
+        "db_presence_writes_dropped_total",
+        "Presence writes the database refused on their data, dropped after a few tries"
     );
     describe_counter!(
         "db_presence_writes_total",
@@ -220,6 +232,18 @@ impl Metrics {
         m
     }
 
+    /// Handles the writer keeps: (`db_write_errors_total`, `db_presence_writes_total`,
+    /// `db_presence_writes_dropped_total`, `db_pending_writes`) of `node`.
+    pub fn writer_handles(node: &str) -> (Counter, Counter, Counter, Gauge) {
+        let n = node.to_string();
+        (
+            counter!("db_write_errors_total", "node" => n.clone()),
+            counter!("db_presence_writes_total", "node" => n.clone()),
+            counter!("db_presence_writes_dropped_total", "node" => n.clone()),
+            gauge!("db_pending_writes", "node" => n),
+        )
+    }
+
     pub fn rejected(&self, code: &'static str) {
         counter!("gateway_rejected_requests_total", "node" => self.node.to_string(), "code" => code).increment(1);
     }
@@ -246,4 +270,19 @@ impl Metrics {
         h.run_upkeep();
         h.render()
     }
+}
+
+/// A statistics event was stored (`stats_events_total{type}`).
+pub fn stats_event_recorded(kind: &'static str) {
+    counter!("stats_events_total", "type" => kind).increment(1);
+}
+
+/// A report came from the cache (`stats_report_cache_hits_total`).
+pub fn stats_report_cache_hit() {
+    counter!("stats_report_cache_hits_total").increment(1);
+}
+
+/// A dashboard was told to resync (`stats_dashboards_resynced_total`).
+pub fn stats_dashboard_resynced() {
+    counter!("stats_dashboards_resynced_total").increment(1);
 }

@@ -72,3 +72,64 @@ describe("hostile clients", () => {
     other.disconnect();
   });
 });
+
+// Text PostgreSQL cannot store (NUL) is refused where it enters, on every path, and never
+// reaches the database: the writers keep writing everyone else's changes.
+test("a NUL in any text is refused on every path, and normal changes still land in the database", async () => {
+  const { freshDatabase, storedPresence, psql } = await import("../db.mjs");
+  const { token, connect } = await import("../helpers.mjs");
+  const { io } = await import("socket.io-client");
+  const url = freshDatabase();
+  const gw = await startGateway({ DATABASE_URL: url, PRESENCE_DB_ONLINE_DEBOUNCE_MS: "0" });
+  try {
+    await waitUntil(async () => (await gw.http("/api/health")).json?.dependencies?.database === "up", 10000, "database up");
+    const s = await gw.connect(user("nul-u", "female"));
+    for (const details of [{ x: "\u0000" }, { "k\u0000": 1 }, { deep: [{ a: "b\u0000" }] }]) {
+      const r = await ask(s, "presence:set-status", { status: "live", details });
+      assert.deepEqual([r.ok, r.error?.code], [false, "bad_request"], JSON.stringify(details));
+    }
+    // A token whose name claim holds one.
+    await assert.rejects(connect(gw.url, { token: token({ sub: "nul-named", gender: "female", name: "a\u0000b" }) }), /^Error: unauthorized/);
+    // Widget handshakes and messages.
+    const widget = (auth) =>
+      new Promise((resolve, reject) => {
+        const w = io(gw.url + "/widget", { auth, reconnection: false, forceNew: true, transports: ["websocket"] });
+        w.once("connect", () => resolve(w));
+        w.once("connect_error", (e) => (w.close(), reject(e)));
+      });
+    for (const field of ["name", "country", "city"]) {
+      await assert.rejects(widget({ visitorId: "NUL-W", channel: "web", [field]: "x\u0000" }), /^Error: unauthorized/, field);
+    }
+    const w = await widget({ visitorId: "NUL-W", channel: "web", name: "fine" });
+    const m = await w.timeout(5000).emitWithAck("widget:message", { text: "hi\u0000there" });
+    assert.deepEqual([m.ok, m.error?.code], [false, "bad_request"]);
+    assert.equal((await w.timeout(5000).emitWithAck("widget:message", { text: "hello" })).ok, true, "a clean one is stored");
+    w.disconnect();
+    // HTTP: bodies and query strings.
+    const publisher = token({ sub: "nul-bot", roles: ["publisher"] });
+    for (const body of [
+      { type: "new_message", visitorId: "v", channel: "web", text: "a\u0000" },
+      { type: "new_message", visitorId: "v", channel: "web", city: "\u0000" },
+      { type: "widget_opened", visitorId: "v", channel: "web", idempotencyKey: "k\u0000" },
+    ]) {
+      const r = await gw.http("/api/events", { token: publisher, method: "POST", body });
+      assert.deepEqual([r.status, r.json?.error?.code], [400, "bad_request"], JSON.stringify(body));
+    }
+    const female = token({ sub: "nul-viewer", gender: "female" });
+    for (const path of ["/api/users/search?q=a%00b", "/api/presence?ids=a%00", "/api/presence/a%00b"]) {
+      const r = await gw.http(path, { token: female });
+      assert.equal(r.status >= 400 && r.status < 500, true, `${path}: ${r.status}`);
+      assert.equal(typeof r.json?.error?.code, "string", path);
+    }
+    const tz = await gw.http("/api/stats?tz=UTC%00", { token: token({ sub: "nul-dash", roles: ["dashboard"] }) });
+    assert.deepEqual([tz.status, tz.json?.error?.code], [400, "bad_request"]);
+    // Nothing of it reached the database, and normal changes still do.
+    const r = await ask(s, "presence:set-status", { status: "in_call", details: { room: "ok" } });
+    assert.equal(r.ok, true);
+    await waitUntil(() => storedPresence(url, "nul-u")?.status === "in_call", 5000, "a normal change lands");
+    assert.equal(Number(psql(url, "SELECT count(*) FROM stats_events WHERE visitor_id = 'NUL-W' AND type = 'new_message'")[0][0]), 1);
+    s.disconnect();
+  } finally {
+    await gw.stop();
+  }
+});

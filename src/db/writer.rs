@@ -1,7 +1,6 @@
 //! The presence writer: changes into PostgreSQL, debounced, batched, never lost.
 //!
-//! The old service kept a map of pending writes that leaked when a write threw. Here the
-//! map holds at most one entry per user — a newer change replaces the older one, so a
+//! The map of pending writes holds at most one entry per user — a newer change replaces the older one, so a
 //! flapping user costs one write — and an entry leaves it only when a write of it succeeded;
 //! a failed batch goes back (merged with whatever arrived meanwhile) and is retried with
 //! backoff. Memory is therefore bounded by the number of distinct users changed during an
@@ -15,7 +14,7 @@
 
 use super::{Database, DbError};
 use crate::domain::{Gender, Presence, UserId};
-use metrics::{Counter, Gauge, counter, gauge};
+use metrics::{Counter, Gauge};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -97,13 +96,11 @@ pub struct PresenceWriter {
 impl PresenceWriter {
     pub fn new(online_debounce: Duration, offline_debounce: Duration, node: &str) -> Self {
         crate::metrics::install();
-        let errors = counter!("db_write_errors_total", "node" => node.to_string());
+        let (errors, written, dropped, pending_gauge) =
+            crate::metrics::Metrics::writer_handles(node);
         errors.increment(0);
-        let written = counter!("db_presence_writes_total", "node" => node.to_string());
         written.increment(0);
-        let dropped = counter!("db_presence_writes_dropped_total", "node" => node.to_string());
         dropped.increment(0);
-        let pending_gauge = gauge!("db_pending_writes", "node" => node.to_string());
         pending_gauge.set(0.0);
         PresenceWriter {
             pending: Mutex::new(Inner {

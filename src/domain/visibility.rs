@@ -2,8 +2,8 @@
 //!
 //! Under the `gender` policy a male viewer sees only female users, while female and other
 //! viewers see everyone; under `all` everyone sees everyone; a user always sees themselves.
-//! Pushing updates must not cost a loop over viewers per change (the old service's O(n)
-//! bug), so the rule is also expressed as *audiences*: every viewer belongs to exactly one
+//! Pushing updates must not cost a visibility check per viewer per change, so the rule is
+//! also expressed as *audiences*: every viewer belongs to exactly one
 //! audience, and a change is sent to the few audiences allowed to see its user, which a
 //! transport maps to rooms.
 

@@ -142,7 +142,7 @@ pub fn emit_update(state: &AppState, u: &StatsUpdate) {
         if b.queue.len() >= max {
             b.queue.clear();
             b.resync = true;
-            metrics::counter!("stats_dashboards_resynced_total").increment(1);
+            crate::metrics::stats_dashboard_resynced();
         } else {
             b.queue.push_back(u.clone());
         }

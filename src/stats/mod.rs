@@ -1,8 +1,8 @@
 //! Live statistics: events stored, then announced to every dashboard on every replica, in
 //! `seq` order; the `/api/stats` report with a cache that never predates an announcement.
 //!
-//! The old pipeline announced events before they were written and had dashboards sleep
-//! 800 ms before refetching. Here:
+//! An event is never announced before it is written, so no dashboard ever needs to wait
+//! before refetching:
 //!
 //! 1. **Store.** Events queue to this replica's committer, which writes a batch in one
 //!    statement while holding a PostgreSQL advisory lock ([`SEQ_LOCK`]), so `seq` order is
@@ -241,7 +241,7 @@ impl Stats {
                 })
                 .collect();
             for u in &new {
-                metrics::counter!("stats_events_total", "type" => u.kind.as_str()).increment(1);
+                crate::metrics::stats_event_recorded(u.kind.as_str());
             }
             // Still under the lock, so publication order is seq order. A failed publish
             // loses nothing: receivers fill gaps, and find the tail, from the database.
@@ -379,7 +379,7 @@ impl Stats {
                     && e.at.elapsed() < CACHE_TTL
                     && e.slot.get().is_some_and(|v| fresh(v))
                 {
-                    metrics::counter!("stats_report_cache_hits_total").increment(1);
+                    crate::metrics::stats_report_cache_hit();
                     return Ok(e.slot.get().cloned().expect("checked"));
                 }
                 match cache.get(&q) {
