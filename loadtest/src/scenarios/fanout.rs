@@ -1,0 +1,169 @@
+//! `fanout`: changers set statuses at a rate, viewers measure delivery latency, and every
+//! viewer must receive every change once, in order.
+use super::*;
+
+pub(super) async fn fanout(
+    c: &Common,
+    viewers: usize,
+    changers: usize,
+    rate: f64,
+    duration_s: u64,
+    viewer_gender: &str,
+) -> Result<Value, String> {
+    let final_seq: Arc<Vec<AtomicU32>> =
+        Arc::new((0..changers).map(|_| AtomicU32::new(0)).collect());
+    let received = Arc::new(AtomicU64::new(0));
+    let (stop, stop_rx) = watch::channel(false);
+    let sem = Arc::new(Semaphore::new(c.concurrency.max(1)));
+    let prefix = format!("{}-ch-", c.prefix);
+
+    // Viewers first, so they see every change.
+    let mut vtasks = Vec::new();
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<bool>();
+    for i in 0..viewers {
+        let auth =
+            json!({"token": token::mint(&c.secret, &format!("{}-v-{i}", c.prefix), viewer_gender)});
+        let (target, source) = (c.target_for(i), c.source(i));
+        let (sem, ready_tx, mut stop_rx, received, prefix) = (
+            sem.clone(),
+            ready_tx.clone(),
+            stop_rx.clone(),
+            received.clone(),
+            prefix.clone(),
+        );
+        vtasks.push(tokio::spawn(async move {
+            let permit = sem.acquire_owned().await.ok();
+            let r = Client::connect(target, source, &auth).await;
+            drop(permit);
+            let _ = ready_tx.send(r.is_ok());
+            let Ok((mut client, _)) = r else { return None };
+            let mut last: HashMap<u64, u32> = HashMap::new();
+            let (mut lat, mut doubled, mut gaps) = (Latencies::default(), 0u64, 0u64);
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            // Closed by the server before the run ended (a viewer that hears nothing because it
+            // was disconnected is told apart from one that is connected and deaf).
+            let mut closed_early = false;
+            loop {
+                tokio::select! {
+                    _ = stop_rx.changed() => break,
+                    _ = tick.tick() => { let _ = client.emit("user:heartbeat", None, None).await; }
+                    m = client.recv() => match m {
+                        None => { closed_early = true; break }
+                        Some(Incoming::Event(ev, p)) if ev == "presence-update" => {
+                            let from_changer = p["userId"].as_str().is_some_and(|u| u.starts_with(&prefix));
+                            let d = &p["details"];
+                            if let (true, Some(ch), Some(seq), Some(t)) = (from_changer, d["c"].as_u64(), d["s"].as_u64(), d["t"].as_u64()) {
+                                lat.push(now_us().saturating_sub(t));
+                                received.fetch_add(1, Ordering::Relaxed);
+                                let l = last.entry(ch).or_insert(0);
+                                let seq = seq as u32;
+                                if seq <= *l { doubled += 1 } else { gaps += (seq - *l - 1) as u64; *l = seq; }
+                            }
+                        }
+                        Some(_) => {}
+                    },
+                }
+            }
+            client.close().await;
+            Some((lat, doubled, gaps, last, closed_early))
+        }));
+    }
+    drop(ready_tx);
+    let mut viewers_up = 0;
+    for _ in 0..viewers {
+        viewers_up += ready_rx.recv().await.unwrap_or(false) as usize;
+    }
+
+    // The replicas' own fan-out histogram (commit → emitted on every local socket), from here
+    // on: the viewers' connects are not part of it.
+    const FANOUT: &str = "presence_fanout_latency_seconds";
+    let server_before = histogram(&c.target, FANOUT).await?;
+    let cpu_before = measure::sum(&c.pids);
+
+    // Changers: each sets `live` with new details (a change every time) at its share of the rate.
+    let period = Duration::from_secs_f64(changers as f64 / rate.max(0.001));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let mut ctasks = Vec::new();
+    let t_start = Instant::now();
+    for ch in 0..changers {
+        let auth = json!({"token": token::mint(&c.secret, &format!("{prefix}{ch}"), "female")});
+        let (target, source) = (c.target_for(ch + viewers), c.source(ch + viewers));
+        let (final_seq, accepted) = (final_seq.clone(), accepted.clone());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(duration_s);
+        ctasks.push(tokio::spawn(async move {
+            let (mut client, _) = Client::connect(target, source, &auth).await?;
+            let offset = period.mul_f64(ch as f64 / changers as f64);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+            let mut seq = 0u32;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = tick.tick() => {
+                        seq += 1;
+                        let d = json!({"status": "live", "details": {"c": ch, "s": seq, "t": now_us()}});
+                        client.emit("presence:set-status", Some(&d), Some(seq as u64)).await?;
+                        final_seq[ch].store(seq, Ordering::Relaxed);
+                    }
+                    m = client.recv() => match m {
+                        Some(Incoming::Ack(v)) if v["ok"] == true => { accepted.fetch_add(1, Ordering::Relaxed); }
+                        None => break,
+                        _ => {}
+                    },
+                }
+            }
+            // Wait for the last acks, briefly.
+            let _ = tokio::time::timeout(Duration::from_millis(500), async { while client.recv().await.is_some() {} }).await;
+            client.close().await;
+            Ok::<u32, String>(seq)
+        }));
+    }
+    let mut changes = 0u64;
+    for t in ctasks {
+        changes += t.await.map_err(|e| e.to_string())?? as u64;
+    }
+    let send_s = t_start.elapsed().as_secs_f64();
+    let expected = changes * viewers_up as u64;
+    // Drain: until everything expected arrived, or nothing more arrives for a second.
+    let mut last_seen = (received.load(Ordering::Relaxed), Instant::now());
+    while received.load(Ordering::Relaxed) < expected
+        && last_seen.1.elapsed() < Duration::from_secs(1)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r = received.load(Ordering::Relaxed);
+        if r != last_seen.0 {
+            last_seen = (r, Instant::now());
+        }
+    }
+    let server = histogram_summary(&server_before, &histogram(&c.target, FANOUT).await?);
+    let server_cpu_s = measure::sum(&c.pids).cpu_s - cpu_before.cpu_s;
+    let _ = stop.send(true);
+    let (mut lat, mut doubled, mut missing) = (Latencies::default(), 0u64, 0u64);
+    // Viewers closed by the server, and viewers connected throughout that received nothing.
+    let (mut closed_early, mut deaf) = (0u64, 0u64);
+    for t in vtasks {
+        if let Ok(Some((l, d, g, last, closed))) = t.await {
+            closed_early += closed as u64;
+            deaf += (!closed && changes > 0 && last.is_empty()) as u64;
+            lat.merge(l);
+            doubled += d;
+            missing += g;
+            for (ch, fs) in final_seq.iter().enumerate() {
+                let got = last.get(&(ch as u64)).copied().unwrap_or(0);
+                missing += fs.load(Ordering::Relaxed).saturating_sub(got) as u64;
+            }
+        }
+    }
+    let got = received.load(Ordering::Relaxed);
+    Ok(json!({
+        "scenario": "fanout", "viewers": viewers, "viewers_connected": viewers_up, "changers": changers,
+        "changes": changes, "changes_accepted": accepted.load(Ordering::Relaxed), "changes_per_s": changes as f64 / send_s,
+        "deliveries": {"expected": expected, "received": got, "missing": missing, "doubled": doubled},
+        "viewers_closed_early": closed_early, "viewers_connected_but_deaf": deaf,
+        "deliveries_per_s": got as f64 / send_s,
+        "latency": lat.summary(),
+        "server_fanout_latency": server,
+        // The replicas' CPU while changes flowed, per 1,000 deliveries.
+        "server_cpu_s": server_cpu_s,
+        "server_cpu_ms_per_1000_deliveries": if got > 0 { server_cpu_s * 1e6 / got as f64 } else { 0.0 },
+    }))
+}

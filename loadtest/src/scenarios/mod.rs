@@ -1,0 +1,91 @@
+//! The scenarios, one file each (`hold`: idle and storm; `fanout`; `churn`; `queries`:
+//! search and report), over the pieces they share: `fleet` (clients held in this process or
+//! in workers), `prom` (reading the gateway's metrics), and the HTTP client in `crate::http`.
+
+mod churn;
+mod fanout;
+mod fleet;
+mod hold;
+mod prom;
+mod queries;
+
+use churn::churn;
+use fanout::fanout;
+use fleet::*;
+use hold::{idle, storm};
+use prom::*;
+use queries::{report, search};
+
+use crate::measure::{self, Latencies};
+use crate::sio::{Client, Incoming};
+use crate::token;
+use crate::{Cli, Common, Scenario};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// A small deterministic PRNG (xorshift): jitter only, no crate needed.
+struct Rng(u64);
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<Value, String> {
+    let c = &cli.common;
+    match cli.scenario.clone() {
+        Scenario::Idle { clients, .. } | Scenario::Storm { clients } if c.worker.is_some() => {
+            worker(c, clients, heartbeat_ms_of(&cli.scenario)).await
+        }
+        Scenario::Idle {
+            clients,
+            heartbeat_ms,
+            hold_s,
+        } => idle(&cli, clients, heartbeat_ms, hold_s).await,
+        Scenario::Storm { clients } => storm(&cli, clients).await,
+        Scenario::Fanout {
+            viewers,
+            changers,
+            rate,
+            duration_s,
+            viewer_gender,
+        } => fanout(c, viewers, changers, rate, duration_s, &viewer_gender).await,
+        Scenario::Churn {
+            clients,
+            viewers,
+            duration_s,
+        } => churn(c, clients, viewers, duration_s).await,
+        Scenario::Search { rounds } => search(c, rounds).await,
+        Scenario::Report { rounds, windows } => report(c, rounds, &windows).await,
+    }
+}
+
+/// GET `path` and return the body (anonymous: health, metrics).
+async fn http_text(addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
+    let (_, body) = crate::http::Conn::open(addr).await?.get(path, "").await?;
+    String::from_utf8(body).map_err(|e| e.to_string())
+}
+
+async fn http_json(addr: std::net::SocketAddr, path: &str) -> Result<Value, String> {
+    let body = http_text(addr, path).await?;
+    serde_json::from_str(&body).map_err(|e| format!("{e}: {body:.80}"))
+}
