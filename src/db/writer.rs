@@ -219,6 +219,14 @@ impl PresenceWriter {
         taken
     }
 
+    /// `n` entries taken out for a write are written.
+    fn landed(&self, n: usize) {
+        self.written.increment(n as u64);
+        let mut inner = self.inner();
+        inner.in_flight -= n;
+        self.pending_gauge.set(inner.pending() as f64);
+    }
+
     /// Put back a batch whose write failed, under anything newer that arrived meanwhile.
     fn restore(&self, batch: Vec<(UserId, Pending)>) {
         let mut inner = self.inner();
@@ -246,10 +254,7 @@ impl PresenceWriter {
             match r {
                 Ok(()) => {
                     total += n;
-                    self.written.increment(n as u64);
-                    let mut inner = self.inner();
-                    inner.in_flight -= n;
-                    self.pending_gauge.set(inner.pending() as f64);
+                    self.landed(n);
                 }
                 Err(e) if e.is_data_error() => {
                     self.errors.increment(1);
@@ -285,10 +290,7 @@ impl PresenceWriter {
             match r {
                 Ok(()) => {
                     written += n;
-                    self.written.increment(n as u64);
-                    let mut inner = self.inner();
-                    inner.in_flight -= n;
-                    self.pending_gauge.set(inner.pending() as f64);
+                    self.landed(n);
                 }
                 Err(e) if e.is_data_error() && n > 1 => {
                     let mut part = part;

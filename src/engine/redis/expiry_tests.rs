@@ -27,6 +27,23 @@ fn conn(user: &str) -> Connection {
     }
 }
 
+/// A connection of `user`, connected at `t0` and claimed by a sweep whose cutoff is a second
+/// later: the engine, the connection, its index member, `t0` and the claimed score.
+async fn claimed(user: &str) -> (RedisEngine, Connection, String, Timestamp, String) {
+    let e = engine().await;
+    let c = conn(user);
+    let t0 = Timestamp::now();
+    e.connect(&c, t0).await.unwrap();
+    let m = member(&c.user, &c.id);
+    let cutoff = Timestamp(t0.as_micros() + S).as_micros().to_string();
+    let score = e
+        .claim("n1", &m, &cutoff)
+        .await
+        .unwrap()
+        .expect("stale: claimed");
+    (e, c, m, t0, score)
+}
+
 async fn presence(e: &RedisEngine, c: &Connection) -> Presence {
     let got = e.get(std::slice::from_ref(&c.user)).await.unwrap();
     got.into_iter().next().flatten().expect("a record")
@@ -38,17 +55,7 @@ async fn presence(e: &RedisEngine, c: &Connection) -> Presence {
 /// would have stayed online for ever.)
 #[tokio::test]
 async fn a_connection_indexed_again_after_its_claim_is_not_expired_and_stays_sweepable() {
-    let e = engine().await;
-    let c = conn("reindexed");
-    let t0 = Timestamp::now();
-    e.connect(&c, t0).await.unwrap();
-    let m = member(&c.user, &c.id);
-    let cutoff = Timestamp(t0.as_micros() + S).as_micros().to_string();
-    let score = e
-        .claim("n1", &m, &cutoff)
-        .await
-        .unwrap()
-        .expect("stale: claimed");
+    let (e, c, m, t0, score) = claimed("reindexed").await;
     e.set_status(&c, Status::Live, None, Timestamp(t0.as_micros() + 2 * S))
         .await
         .unwrap();
@@ -69,18 +76,9 @@ async fn a_connection_indexed_again_after_its_claim_is_not_expired_and_stays_swe
 /// the expiry that follows must not take the user offline (no offline-then-online flap).
 #[tokio::test]
 async fn a_connection_heard_while_it_is_being_swept_does_not_flap() {
-    let e = engine().await;
-    let c = conn("heard");
-    let t0 = Timestamp::now();
-    let online = e.connect(&c, t0).await.unwrap();
+    let (e, c, m, t0, score) = claimed("heard").await;
+    let online = presence(&e, &c).await;
     let mut events = e.subscribe();
-    let m = member(&c.user, &c.id);
-    let cutoff = Timestamp(t0.as_micros() + S).as_micros().to_string();
-    let score = e
-        .claim("n1", &m, &cutoff)
-        .await
-        .unwrap()
-        .expect("stale: claimed");
     let heard = Timestamp(t0.as_micros() + 2 * S);
     let touch = Touch {
         conn: c.id.clone(),
@@ -115,13 +113,7 @@ async fn a_connection_heard_while_it_is_being_swept_does_not_flap() {
 /// finishes the job.
 #[tokio::test]
 async fn a_claim_left_unfinished_is_finished_by_the_next_sweep() {
-    let e = engine().await;
-    let c = conn("orphaned");
-    let t0 = Timestamp::now();
-    e.connect(&c, t0).await.unwrap();
-    let m = member(&c.user, &c.id);
-    let cutoff = Timestamp(t0.as_micros() + S).as_micros().to_string();
-    e.claim("n1", &m, &cutoff).await.unwrap().expect("claimed");
+    let (e, c, _, t0, _) = claimed("orphaned").await;
     // (the sweeper dies here)
     let r = e
         .sweep(15_000, Timestamp(t0.as_micros() + 2 * S))
