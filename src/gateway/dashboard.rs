@@ -3,7 +3,8 @@
 //! changed, at most once a second per socket; `stats_resync` to a dashboard too slow to keep up
 //! (bursts wait in a bounded per-socket backlog; overflowing it means too slow).
 
-use super::handshake::{HandshakeError, find_token};
+use super::handshake::find_token;
+use super::protocol::{Refusal, admission};
 use crate::auth::Role;
 use crate::domain::stats::StatsUpdate;
 use crate::domain::{Gender, Timestamp};
@@ -23,22 +24,16 @@ pub async fn admit(
     s: SocketRef,
     TryData(auth): TryData<Value>,
     State(state): State<AppState>,
-) -> Result<(), HandshakeError> {
-    let r = (|| {
-        if state.is_closing() {
-            return Err(HandshakeError::Unavailable("this replica is shutting down"));
-        }
+) -> Result<(), Refusal> {
+    let admit = async {
         let token = find_token(&s, &auth.unwrap_or(Value::Null))
-            .ok_or_else(|| HandshakeError::Unauthorized("missing token".into()))?;
+            .ok_or_else(|| Refusal::unauthorized("missing token"))?;
         let who = state.auth.verify_bearer(&token)?;
         who.require(&[Role::Dashboard, Role::Admin])?;
         s.extensions.insert(Arc::new(DashboardHandle::default()));
         Ok(())
-    })();
-    if let Err(e) = &r {
-        state.metrics.handshake_failed(e.reason());
-    }
-    r
+    };
+    admission(&state, NAMESPACE, admit).await
 }
 
 pub async fn connected(s: SocketRef, State(state): State<AppState>) {

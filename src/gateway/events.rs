@@ -5,6 +5,7 @@
 //! refused request never closes the connection.
 
 use super::connection::ConnHandle;
+use super::protocol::{GetPresences, ListOnline, SetStatus, answer, request, request_or_default};
 use crate::domain::{Details, Status, Timestamp};
 use crate::engine::DisconnectOutcome;
 use crate::error::AppError;
@@ -42,7 +43,7 @@ async fn dispatch(
             _ => Err(AppError::bad_request("unknown event")),
         },
     };
-    reply(&state, ack, r);
+    answer(&state, ack, r);
 }
 
 type Handle = Extension<Arc<ConnHandle>>;
@@ -59,36 +60,10 @@ fn begin(state: &AppState, h: &Arc<ConnHandle>) -> Result<(), AppError> {
     }
 }
 
-fn reply(state: &AppState, ack: AckSender, result: Result<Value, AppError>) {
-    let body = match result {
-        Ok(mut v) => {
-            if let Some(o) = v.as_object_mut() {
-                o.insert("ok".into(), Value::Bool(true));
-            }
-            v
-        }
-        Err(e) => {
-            state.metrics.rejected(e.code());
-            json!({"ok": false, "error": e.body()})
-        }
-    };
-    // The socket may have closed meanwhile; then nobody is waiting for the answer.
-    let _ = ack.send(&body);
-}
-
 fn viewer(h: &ConnHandle) -> Viewer {
     Viewer {
         user: h.conn.user.clone(),
         gender: h.conn.gender,
-    }
-}
-
-fn object(
-    data: Result<Value, impl std::fmt::Display>,
-) -> Result<serde_json::Map<String, Value>, AppError> {
-    match data {
-        Ok(Value::Object(o)) => Ok(o),
-        _ => Err(AppError::bad_request("payload must be a JSON object")),
     }
 }
 
@@ -97,11 +72,9 @@ async fn set_status(
     h: &Arc<ConnHandle>,
     data: Result<Value, socketioxide::ParserError>,
 ) -> Result<Value, AppError> {
-    let o = object(data)?;
-    let status: Status = o
-        .get("status")
-        .and_then(Value::as_str)
-        .ok_or_else(|| AppError::bad_request("status is required"))?
+    let req: SetStatus = request(data)?;
+    let status: Status = req
+        .status
         .parse()
         .map_err(|e: crate::domain::StatusError| AppError::bad_request(e.to_string()))?;
     if status == Status::Offline {
@@ -109,10 +82,10 @@ async fn set_status(
             "offline cannot be set; it follows from closing every connection",
         ));
     }
-    let details = match o.get("details") {
+    let details = match req.details {
         None | Some(Value::Null) => None,
         Some(d) if status.keeps_details() => {
-            Some(Details::parse(d.clone()).map_err(|e| AppError::bad_request(e.to_string()))?)
+            Some(Details::parse(d).map_err(|e| AppError::bad_request(e.to_string()))?)
         }
         Some(_) => None,
     };
@@ -132,19 +105,8 @@ async fn get(
     h: &Arc<ConnHandle>,
     data: Result<Value, socketioxide::ParserError>,
 ) -> Result<Value, AppError> {
-    let o = object(data)?;
-    let ids = o
-        .get("userIds")
-        .and_then(Value::as_array)
-        .ok_or_else(|| AppError::bad_request("userIds must be an array of user ids"))?;
-    let strs: Vec<&str> = ids
-        .iter()
-        .map(|v| {
-            v.as_str()
-                .ok_or_else(|| AppError::bad_request("userIds must be strings"))
-        })
-        .collect::<Result<_, _>>()?;
-    let ids = presence::parse_ids(strs.into_iter())?;
+    let req: GetPresences = request(data)?;
+    let ids = presence::parse_ids(req.user_ids.iter().map(String::as_str))?;
     let presences = presence::get_visible(
         &*state.engine,
         state.db.as_deref(),
@@ -161,25 +123,14 @@ async fn list_online(
     h: &Arc<ConnHandle>,
     data: Result<Value, socketioxide::ParserError>,
 ) -> Result<Value, AppError> {
-    // No payload at all (which arrives as nothing to decode) means the defaults.
-    let o = match data {
-        Ok(Value::Null) | Err(_) => serde_json::Map::new(),
-        other => object(other)?,
+    let req: ListOnline = request_or_default(data)?;
+    let limit = match req.limit {
+        None => presence::DEFAULT_PAGE,
+        Some(n) => usize::try_from(n).map_err(|_| {
+            AppError::bad_request(format!("limit must be 1 to {}", presence::MAX_PAGE))
+        })?,
     };
-    let limit = match o.get("limit") {
-        None | Some(Value::Null) => presence::DEFAULT_PAGE,
-        Some(v) => v
-            .as_u64()
-            .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| {
-                AppError::bad_request(format!("limit must be 1 to {}", presence::MAX_PAGE))
-            })?,
-    };
-    let cursor = match o.get("cursor") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(c)) => Some(c.as_str()),
-        Some(_) => return Err(AppError::bad_request("malformed cursor")),
-    };
+    let cursor = req.cursor.as_deref();
     let page = presence::list_online(
         &*state.engine,
         state.config.visibility_policy,

@@ -7,7 +7,8 @@
 
 use super::connection::ConnHandle;
 use super::events;
-use crate::auth::{AuthError, Identity, Role, Roles};
+use super::protocol::{Refusal, admission};
+use crate::auth::{Identity, Role, Roles};
 use crate::db::writer::Profile;
 use crate::domain::{Gender, Timestamp, UserId};
 use crate::engine::Connection;
@@ -15,40 +16,6 @@ use crate::state::AppState;
 use serde_json::Value;
 use socketioxide::extract::{SocketRef, State, TryData};
 use std::sync::Arc;
-
-/// Why a handshake was refused; the text is the `connect_error` message clients see, and
-/// starts with the stable code.
-#[derive(Debug, thiserror::Error)]
-pub enum HandshakeError {
-    #[error("unauthorized: {0}")]
-    Unauthorized(String),
-    #[error("forbidden: {0}")]
-    Forbidden(String),
-    #[error("unavailable: {0}")]
-    Unavailable(&'static str),
-    #[error("rate_limited: {0}")]
-    RateLimited(String),
-}
-
-impl HandshakeError {
-    pub(crate) fn reason(&self) -> &'static str {
-        match self {
-            HandshakeError::Unauthorized(_) => "unauthorized",
-            HandshakeError::Forbidden(_) => "forbidden",
-            HandshakeError::Unavailable(_) => "unavailable",
-            HandshakeError::RateLimited(_) => "rate_limited",
-        }
-    }
-}
-
-impl From<AuthError> for HandshakeError {
-    fn from(e: AuthError) -> Self {
-        match e {
-            AuthError::Unauthorized(m) => HandshakeError::Unauthorized(m),
-            AuthError::Forbidden(m) => HandshakeError::Forbidden(m),
-        }
-    }
-}
 
 /// The token, from the first of: `auth.token`, an `Authorization: Bearer` header, a `token`
 /// query parameter.
@@ -97,14 +64,13 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// The development-only `{userId, gender}` handshake.
-fn insecure_identity(auth: &Value) -> Result<Identity, HandshakeError> {
-    let bad = |m: &str| HandshakeError::Unauthorized(m.to_string());
+fn insecure_identity(auth: &Value) -> Result<Identity, Refusal> {
+    let bad = |m: &str| Refusal::unauthorized(m.to_string());
     let id = auth
         .get("userId")
         .and_then(Value::as_str)
         .ok_or_else(|| bad("missing token"))?;
-    let user_id =
-        UserId::parse(id).map_err(|e| HandshakeError::Unauthorized(format!("userId: {e}")))?;
+    let user_id = UserId::parse(id).map_err(|e| Refusal::unauthorized(format!("userId: {e}")))?;
     let gender = match auth.get("gender") {
         None | Some(Value::Null) => None,
         Some(g) => Some(
@@ -121,13 +87,13 @@ fn insecure_identity(auth: &Value) -> Result<Identity, HandshakeError> {
     })
 }
 
-fn identify(state: &AppState, s: &SocketRef, auth: &Value) -> Result<Identity, HandshakeError> {
+fn identify(state: &AppState, s: &SocketRef, auth: &Value) -> Result<Identity, Refusal> {
     let identity = match find_token(s, auth) {
         Some(token) => state.auth.verify(&token)?,
         None if state.config.insecure_userid_allowed() && auth.get("userId").is_some() => {
             insecure_identity(auth)?
         }
-        None => return Err(HandshakeError::Unauthorized("missing token".into())),
+        None => return Err(Refusal::unauthorized("missing token")),
     };
     identity.require(&[Role::User])?;
     Ok(identity)
@@ -137,28 +103,20 @@ pub async fn authenticate(
     s: SocketRef,
     TryData(auth): TryData<Value>,
     State(state): State<AppState>,
-) -> Result<(), HandshakeError> {
-    let result = admit(&s, auth.unwrap_or(Value::Null), &state).await;
-    if let Err(e) = &result {
-        state.metrics.handshake_failed(e.reason());
-        tracing::debug!(sid = %s.id, error = %e, "handshake refused");
-    }
-    result
+) -> Result<(), Refusal> {
+    admission(&state, "/", admit(&s, auth.unwrap_or(Value::Null), &state)).await
 }
 
-async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), HandshakeError> {
-    if state.is_closing() {
-        return Err(HandshakeError::Unavailable("this replica is shutting down"));
-    }
+async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refusal> {
     let identity = identify(state, s, &auth)?;
     if !state.engine.ready().await {
-        return Err(HandshakeError::Unavailable(
+        return Err(Refusal::unavailable(
             "presence store unreachable; retry shortly",
         ));
     }
     let gender = crate::presence::gender_of(state.db.as_deref(), &identity)
         .await
-        .map_err(|_| HandshakeError::Unavailable("user directory unreachable; retry shortly"))?;
+        .map_err(|_| Refusal::unavailable("user directory unreachable; retry shortly"))?;
     let conn = Connection {
         id: format!("{}:{}", state.config.node_id, s.id).into(),
         user: identity.user_id.clone(),
@@ -190,13 +148,13 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Hands
             }
         }
         Err(crate::engine::EngineError::TooManyConnections(n)) => {
-            return Err(HandshakeError::RateLimited(format!(
+            return Err(Refusal::rate_limited(format!(
                 "this user holds the most connections allowed ({n})"
             )));
         }
         Err(e) => {
             tracing::warn!(error = %e, "could not register a connection");
-            return Err(HandshakeError::Unavailable(
+            return Err(Refusal::unavailable(
                 "presence store unreachable; retry shortly",
             ));
         }

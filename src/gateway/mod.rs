@@ -9,7 +9,8 @@
 //! - [`gender`]: a gender changed in the database, applied to live connections;
 //! - [`widget`]: `/widget`, anonymous chat widgets recording statistics events;
 //! - [`dashboard`]: `/dashboard`, live statistics and presence figures for dashboards;
-//! - [`ratelimit`]: the per-socket request budget.
+//! - [`ratelimit`]: the per-socket request budget;
+//! - [`protocol`]: typed requests, the one ack, and how a refused handshake reads.
 
 pub mod connection;
 pub mod dashboard;
@@ -18,6 +19,7 @@ pub mod fanout;
 pub mod gender;
 pub mod handshake;
 pub mod heartbeats;
+pub mod protocol;
 pub mod ratelimit;
 pub mod viewers;
 pub mod widget;

@@ -4,7 +4,7 @@
 //! if it had gone online. Widget sockets are not presence users: nothing here touches the
 //! presence engine.
 
-use super::handshake::HandshakeError;
+use super::protocol::{Refusal, WidgetMessage, admission, answer, request};
 use crate::domain::Timestamp;
 use crate::domain::stats::{
     Channel, EventType, MAX_LABEL_CHARS, MAX_TEXT_CHARS, Message, NewEvent, Sender, Visitor,
@@ -25,34 +25,32 @@ pub struct WidgetConn {
     rate: super::ratelimit::SharedBucket,
 }
 
-fn label(auth: &Value, key: &str) -> Result<Option<String>, HandshakeError> {
+fn label(auth: &Value, key: &str) -> Result<Option<String>, Refusal> {
     match auth.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if !crate::domain::text::storable(s) => Err(
-            HandshakeError::Unauthorized(format!("{key}: {}", crate::domain::text::UNSTORABLE)),
-        ),
+        Some(Value::String(s)) if !crate::domain::text::storable(s) => Err(Refusal::unauthorized(
+            format!("{key}: {}", crate::domain::text::UNSTORABLE),
+        )),
         Some(Value::String(s)) if s.chars().count() <= MAX_LABEL_CHARS => {
             Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty()))
         }
-        Some(_) => Err(HandshakeError::Unauthorized(format!(
+        Some(_) => Err(Refusal::unauthorized(format!(
             "{key} must be a string of at most {MAX_LABEL_CHARS} characters"
         ))),
     }
 }
 
-fn visitor(auth: &Value) -> Result<Visitor, HandshakeError> {
+fn visitor(auth: &Value) -> Result<Visitor, Refusal> {
     let id = auth
         .get("visitorId")
         .and_then(Value::as_str)
         .filter(|s| valid_visitor_id(s))
-        .ok_or_else(|| {
-            HandshakeError::Unauthorized("visitorId must match ^[A-Za-z0-9_-]{1,64}$".into())
-        })?;
+        .ok_or_else(|| Refusal::unauthorized("visitorId must match ^[A-Za-z0-9_-]{1,64}$"))?;
     let channel = auth
         .get("channel")
         .and_then(Value::as_str)
         .and_then(Channel::parse)
-        .ok_or_else(|| HandshakeError::Unauthorized("channel must be web or premium".into()))?;
+        .ok_or_else(|| Refusal::unauthorized("channel must be web or premium"))?;
     Ok(Visitor {
         id: id.to_string(),
         channel,
@@ -78,22 +76,17 @@ pub async fn admit(
     s: SocketRef,
     TryData(auth): TryData<Value>,
     State(state): State<AppState>,
-) -> Result<(), HandshakeError> {
-    let r = async {
-        if state.is_closing() {
-            return Err(HandshakeError::Unavailable("this replica is shutting down"));
-        }
+) -> Result<(), Refusal> {
+    let admit = async {
         let v = visitor(&auth.unwrap_or(Value::Null))?;
         let stats = state
             .stats
             .as_ref()
-            .ok_or(HandshakeError::Unavailable("statistics need DATABASE_URL"))?;
+            .ok_or_else(|| Refusal::unavailable("statistics need DATABASE_URL"))?;
         stats
             .record(vec![event(EventType::WidgetOpened, &v, None)])
             .await
-            .map_err(|_| {
-                HandshakeError::Unavailable("statistics store unreachable; retry shortly")
-            })?;
+            .map_err(|_| Refusal::unavailable("statistics store unreachable; retry shortly"))?;
         s.extensions.insert(Arc::new(WidgetConn {
             visitor: v,
             online: AtomicBool::new(false),
@@ -102,12 +95,8 @@ pub async fn admit(
         s.on("widget:message", message);
         s.on_disconnect(closed);
         Ok(())
-    }
-    .await;
-    if let Err(e) = &r {
-        state.metrics.handshake_failed(e.reason());
-    }
-    r
+    };
+    admission(&state, "/widget", admit).await
 }
 
 pub async fn connected(State(state): State<AppState>) {
@@ -121,14 +110,7 @@ async fn message(
     Extension(w): Extension<Arc<WidgetConn>>,
 ) {
     let r = record_message(&state, &w, data).await;
-    let body = match r {
-        Ok(seq) => json!({"ok": true, "seq": seq}),
-        Err(e) => {
-            state.metrics.rejected(e.code());
-            json!({"ok": false, "error": e.body()})
-        }
-    };
-    let _ = ack.send(&body);
+    answer(&state, ack, r.map(|seq| json!({"seq": seq})));
 }
 
 async fn record_message(
@@ -139,14 +121,11 @@ async fn record_message(
     if !w.rate.lock().unwrap_or_else(|e| e.into_inner()).try_take() {
         return Err(AppError::RateLimited);
     }
-    let Ok(Value::Object(o)) = data else {
-        return Err(AppError::bad_request("payload must be a JSON object"));
-    };
-    let text = o
-        .get("text")
-        .and_then(Value::as_str)
-        .filter(|t| !t.trim().is_empty())
-        .ok_or_else(|| AppError::bad_request("text is required"))?;
+    let WidgetMessage { text, human_mode } = request(data)?;
+    if text.trim().is_empty() {
+        return Err(AppError::bad_request("text is required"));
+    }
+    let text = text.as_str();
     if text.chars().count() > MAX_TEXT_CHARS {
         return Err(AppError::bad_request(format!(
             "text: at most {MAX_TEXT_CHARS} characters"
@@ -158,11 +137,7 @@ async fn record_message(
             crate::domain::text::UNSTORABLE
         )));
     }
-    let human_mode = match o.get("humanMode") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(AppError::bad_request("humanMode must be a boolean")),
-    };
+    let human_mode = human_mode.unwrap_or(false);
     let stats = state
         .stats
         .as_ref()
