@@ -173,9 +173,14 @@ pub async fn dependencies(state: &AppState) -> (&'static str, &'static str) {
     (redis, database)
 }
 
-pub async fn run(state: AppState) {
-    let mut tick = crate::state::ticker(REFRESH);
-    while state.tick(&mut tick).await {
+/// The refresh loop.
+pub fn spawn(state: &AppState) {
+    state.background.spawn(run(state.clone()));
+}
+
+async fn run(state: AppState) {
+    let mut tick = crate::background::ticker(REFRESH);
+    while state.background.tick(&mut tick).await {
         let f = &state.figures;
         if f.recent(&f.looked) {
             f.refresh(&state).await;

@@ -16,6 +16,7 @@
 //! - [`gateway`]: Socket.IO — handshakes, client events, heartbeat batching, fan-out.
 //! - [`http`]: the HTTP API, health, readiness and `/metrics`.
 //! - [`server`]: wiring it all from a [`config::Config`], serving, and shutting down.
+//! - [`background`]: background work supervised as one thing (stop token, tracker, timer).
 //! - [`figures`]: the cluster figures and dependency states health, metrics and dashboards
 //!   show, refreshed in the background (no request waits on Redis or PostgreSQL for them).
 //! - [`limits`]: budgets by identity, address and session, and the client's address.
@@ -23,6 +24,7 @@
 //!   those share; `main.rs` only calls [`cli::main`].
 
 pub mod auth;
+pub mod background;
 pub mod cli;
 pub mod config;
 pub mod db;

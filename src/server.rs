@@ -17,7 +17,7 @@ use crate::config::{Config, ConfigError};
 use crate::db::{Database, DbSettings};
 use crate::domain::Timestamp;
 use crate::engine::{PresenceEngine, memory::MemoryEngine, redis::RedisEngine};
-use crate::gateway::{self, fanout, heartbeats};
+use crate::gateway::{self, heartbeats};
 use crate::state::AppState;
 use axum::Router;
 use std::sync::Arc;
@@ -106,70 +106,73 @@ impl Gateway {
         })
     }
 
-    /// Start the background tasks: fan-out, heartbeat flushing, sweeping, server heartbeats.
+    /// Start the background work; each part spawns its own loops into
+    /// [`AppState::background`](crate::state::Shared::background).
     pub fn spawn_background(&self) {
         let state = &self.state;
-        state
-            .tasks
-            .spawn(fanout::run(state.clone(), state.engine.subscribe()));
-        state.tasks.spawn(fanout::run_backlogs(state.clone()));
-        state.tasks.spawn(heartbeats::run(state.clone()));
-        state.tasks.spawn(crate::figures::run(state.clone()));
-        state.tasks.spawn(sweep_loop(state.clone()));
+        gateway::spawn(state);
+        crate::figures::spawn(state);
+        let bg = &state.background;
+        bg.spawn(sweep_loop(state.clone()));
         if state.config.enable_server_heartbeat {
-            state.tasks.spawn(server_heartbeat_loop(state.clone()));
+            bg.spawn(server_heartbeat_loop(state.clone()));
         }
-        state
-            .tasks
-            .spawn(gateway::dashboard::run_presence_stats(state.clone()));
         if let Some(stats) = &state.stats {
-            let (s, st) = (stats.clone(), state.clone());
-            state
-                .tasks
-                .spawn(async move { s.run_committer(st.engine.clone(), st.stop.clone()).await });
-            let (s, st) = (stats.clone(), state.clone());
-            state.tasks.spawn(async move {
-                let emit_state = st.clone();
-                s.run_receiver(
-                    st.engine.clone(),
-                    move |u| gateway::dashboard::emit_update(&emit_state, u),
-                    st.stop.clone(),
-                )
-                .await
-            });
-            state
-                .tasks
-                .spawn(gateway::dashboard::run_backlogs(state.clone()));
+            spawn_stats(state, stats);
         }
         if let Some(db) = &state.db {
-            let (st, d) = (state.clone(), db.clone());
-            state.tasks.spawn(async move {
-                let each = |user| {
-                    let st2 = st.clone();
-                    st.tasks.spawn(async move {
-                        gateway::gender::apply_database_gender(&st2, &user).await
-                    });
-                };
-                d.gender_changes(each, st.stop.clone()).await
-            });
-            // The writer's last flush waits until the recorder has drained what arrived.
-            let (drained, drained_rx) = tokio::sync::oneshot::channel();
-            let (state2, db2, rx) = (state.clone(), db.clone(), state.engine.subscribe());
-            state
-                .tasks
-                .spawn(database_loop(state.clone(), db.clone(), drained_rx));
-            state.tasks.spawn(async move {
-                record_changes(state2, db2, rx).await;
-                let _ = drained.send(());
-            });
+            spawn_database(state, db);
         }
     }
 }
 
+/// Statistics: the committer, and the receiver that delivers to this replica's dashboards.
+fn spawn_stats(state: &AppState, stats: &Arc<crate::stats::Stats>) {
+    let bg = &state.background;
+    let (s, st) = (stats.clone(), state.clone());
+    bg.spawn(async move {
+        s.run_committer(st.engine.clone(), st.background.stop.clone())
+            .await
+    });
+    let (s, st) = (stats.clone(), state.clone());
+    bg.spawn(async move {
+        let emit_state = st.clone();
+        s.run_receiver(
+            st.engine.clone(),
+            move |u| gateway::dashboard::emit_update(&emit_state, u),
+            st.background.stop.clone(),
+        )
+        .await
+    });
+}
+
+/// PostgreSQL: migrations and the presence writer, the change recorder, and the listener of
+/// gender changes.
+fn spawn_database(state: &AppState, db: &Arc<Database>) {
+    let bg = &state.background;
+    let (st, d) = (state.clone(), db.clone());
+    bg.spawn(async move {
+        let each = |user| {
+            let st2 = st.clone();
+            st.background
+                .spawn(async move { gateway::gender::apply_database_gender(&st2, &user).await });
+        };
+        d.gender_changes(each, st.background.stop.clone()).await
+    });
+    // The writer's last flush waits until the recorder has drained what arrived.
+    let (drained, drained_rx) = tokio::sync::oneshot::channel();
+    let (state2, db2, rx) = (state.clone(), db.clone(), state.engine.subscribe());
+    bg.spawn(database_loop(state.clone(), db.clone(), drained_rx));
+    bg.spawn(async move {
+        record_changes(state2, db2, rx).await;
+        let _ = drained.send(());
+    });
+}
+
 async fn sweep_loop(state: AppState) {
-    let mut tick = crate::state::ticker(Duration::from_millis(state.config.sweep_interval_ms));
+    let mut tick = crate::background::ticker(Duration::from_millis(state.config.sweep_interval_ms));
     let mut was_ready = true;
-    while state.tick(&mut tick).await {
+    while state.background.tick(&mut tick).await {
         // Budgets nobody used lately are as good as new: forget them. A session's is kept a
         // minute, so a namespace reconnect finds the budget it left with.
         state.http_limits.prune(Duration::ZERO);
@@ -220,7 +223,7 @@ async fn database_loop(
                 Err(e) => tracing::warn!(error = %e, "migrations not applied yet; retrying"),
             }
             tokio::select! {
-                _ = state.stop.cancelled() => return,
+                _ = state.background.stop.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(Duration::from_secs(5));
@@ -264,7 +267,7 @@ async fn database_loop(
         }
     };
     tokio::select! {
-        _ = db.writer.run(&db, state.stop.clone()) => {}
+        _ = db.writer.run(&db, state.background.stop.clone()) => {}
         _ = ping => {}
     }
     // Stopping: what the change recorder still drains must make this flush.
@@ -311,7 +314,7 @@ async fn record_changes(
     let node = state.config.node_id.as_str();
     loop {
         let ev = tokio::select! {
-            _ = state.stop.cancelled() => break,
+            _ = state.background.stop.cancelled() => break,
             r = rx.recv() => r,
         };
         match ev {
@@ -338,8 +341,8 @@ async fn record_changes(
 async fn server_heartbeat_loop(state: AppState) {
     let period = Duration::from_millis(state.config.server_heartbeat_interval_ms);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    while state.tick(&mut tick).await {
-        if let Some(io) = state.io.get() {
+    while state.background.tick(&mut tick).await {
+        if let Some(io) = state.gateway.io.get() {
             let _ = io
                 .emit(
                     "server:heartbeat",
@@ -375,7 +378,7 @@ pub async fn run(
 
     state.start_closing();
     stop_accepting.cancel();
-    if let Some(io) = state.io.get()
+    if let Some(io) = state.gateway.io.get()
         && tokio::time::timeout(SHUTDOWN_DEADLINE, io.close())
             .await
             .is_err()
@@ -386,7 +389,7 @@ pub async fn run(
     // socketioxide runs no disconnect handler for a long-polling socket closed this way (the
     // namespaces are gone by the time the engine reports the close), so record whatever is
     // left as closed by the shutdown; the per-socket gate keeps each close to one.
-    let left = state.sockets.snapshot();
+    let left = state.gateway.sockets.snapshot();
     tracing::debug!(
         left = left.len(),
         "recording closes the library did not report"
@@ -394,12 +397,7 @@ pub async fn run(
     for h in left {
         gateway::events::record_close(&state, &h, state.config.shutdown_grace_ms).await;
     }
-    state.stop.cancel();
-    state.tasks.close();
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, state.tasks.wait())
-        .await
-        .is_err()
-    {
+    if !state.background.shut_down(SHUTDOWN_DEADLINE).await {
         tracing::warn!("background tasks did not stop in time");
     }
     // Only plain HTTP requests can be left by now, and they are short.

@@ -5,26 +5,14 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::db::Database;
 use crate::engine::PresenceEngine;
-use crate::gateway::{HeartbeatBatch, SocketRegistry};
 use crate::metrics::Metrics;
-use socketioxide::SocketIo;
 use std::ops::Deref;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
-
-/// The timer of a background loop: a tick missed while the loop was busy is delayed, not
-/// fired in a burst.
-pub fn ticker(period: std::time::Duration) -> tokio::time::Interval {
-    let mut t = tokio::time::interval(period);
-    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    t
-}
 
 pub struct Shared {
     pub config: Arc<Config>,
@@ -35,10 +23,9 @@ pub struct Shared {
     pub stats: Option<Arc<crate::stats::Stats>>,
     pub auth: Arc<Authenticator>,
     pub metrics: Metrics,
-    /// This replica's sockets.
-    pub sockets: SocketRegistry,
-    /// Connections heard from since the last flush to the engine.
-    pub heartbeats: HeartbeatBatch,
+    /// The Socket.IO side's shared pieces: the layer's handle, this replica's sockets, the
+    /// heartbeat batch, the fan-out's viewers and backlogs.
+    pub gateway: crate::gateway::Hub,
     /// Authenticated HTTP requests per caller identity.
     pub http_limits: crate::limits::KeyedLimiter<String>,
     /// New Socket.IO sessions per client address.
@@ -48,22 +35,14 @@ pub struct Shared {
     pub session_budgets: crate::limits::KeyedLimiter<(socketioxide::socket::Sid, &'static str)>,
     /// The cluster figures and dependency states, refreshed in the background.
     pub figures: crate::figures::Figures,
-    /// Where the fan-out sends each change on this replica.
-    pub viewers: crate::gateway::viewers::Viewers,
-    /// Sockets with presence updates waiting for room in their queues.
-    pub backlogged: crate::gateway::fanout::Backlogged,
-    /// Set once the Socket.IO layer is built.
-    pub io: OnceLock<SocketIo>,
     pub started_at: Instant,
     /// `/readyz` answers 503 from the first shutdown signal on.
     draining: AtomicBool,
     /// Sockets closing from now on are closed by the shutdown (shutdown grace applies).
     closing: AtomicBool,
-    /// Cancelled when the background tasks must stop.
-    pub stop: CancellationToken,
-    /// Every task this replica spawns that must end before it exits (grace timers,
-    /// revivals, background loops): none may outlive shutdown.
-    pub tasks: TaskTracker,
+    /// Every task this replica spawns that must end before it exits (loops, grace timers,
+    /// revivals), and the token that stops them.
+    pub background: crate::background::Background,
 }
 
 impl Deref for AppState {
@@ -98,20 +77,15 @@ impl AppState {
             db,
             auth: Arc::new(auth),
             metrics,
-            sockets: SocketRegistry::default(),
-            heartbeats: HeartbeatBatch::default(),
+            gateway: Default::default(),
             http_limits,
             handshake_limits,
             session_budgets,
             figures: Default::default(),
-            viewers: Default::default(),
-            backlogged: Default::default(),
-            io: OnceLock::new(),
             started_at: Instant::now(),
             draining: AtomicBool::new(false),
             closing: AtomicBool::new(false),
-            stop: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+            background: Default::default(),
         }))
     }
 
@@ -121,14 +95,6 @@ impl AppState {
 
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
-    }
-
-    /// The next tick of a background loop's timer; false once the replica is stopping.
-    pub async fn tick(&self, timer: &mut tokio::time::Interval) -> bool {
-        tokio::select! {
-            _ = self.stop.cancelled() => false,
-            _ = timer.tick() => true,
-        }
     }
 
     pub fn is_closing(&self) -> bool {

@@ -48,6 +48,7 @@ pub async fn connected(s: SocketRef, State(state): State<AppState>) {
 
 fn sockets(state: &AppState) -> Vec<SocketRef> {
     state
+        .gateway
         .io
         .get()
         .and_then(|io| io.of(NAMESPACE))
@@ -146,8 +147,8 @@ pub fn emit_update(state: &AppState, u: &StatsUpdate) {
 
 /// Drain dashboard backlogs as their sockets make room, and deliver owed `stats_resync`s.
 pub async fn run_backlogs(state: AppState) {
-    let mut tick = crate::state::ticker(BACKLOG_RETRY);
-    while state.tick(&mut tick).await {
+    let mut tick = crate::background::ticker(BACKLOG_RETRY);
+    while state.background.tick(&mut tick).await {
         let Some(stats) = &state.stats else { continue };
         for s in sockets(&state) {
             let Some(h) = handle(&s) else { continue };
@@ -196,8 +197,8 @@ fn presence_stats(s: &crate::engine::ClusterStats) -> Value {
 /// ~1.25 s of the figures being read; the figures come from [`crate::figures`], so this
 /// costs nothing of Redis.
 pub async fn run_presence_stats(state: AppState) {
-    let mut tick = crate::state::ticker(PRESENCE_STATS_EVERY / 4);
-    while state.tick(&mut tick).await {
+    let mut tick = crate::background::ticker(PRESENCE_STATS_EVERY / 4);
+    while state.background.tick(&mut tick).await {
         let targets = sockets(&state);
         if targets.is_empty() {
             continue;

@@ -51,7 +51,7 @@ type Handle = Extension<Arc<ConnHandle>>;
 /// Hear the client, then apply its request budget.
 fn begin(state: &AppState, h: &Arc<ConnHandle>) -> Result<(), AppError> {
     if h.heard(Timestamp::now()) {
-        state.heartbeats.push(h.clone());
+        state.gateway.heartbeats.push(h.clone());
     }
     if h.allow_request() {
         Ok(())
@@ -164,13 +164,13 @@ async fn disconnected(
 /// whoever calls (the disconnect handler, or the shutdown for sockets whose handler the
 /// library never ran).
 pub async fn record_close(state: &AppState, h: &Arc<ConnHandle>, grace_ms: u64) {
-    state.viewers.leave(h);
+    state.gateway.viewers.leave(h);
     // Under the socket's gate, like the connect handler's registration: either that ran
     // before (and is undone here) or it never will. Outside it, a close arriving before the
     // connect handler ran could be followed by a registration nothing would ever remove.
     let outcome = h
         .close(async {
-            if state.sockets.remove(h).is_some() {
+            if state.gateway.sockets.remove(h).is_some() {
                 state.metrics.disconnections.increment(1);
                 state.metrics.sockets_root.decrement(1.0);
             }
@@ -206,9 +206,9 @@ fn schedule_settle(state: &AppState, h: &ConnHandle, deadline: Timestamp) {
     }
     let (state2, user) = (state.clone(), h.conn.user.clone());
     let wait = std::time::Duration::from_micros(deadline.micros_since(Timestamp::now()));
-    state.tasks.spawn(async move {
+    state.background.tasks.spawn(async move {
         tokio::select! {
-            _ = state2.stop.cancelled() => {}
+            _ = state2.background.stop.cancelled() => {}
             _ = tokio::time::sleep(wait) => {
                 if let Err(e) = state2.engine.settle(&user, Timestamp::now()).await {
                     tracing::warn!(error = %e, "grace not settled; the sweep will");

@@ -88,7 +88,7 @@ fn offer(state: &AppState, v: &Viewer, user: &crate::domain::UserId, p: &Pending
         }
     }
     if h.defer(user, p.clone()) {
-        state.backlogged.lock().insert(h.sid);
+        state.gateway.backlogged.lock().insert(h.sid);
         state.metrics.deferred.increment(1);
     } else {
         state.metrics.dropped.increment(1);
@@ -101,7 +101,7 @@ pub async fn run(state: AppState, mut rx: Receiver<PresenceEvent>) {
     let mut resyncs = state.engine.subscribe_resyncs();
     loop {
         let event = tokio::select! {
-            _ = state.stop.cancelled() => break,
+            _ = state.background.stop.cancelled() => break,
             r = rx.recv() => r,
             r = resyncs.recv() => {
                 match r {
@@ -137,9 +137,9 @@ fn schedule_resync(state: &AppState, cause: Resync) {
     let settle = Duration::from_millis(state.config.sweep_interval_ms)
         + super::heartbeats::flush_interval(state.config.heartbeat_timeout_ms) * 2;
     let state2 = state.clone();
-    state.tasks.spawn(async move {
+    state.background.tasks.spawn(async move {
         tokio::select! {
-            _ = state2.stop.cancelled() => {}
+            _ = state2.background.stop.cancelled() => {}
             _ = tokio::time::sleep(settle) => resync_all(&state2, cause),
         }
     });
@@ -149,7 +149,7 @@ fn schedule_resync(state: &AppState, cause: Resync) {
 /// should refetch what it shows.
 fn resync_all(state: &AppState, cause: Resync) {
     let body = serde_json::json!({"reason": cause.reason()});
-    let viewers = state.viewers.all();
+    let viewers = state.gateway.viewers.all();
     tracing::info!(
         reason = cause.reason(),
         sockets = viewers.len(),
@@ -181,14 +181,18 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
         payload,
     };
     let mut sent = 0u64;
-    for v in state.viewers.for_change(policy, &p.user_id, p.gender) {
+    for v in state
+        .gateway
+        .viewers
+        .for_change(policy, &p.user_id, p.gender)
+    {
         v.handle.remember(p);
         match offer(state, &v, &p.user_id, &pending) {
             Sent::Now => sent += 1,
             Sent::Deferred => {}
             // Closed for good: its disconnect takes it out too, if the library reports one
             // (it does not for a connect that never completed).
-            Sent::Gone => state.viewers.leave(&v.handle),
+            Sent::Gone => state.gateway.viewers.leave(&v.handle),
         }
     }
     if let Some(old) = ev.was_online_as {
@@ -216,14 +220,14 @@ fn tell_gone(state: &AppState, p: &crate::domain::Presence, old: crate::domain::
         payload: Arc::from(raw),
     };
     let mut sent = 0;
-    for v in state.viewers.in_audiences(&lost) {
+    for v in state.gateway.viewers.in_audiences(&lost) {
         if v.handle.conn.user == p.user_id {
             continue;
         }
         match offer(state, &v, &p.user_id, &pending) {
             Sent::Now => sent += 1,
             Sent::Deferred => {}
-            Sent::Gone => state.viewers.leave(&v.handle),
+            Sent::Gone => state.gateway.viewers.leave(&v.handle),
         }
     }
     sent
@@ -237,7 +241,7 @@ fn bound_backlogs(state: &AppState, sids: &[Sid]) {
     let bound = state.config.socket_backlog_total;
     let mut sizes: Vec<(usize, Viewer)> = sids
         .iter()
-        .filter_map(|sid| state.viewers.get(*sid))
+        .filter_map(|sid| state.gateway.viewers.get(*sid))
         .map(|v| (v.handle.backlog_len(), v))
         .collect();
     let mut total: usize = sizes.iter().map(|(n, _)| n).sum();
@@ -251,8 +255,8 @@ fn bound_backlogs(state: &AppState, sids: &[Sid]) {
         }
         total -= n;
         v.handle.clear_backlog();
-        state.backlogged.lock().remove(&v.handle.sid);
-        state.viewers.leave(&v.handle);
+        state.gateway.backlogged.lock().remove(&v.handle.sid);
+        state.gateway.viewers.leave(&v.handle);
         state.metrics.slow_disconnected.increment(1);
         tracing::warn!(sid = %v.handle.sid, backlog = n, bound, "socket too far behind; disconnected");
         // Cut off at once (no more updates, its backlog dropped); then closed: a namespace
@@ -264,14 +268,14 @@ fn bound_backlogs(state: &AppState, sids: &[Sid]) {
 
 /// Deliver backlogs as their sockets' queues drain.
 pub async fn run_backlogs(state: AppState) {
-    let mut tick = crate::state::ticker(BACKLOG_RETRY);
-    while state.tick(&mut tick).await {
-        let sids: Vec<Sid> = state.backlogged.lock().iter().copied().collect();
+    let mut tick = crate::background::ticker(BACKLOG_RETRY);
+    while state.background.tick(&mut tick).await {
+        let sids: Vec<Sid> = state.gateway.backlogged.lock().iter().copied().collect();
         bound_backlogs(&state, &sids);
         let per_tick = (state.config.socket_queue_packets / 2).max(1);
         for sid in sids {
-            let Some(v) = state.viewers.get(sid) else {
-                state.backlogged.lock().remove(&sid);
+            let Some(v) = state.gateway.viewers.get(sid) else {
+                state.gateway.backlogged.lock().remove(&sid);
                 continue;
             };
             let h = &v.handle;
@@ -287,10 +291,10 @@ pub async fn run_backlogs(state: AppState) {
                 }
             });
             if gone {
-                state.viewers.leave(h);
+                state.gateway.viewers.leave(h);
             }
             state.metrics.delivered.increment(sent);
-            let mut set = state.backlogged.lock();
+            let mut set = state.gateway.backlogged.lock();
             if !h.has_backlog() {
                 set.remove(&sid);
             }

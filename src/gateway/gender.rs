@@ -16,6 +16,7 @@ pub async fn apply_database_gender(state: &AppState, user: &UserId) {
         return;
     };
     let targets: Vec<_> = state
+        .gateway
         .viewers
         .all()
         .into_iter()
@@ -60,9 +61,12 @@ pub async fn apply_database_gender(state: &AppState, user: &UserId) {
             None => continue,
         }
         v.socket.extensions.insert(new.clone());
-        state.viewers.leave(old);
-        state.viewers.join(policy, v.socket.clone(), new.clone());
-        state.sockets.add(new);
+        state.gateway.viewers.leave(old);
+        state
+            .gateway
+            .viewers
+            .join(policy, v.socket.clone(), new.clone());
+        state.gateway.sockets.add(new);
         let _ = v
             .socket
             .emit("presence:resync", &serde_json::json!({"reason": "gender"}));

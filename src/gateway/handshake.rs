@@ -159,7 +159,7 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refus
             ));
         }
     }
-    state.viewers.join(policy, s.clone(), handle);
+    state.gateway.viewers.join(policy, s.clone(), handle);
     Ok(())
 }
 
@@ -173,7 +173,7 @@ pub async fn connected(s: SocketRef, State(state): State<AppState>) {
     // Under the gate, so a disconnect that already ran keeps the socket out of the registry.
     let added = handle
         .while_open(async {
-            state.sockets.add(handle.clone());
+            state.gateway.sockets.add(handle.clone());
         })
         .await;
     if added.is_some() {

@@ -35,7 +35,7 @@ pub fn flush_interval(heartbeat_timeout_ms: u64) -> Duration {
 }
 
 pub async fn flush(state: &AppState) {
-    let handles = state.heartbeats.take();
+    let handles = state.gateway.heartbeats.take();
     if handles.is_empty() {
         return;
     }
@@ -66,7 +66,7 @@ pub async fn flush(state: &AppState) {
             tracing::warn!(error = %e, n = handles.len(), "heartbeats not written; retrying next flush");
             for h in handles {
                 if h.heard(h.last_heard()) {
-                    state.heartbeats.push(h);
+                    state.gateway.heartbeats.push(h);
                 }
             }
         }
@@ -75,7 +75,7 @@ pub async fn flush(state: &AppState) {
 
 fn revive(state: &AppState, h: Arc<ConnHandle>) {
     let state2 = state.clone();
-    state.tasks.spawn(async move {
+    state.background.tasks.spawn(async move {
         // Restore rather than revive: if the store lost the user's record (it came back
         // empty), it is re-created as this replica last saw it, unannounced.
         let last = h.last_known();
@@ -98,16 +98,16 @@ fn revive(state: &AppState, h: Arc<ConnHandle>) {
 /// Queue every local connection for the next flush: after the store was unreachable, the
 /// flush finds the connections it lost and restores them.
 pub fn requeue_all(state: &AppState) {
-    for h in state.sockets.snapshot() {
+    for h in state.gateway.sockets.snapshot() {
         if h.heard(h.last_heard()) {
-            state.heartbeats.push(h);
+            state.gateway.heartbeats.push(h);
         }
     }
 }
 
 pub async fn run(state: AppState) {
-    let mut tick = crate::state::ticker(flush_interval(state.config.heartbeat_timeout_ms));
-    while state.tick(&mut tick).await {
+    let mut tick = crate::background::ticker(flush_interval(state.config.heartbeat_timeout_ms));
+    while state.background.tick(&mut tick).await {
         flush(&state).await;
     }
     // What was heard before the stop still counts.

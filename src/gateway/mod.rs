@@ -27,6 +27,34 @@ pub mod widget;
 pub use connection::{ConnHandle, SocketRegistry};
 pub use heartbeats::HeartbeatBatch;
 
+/// The Socket.IO side's shared pieces, one value in the application state.
+#[derive(Default)]
+pub struct Hub {
+    /// Set once the Socket.IO layer is built.
+    pub io: std::sync::OnceLock<SocketIo>,
+    /// This replica's `/` sockets.
+    pub sockets: SocketRegistry,
+    /// Connections heard from since the last flush to the engine.
+    pub heartbeats: HeartbeatBatch,
+    /// Where the fan-out sends each change on this replica.
+    pub viewers: viewers::Viewers,
+    /// Sockets with presence updates waiting for room in their queues.
+    pub backlogged: fanout::Backlogged,
+}
+
+/// The Socket.IO side's loops: fan-out and its backlogs, heartbeat flushing, dashboards'
+/// figures and backlogs, server heartbeats.
+pub fn spawn(state: &AppState) {
+    let bg = &state.background;
+    bg.spawn(fanout::run(state.clone(), state.engine.subscribe()));
+    bg.spawn(fanout::run_backlogs(state.clone()));
+    bg.spawn(heartbeats::run(state.clone()));
+    bg.spawn(dashboard::run_presence_stats(state.clone()));
+    if state.stats.is_some() {
+        bg.spawn(dashboard::run_backlogs(state.clone()));
+    }
+}
+
 use crate::state::AppState;
 use socketioxide::handler::ConnectHandler;
 use socketioxide::{SocketIo, layer::SocketIoLayer};
@@ -65,7 +93,7 @@ pub fn layer(state: &AppState) -> SocketIoLayer {
         dashboard::NAMESPACE,
         dashboard::connected.with(dashboard::admit),
     );
-    let _ = state.io.set(io);
+    let _ = state.gateway.io.set(io);
     layer
 }
 

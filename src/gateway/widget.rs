@@ -178,7 +178,7 @@ async fn closed(State(state): State<AppState>, Extension(w): Extension<Arc<Widge
     };
     let ev = event(EventType::UserOffline, &w.visitor, None);
     // Stored in the background: a shutting-down replica still waits for it (task tracker).
-    state.tasks.spawn(async move {
+    state.background.tasks.spawn(async move {
         if let Err(e) = stats.record(vec![ev]).await {
             tracing::warn!(error = %e, "user_offline not recorded");
         }

@@ -66,10 +66,10 @@ pub async fn socket_status(
     caller: Caller,
 ) -> ApiResult<Json<Value>> {
     caller.require(&[Role::Admin])?;
-    let io = state.io.get().ok_or(AppError::Internal)?;
+    let io = state.gateway.io.get().ok_or(AppError::Internal)?;
     let now = Timestamp::now();
     let mut sockets: Vec<Value> = state
-        .sockets
+        .gateway.sockets
         .snapshot()
         .into_iter()
         .map(|h| {
@@ -89,7 +89,7 @@ pub async fn socket_status(
                 // Updates waiting for room in its queue, and whether it still gets new ones
                 // (a socket cut off for being too far behind waits for its transport to close).
                 "backlog": h.backlog_len(),
-                "receivesUpdates": state.viewers.get(h.sid).is_some_and(|v| std::sync::Arc::ptr_eq(&v.handle, &h)),
+                "receivesUpdates": state.gateway.viewers.get(h.sid).is_some_and(|v| std::sync::Arc::ptr_eq(&v.handle, &h)),
             })
         })
         .collect();

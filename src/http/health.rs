@@ -129,8 +129,8 @@ pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
             uptime_ms: state.started_at.elapsed().as_millis() as u64,
         },
         sockets: HealthSockets {
-            connected: state.sockets.len(),
-            connected_users: state.sockets.users(),
+            connected: state.gateway.sockets.len(),
+            connected_users: state.gateway.sockets.users(),
         },
         dependencies: Dependencies { redis, database },
         database: state.db.as_ref().map(|db| HealthDatabase {
