@@ -1,9 +1,11 @@
 //! The presence domain: what a user, a status, a presence and a visibility rule are.
 //!
 //! Nothing here knows about sockets, HTTP, Redis or PostgreSQL. The engines store what these
-//! types describe and the transports carry it; the rules themselves (when a version grows,
-//! when a change is a change, who may see whom) live only here, so the memory engine, the
-//! Redis engine's scripts and every transport path agree by construction.
+//! types describe and the transports carry it. The rules themselves (when a version grows,
+//! when a change is a change, which status may be set, who may see whom) are written here:
+//! the memory engine applies these transitions, and the Redis engine's Lua scripts restate
+//! them for atomicity inside Redis — held to them by `tests/it/conformance.rs`, which runs
+//! random sequences of operations against both engines and a model built on these types.
 
 pub mod presence;
 pub mod stats;

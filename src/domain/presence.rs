@@ -28,6 +28,15 @@ impl Status {
         }
     }
 
+    /// A status a client may set: any but `offline`, which follows from closing every
+    /// connection. The one place this rule is written; every path that sets a status asks it.
+    pub fn settable(self) -> Result<Status, StatusError> {
+        match self {
+            Status::Offline => Err(StatusError::OfflineNotSettable),
+            s => Ok(s),
+        }
+    }
+
     /// Whether a status carries `details` (the others always have `details: null`).
     pub fn keeps_details(self) -> bool {
         matches!(self, Status::Live | Status::InCall)
@@ -207,9 +216,7 @@ impl PresenceRecord {
         details: Option<Details>,
         now: Timestamp,
     ) -> Result<bool, StatusError> {
-        if status == Status::Offline {
-            return Err(StatusError::OfflineNotSettable);
-        }
+        let status = status.settable()?;
         let details = if status.keeps_details() {
             details
         } else {

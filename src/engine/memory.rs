@@ -236,9 +236,7 @@ impl PresenceEngine for MemoryEngine {
         details: Option<Details>,
         now: Timestamp,
     ) -> Result<StatusChange, EngineError> {
-        if status == Status::Offline {
-            return Err(StatusError::OfflineNotSettable.into());
-        }
+        status.settable()?;
         // Speaking counts as being heard from, and brings a swept connection back.
         self.register(conn, now, false);
         let mut inner = self.lock();

@@ -73,15 +73,11 @@ async fn set_status(
     data: Result<Value, socketioxide::ParserError>,
 ) -> Result<Value, AppError> {
     let req: SetStatus = request(data)?;
-    let status: Status = req
+    let status = req
         .status
-        .parse()
-        .map_err(|e: crate::domain::StatusError| AppError::bad_request(e.to_string()))?;
-    if status == Status::Offline {
-        return Err(AppError::bad_request(
-            "offline cannot be set; it follows from closing every connection",
-        ));
-    }
+        .parse::<Status>()
+        .and_then(Status::settable)
+        .map_err(|e| AppError::bad_request(e.to_string()))?;
     let details = match req.details {
         None | Some(Value::Null) => None,
         Some(d) if status.keeps_details() => {

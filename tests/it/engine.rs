@@ -7,6 +7,8 @@ use presence_gateway::engine::*;
 use std::sync::Arc;
 use tokio::sync::broadcast::Receiver;
 
+pub use super::conformance::random_sequences_follow_the_domain_rules;
+
 pub type Engine = Arc<dyn PresenceEngine>;
 
 fn uid(s: &str) -> UserId {
@@ -387,6 +389,7 @@ macro_rules! engine_suite {
                 get_and_list_with_filters_and_cursors,
                 racing_connects_announce_once,
                 a_gender_change_is_a_change,
+                random_sequences_follow_the_domain_rules,
             );
         }
     };

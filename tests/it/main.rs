@@ -3,6 +3,7 @@
 //! End-to-end tests with the real binary and socket.io-client live in `e2e/`.
 
 mod config;
+mod conformance;
 mod db;
 mod engine;
 mod http;

@@ -330,9 +330,7 @@ impl PresenceEngine for RedisEngine {
         details: Option<Details>,
         now: Timestamp,
     ) -> Result<StatusChange, EngineError> {
-        if status == Status::Offline {
-            return Err(StatusError::OfflineNotSettable.into());
-        }
+        status.settable()?;
         self.index_conn(conn, now).await?;
         let det = details.map(|d| d.value().to_string()).unwrap_or_default();
         let extra = [
