@@ -1,5 +1,7 @@
 //! Configuration: every environment variable of the contract, parsed and validated once at
 //! start-up. A bad value stops start-up with exit code 2 and one line naming the variable.
+//! (Long because the variables are many and each is documented where it is parsed; it does
+//! one job.)
 //!
 //! [`Config::from_lookup`] takes a lookup function instead of reading the process
 //! environment, so tests can build any configuration without touching global state.

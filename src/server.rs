@@ -1,4 +1,6 @@
 //! Building the gateway from a [`Config`] and running it until shutdown.
+//! (Over 400 lines because the shutdown sequence and the database loop are told here in
+//! full, in the order they run; each part's own loops live with the part.)
 //!
 //! [`Gateway::build`] wires engine, auth, Socket.IO and HTTP without listening, so tests can
 //! drive the router directly; [`run`] takes an already-bound listener (tests bind port 0)

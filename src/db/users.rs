@@ -1,5 +1,6 @@
 //! Reads: a user's gender (cached), offline users' last presence, search, and the users the
-//! database believes online.
+//! database believes online. (Over 400 lines with the search's two SQL forms, written out
+//! so they can be read as SQL.)
 
 use super::{Database, DbError};
 use crate::domain::{Gender, GenderSet, Presence, Status, Timestamp, UserId};

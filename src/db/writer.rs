@@ -1,4 +1,5 @@
-//! The presence writer: changes into PostgreSQL, debounced, batched, never lost.
+//! The presence writer: changes into PostgreSQL, debounced, batched, never lost. (Its one
+//! statement is written out in SQL below; the rest is the map's bookkeeping.)
 //!
 //! The map of pending writes holds at most one entry per user — a newer change replaces the older one, so a
 //! flapping user costs one write — and an entry leaves it only when a write of it succeeded;

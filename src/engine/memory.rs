@@ -1,4 +1,6 @@
-//! The single-replica engine: all presence state in this process's memory.
+//! The single-replica engine: all presence state in this process's memory. (Every method of
+//! the engine trait, each short; split it and the one lock's invariants would be in several
+//! files.)
 //!
 //! Used when `REDIS_URL` is unset, so one replica runs with nothing else installed. One
 //! `std::sync::Mutex` guards the whole state: every operation is a short, non-blocking update

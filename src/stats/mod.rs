@@ -1,5 +1,7 @@
 //! Live statistics: events stored, then announced to every dashboard on every replica, in
 //! `seq` order; the `/api/stats` report with a cache that never predates an announcement.
+//! (One file for the one ordering argument: store, announce, deliver and the cache's floor
+//! only make sense together.)
 //!
 //! An event is never announced before it is written, so no dashboard ever needs to wait
 //! before refetching:

@@ -1,4 +1,6 @@
-//! The cluster engine: presence in Redis, shared by every replica (`REDIS_URL`).
+//! The cluster engine: presence in Redis, shared by every replica (`REDIS_URL`). (This file:
+//! connecting, and the trait's transitions, each a script call; the other jobs are in the
+//! files named below.)
 //!
 //! Keys, scripts and channels are described in `docs/redis.md`. In short:
 //! - every transition of a user is one Lua script (`*.lua` beside this file, each prefixed by
