@@ -98,6 +98,47 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     }
 }
 
+/// Request budgets of sockets that closed, kept a while by key (an Engine.IO session and a
+/// namespace), so that leaving and re-joining a namespace inside one session gets back the
+/// budget it left with instead of a full one. Live sockets keep their budget themselves: the
+/// table holds only recently closed ones.
+pub struct ParkedBudgets<K> {
+    parked: Mutex<HashMap<K, (TokenBucket, Instant)>>,
+}
+
+impl<K> Default for ParkedBudgets<K> {
+    fn default() -> Self {
+        ParkedBudgets {
+            parked: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Hash + Eq> ParkedBudgets<K> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (TokenBucket, Instant)>> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A socket under `key` closed with `budget` left.
+    pub fn park(&self, key: K, budget: TokenBucket) {
+        let mut map = self.lock();
+        if map.len() >= MAX_KEYS {
+            map.clear();
+        }
+        map.insert(key, (budget, Instant::now()));
+    }
+
+    /// The budget a socket under `key` left with, if it closed lately.
+    pub fn take(&self, key: &K) -> Option<TokenBucket> {
+        self.lock().remove(key).map(|(b, _)| b)
+    }
+
+    /// Forget budgets parked longer than `age`.
+    pub fn prune(&self, age: Duration) {
+        self.lock().retain(|_, (_, at)| at.elapsed() < age);
+    }
+}
+
 /// A CIDR block (`10.0.0.0/8`, `fd00::/8`, or an address alone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {

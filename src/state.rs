@@ -32,7 +32,7 @@ pub struct Shared {
     pub handshake_limits: crate::limits::KeyedLimiter<std::net::IpAddr>,
     /// Each Engine.IO session's request budget per namespace: a namespace reconnect inside the
     /// session (same socket id) gets the budget it left with, not a full one.
-    pub session_budgets: crate::limits::KeyedLimiter<(socketioxide::socket::Sid, &'static str)>,
+    pub session_budgets: crate::limits::ParkedBudgets<(socketioxide::socket::Sid, &'static str)>,
     /// The cluster figures and dependency states, refreshed in the background.
     pub figures: crate::figures::Figures,
     pub started_at: Instant,
@@ -68,8 +68,7 @@ impl AppState {
             config.handshake_rate_per_ip,
             config.handshake_burst_per_ip,
         );
-        let session_budgets =
-            crate::limits::KeyedLimiter::new(config.rate_limit_per_sec, config.rate_limit_burst);
+        let session_budgets = crate::limits::ParkedBudgets::default();
         AppState(Arc::new(Shared {
             config: Arc::new(config),
             engine,

@@ -1,6 +1,6 @@
 //! Per-socket state, and this replica's registry of sockets.
 
-use super::ratelimit::SharedBucket;
+use super::ratelimit::TokenBucket;
 use crate::auth::Identity;
 use crate::domain::{Audience, Timestamp, UserId};
 use crate::engine::Connection;
@@ -32,8 +32,8 @@ pub struct ConnHandle {
     /// order) may register the connection again. This is the stale-socket bug of the old
     /// service, closed by construction.
     gate: tokio::sync::Mutex<bool>,
-    /// The Engine.IO session's budget for this namespace (see `AppState::session_budgets`).
-    bucket: SharedBucket,
+    /// The request budget; parked when the socket closes (see `AppState::session_budgets`).
+    bucket: Mutex<TokenBucket>,
     /// Presence updates this socket's queue had no room for: the newest per user, waiting
     /// for room. Presence is state, not a log, so only each user's latest change matters.
     backlog: Mutex<HashMap<UserId, Pending>>,
@@ -64,7 +64,7 @@ impl ConnHandle {
         identity: Identity,
         audience: Audience,
         now: Timestamp,
-        bucket: SharedBucket,
+        bucket: TokenBucket,
     ) -> Self {
         ConnHandle {
             conn,
@@ -76,7 +76,7 @@ impl ConnHandle {
             queued: AtomicBool::new(false),
             opened: AtomicBool::new(false),
             gate: tokio::sync::Mutex::new(false),
-            bucket,
+            bucket: Mutex::new(bucket),
             backlog: Mutex::new(HashMap::new()),
             last_known: Mutex::new(None),
         }
@@ -181,9 +181,12 @@ impl ConnHandle {
         self.queued.store(false, Ordering::Release);
     }
 
-    /// The request budget, for a handle that replaces this one on the same socket.
-    pub fn budget(&self) -> SharedBucket {
-        self.bucket.clone()
+    /// The request budget as it stands (for a handle that replaces this one, or to park).
+    pub fn budget(&self) -> TokenBucket {
+        self.bucket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn allow_request(&self) -> bool {
@@ -318,7 +321,7 @@ mod tests {
             identity,
             Audience::Everyone,
             Timestamp(0),
-            super::super::ratelimit::TokenBucket::shared(0, 0),
+            TokenBucket::new(0, 0),
         )
     }
 

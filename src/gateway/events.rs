@@ -160,6 +160,7 @@ async fn disconnected(
 /// whoever calls (the disconnect handler, or the shutdown for sockets whose handler the
 /// library never ran).
 pub async fn record_close(state: &AppState, h: &Arc<ConnHandle>, grace_ms: u64) {
+    state.session_budgets.park((h.sid, "/"), h.budget());
     state.gateway.viewers.leave(h);
     // Under the socket's gate, like the connect handler's registration: either that ran
     // before (and is undone here) or it never will. Outside it, a close arriving before the

@@ -326,7 +326,7 @@ mod tests {
             },
             Audience::FemaleOnly,
             at,
-            crate::gateway::ratelimit::TokenBucket::shared(0, 0),
+            crate::gateway::ratelimit::TokenBucket::new(0, 0),
         )
     }
 

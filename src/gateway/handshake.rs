@@ -8,6 +8,7 @@
 use super::connection::ConnHandle;
 use super::events;
 use super::protocol::{Refusal, admission};
+use super::ratelimit::TokenBucket;
 use crate::auth::{Identity, Role, Roles};
 use crate::db::writer::Profile;
 use crate::domain::{Gender, Timestamp, UserId};
@@ -130,7 +131,13 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refus
         identity,
         policy.audience_of(gender),
         now,
-        state.session_budgets.bucket(&(s.id, "/")),
+        // A namespace reconnect inside the session gets back the budget it left with.
+        state.session_budgets.take(&(s.id, "/")).unwrap_or_else(|| {
+            TokenBucket::new(
+                state.config.rate_limit_per_sec,
+                state.config.rate_limit_burst,
+            )
+        }),
     ));
     s.extensions.insert(handle.clone());
     events::register(s);

@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+#[derive(Clone)]
 pub struct TokenBucket {
     rate: f64,
     burst: f64,

@@ -5,6 +5,7 @@
 //! presence engine.
 
 use super::protocol::{Refusal, WidgetMessage, admission, answer, request};
+use super::ratelimit::TokenBucket;
 use crate::domain::Timestamp;
 use crate::domain::stats::{
     Channel, EventType, MAX_LABEL_CHARS, MAX_TEXT_CHARS, Message, NewEvent, Sender, Visitor,
@@ -14,15 +15,16 @@ use crate::error::AppError;
 use crate::state::AppState;
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub struct WidgetConn {
     visitor: Visitor,
     /// `user_online` was recorded (so `user_offline` is due on close).
     online: AtomicBool,
-    /// The Engine.IO session's budget for `/widget` (not refilled by a namespace reconnect).
-    rate: super::ratelimit::SharedBucket,
+    /// The request budget; parked when the socket closes, so a namespace reconnect inside the
+    /// session gets it back.
+    rate: Mutex<TokenBucket>,
 }
 
 fn label(auth: &Value, key: &str) -> Result<Option<String>, Refusal> {
@@ -90,7 +92,17 @@ pub async fn admit(
         s.extensions.insert(Arc::new(WidgetConn {
             visitor: v,
             online: AtomicBool::new(false),
-            rate: state.session_budgets.bucket(&(s.id, "/widget")),
+            rate: Mutex::new(
+                state
+                    .session_budgets
+                    .take(&(s.id, "/widget"))
+                    .unwrap_or_else(|| {
+                        TokenBucket::new(
+                            state.config.rate_limit_per_sec,
+                            state.config.rate_limit_burst,
+                        )
+                    }),
+            ),
         }));
         s.on("widget:message", message);
         s.on_disconnect(closed);
@@ -168,8 +180,14 @@ async fn record_message(
     }
 }
 
-async fn closed(State(state): State<AppState>, Extension(w): Extension<Arc<WidgetConn>>) {
+async fn closed(
+    s: SocketRef,
+    State(state): State<AppState>,
+    Extension(w): Extension<Arc<WidgetConn>>,
+) {
     state.metrics.sockets_widget.decrement(1.0);
+    let left = w.rate.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    state.session_budgets.park((s.id, "/widget"), left);
     if !w.online.load(Ordering::Acquire) {
         return;
     }
