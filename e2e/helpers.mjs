@@ -5,7 +5,7 @@ import { createHmac } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 import os from "node:os";
-import { io } from "socket.io-client";
+import { io, Manager } from "socket.io-client";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const BIN = process.env.GATEWAY_BIN ?? path.join(here, "..", "target", "debug", "presence-gateway");
@@ -190,4 +190,32 @@ export async function httpJson(url, { token, method = "GET", body } = {}) {
     json = JSON.parse(text);
   } catch {}
   return { status: res.status, json, text };
+}
+
+/**
+ * One Engine.IO session carrying several namespaces (socket.io-client multiplexes them over
+ * one Manager): a `/dashboard` socket keeps the session open while a `/` socket for `auth`
+ * leaves and re-joins. `join(s)` connects a socket of the session and waits for it.
+ */
+export async function multiplexed(gw, auth, who) {
+  const m = new Manager(gw.url, { reconnection: false, transports: ["websocket"], forceNew: true });
+  const join = (s) => {
+    const done = new Promise((resolve, reject) => (s.once("connect", resolve), s.once("connect_error", reject)));
+    s.connect();
+    return withDeadline(done, 5000, `join ${s.nsp}`);
+  };
+  const keep = m.socket("/dashboard", { auth: { token: token({ sub: `${who}-dash`, roles: ["dashboard"] }) } });
+  await join(keep);
+  const socket = m.socket("/", { auth });
+  await join(socket);
+  return {
+    manager: m,
+    socket,
+    join,
+    close() {
+      keep.disconnect();
+      socket.disconnect();
+      m._close?.();
+    },
+  };
 }

@@ -2,8 +2,7 @@
 // user's latest state (conflated backlog), and nobody gets a change twice.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Manager } from "socket.io-client";
-import { startGateway, token, user, ask, recorder, barrier, waitUntil, withDeadline } from "../helpers.mjs";
+import { startGateway, token, user, ask, recorder, barrier, waitUntil, multiplexed } from "../helpers.mjs";
 
 test("a burst larger than a socket's queue is delivered, newest per user", async () => {
   const gw = await startGateway({ SOCKET_QUEUE_PACKETS: "8", RATE_LIMIT_PER_SEC: "0" });
@@ -92,15 +91,9 @@ test("viewers that connect while changes flow receive every change after their c
 // socket's close must not take the new socket's viewer entry or registration with it.
 test("a namespace reconnect inside one Engine.IO session keeps receiving updates", async () => {
   const gw = await startGateway({});
-  const m = new Manager(gw.url, { reconnection: false, transports: ["websocket"], forceNew: true });
-  const joined = (s) => new Promise((resolve, reject) => (s.once("connect", resolve), s.once("connect_error", reject)));
+  const session_ = await multiplexed(gw, user("ns-bob", "male"), "ns");
+  const { socket: bob, join, manager: m } = session_;
   try {
-    const keep = m.socket("/dashboard", { auth: { token: token({ sub: "ns-dash", roles: ["dashboard"] }) } });
-    keep.connect();
-    await withDeadline(joined(keep), 5000, "dashboard connect");
-    const bob = m.socket("/", { auth: user("ns-bob", "male") });
-    bob.connect();
-    await withDeadline(joined(bob), 5000, "first connect");
     const session = m.engine.id;
     const registered = () => waitUntil(async () => (await gw.http("/api/health")).json.sockets.connected === 1, 5000, "registered");
     for (let i = 0; i < 5; i++) {
@@ -115,8 +108,7 @@ test("a namespace reconnect inside one Engine.IO session keeps receiving updates
         const st = await gw.http("/api/debug/socket-status", { token: token({ sub: "ns-admin", roles: ["admin"] }) });
         throw new Error(`${e.message} (iteration ${i}): ${JSON.stringify(st.json)}\n${gw.output().slice(-3000)}`);
       });
-      bob.connect();
-      await withDeadline(joined(bob), 5000, `reconnect ${i}`);
+      await join(bob);
     }
     assert.equal(m.engine.id, session, "still one Engine.IO session");
     const rec = recorder(bob);
@@ -127,10 +119,8 @@ test("a namespace reconnect inside one Engine.IO session keeps receiving updates
     const h = (await gw.http("/api/health")).json;
     assert.equal(h.sockets.connected, 2, "bob once and alice");
     assert.equal(h.sockets.connectedUsers, 2);
-    keep.disconnect();
-    bob.disconnect();
   } finally {
-    m._close?.();
+    session_.close();
     await gw.stop();
   }
 });

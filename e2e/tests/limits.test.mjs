@@ -4,8 +4,7 @@
 // sockets' backlogs together.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Manager } from "socket.io-client";
-import { startGateway, token, user, ask, connect, waitUntil, withDeadline } from "../helpers.mjs";
+import { startGateway, token, user, ask, connect, waitUntil, multiplexed } from "../helpers.mjs";
 
 const redisUrl = process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
 
@@ -78,28 +77,19 @@ test("HANDSHAKE_RATE_PER_IP: new sessions from one address past the burst get 42
 
 test("the per-socket request budget is the Engine.IO session's: leaving and re-joining / does not refill it", async () => {
   const gw = await startGateway({ RATE_LIMIT_PER_SEC: "1", RATE_LIMIT_BURST: "4" });
-  const m = new Manager(gw.url, { reconnection: false, transports: ["websocket"], forceNew: true });
-  const joined = (s) => new Promise((resolve, reject) => (s.once("connect", resolve), s.once("connect_error", reject)));
+  const session = await multiplexed(gw, user("rb-u", "female"), "rb");
+  const { socket: s, join } = session;
   try {
-    const keep = m.socket("/dashboard", { auth: { token: token({ sub: "rb-dash", roles: ["dashboard"] }) } });
-    keep.connect();
-    await withDeadline(joined(keep), 5000, "dashboard");
-    const s = m.socket("/", { auth: user("rb-u", "female") });
-    s.connect();
-    await withDeadline(joined(s), 5000, "first join");
     const answers = [];
     for (let i = 0; i < 5; i++) answers.push((await ask(s, "user:heartbeat")).ok);
     assert.deepEqual(answers, [true, true, true, true, false], "burst of 4 spent");
     s.disconnect();
     await waitUntil(async () => (await gw.http("/api/health")).json.sockets.connected === 0, 5000, "left");
-    s.connect();
-    await withDeadline(joined(s), 5000, "re-join");
+    await join(s);
     const after = await ask(s, "user:heartbeat");
     assert.deepEqual([after.ok, after.error?.code], [false, "rate_limited"], "the same session's budget, not a full one");
-    keep.disconnect();
-    s.disconnect();
   } finally {
-    m._close?.();
+    session.close();
     await gw.stop();
   }
 });
