@@ -50,6 +50,8 @@ impl Default for Figures {
 #[derive(Default, Clone)]
 struct Last {
     stats: Option<ClusterStats>,
+    /// The live replicas' reports (`gateway::cluster`).
+    replicas: Vec<serde_json::Value>,
     /// Whether the last read succeeded in time.
     answered: bool,
 }
@@ -117,15 +119,18 @@ impl Figures {
     }
 
     async fn read(&self, state: &AppState) {
-        let read = tokio::time::timeout(DEADLINE, state.engine.stats()).await;
+        let both =
+            async { tokio::try_join!(state.engine.stats(), crate::gateway::cluster::nodes(state)) };
+        let read = tokio::time::timeout(DEADLINE, both).await;
         let mut last = self.last.write().unwrap_or_else(|e| e.into_inner());
         match read {
-            Ok(Ok(s)) => {
+            Ok(Ok((s, replicas))) => {
                 state.metrics.online_users.set(s.online_users as f64);
                 state.metrics.peak_online.set(s.peak_online as f64);
                 state.metrics.set_online_by_gender(s.online_by_gender);
                 *last = Last {
                     stats: Some(s),
+                    replicas,
                     answered: true,
                 };
             }
@@ -148,6 +153,17 @@ pub async fn current(state: &AppState) -> Option<ClusterStats> {
         state.figures.stats()
     } else {
         state.engine.stats().await.ok()
+    }
+}
+
+/// The live replicas' reports, as [`current`] reads them.
+pub async fn replicas(state: &AppState) -> Vec<serde_json::Value> {
+    if state.engine.is_shared() {
+        state.figures.last().replicas.clone()
+    } else {
+        crate::gateway::cluster::nodes(state)
+            .await
+            .unwrap_or_default()
     }
 }
 

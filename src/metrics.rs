@@ -9,6 +9,7 @@ use metrics::{
     gauge, histogram,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// Fan-out latency buckets, in seconds: the goal is p99 under 50 ms, so resolve well below it.
@@ -160,6 +161,58 @@ pub struct Metrics {
     pub sockets_dashboard: Gauge,
     pub online_users: Gauge,
     pub peak_online: Gauge,
+    /// The same activity as running totals this replica can read back (for its report).
+    pub activity: Arc<Activity>,
+}
+
+/// Running totals of this replica's fan-out, which Prometheus handles cannot be read back
+/// from: the replica's report (the console's rates and latency) is made of them.
+#[derive(Default)]
+pub struct Activity {
+    published: AtomicU64,
+    delivered: AtomicU64,
+    fanout_us: AtomicU64,
+    fanout_n: AtomicU64,
+    fanout_us_max: AtomicU64,
+}
+
+/// [`Activity`] as read at one instant; the fan-out latency's greatest is since the last read.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ActivityTotals {
+    pub published: u64,
+    pub delivered: u64,
+    /// Microseconds of fan-out latency summed over `fanout_n` changes.
+    pub fanout_us: u64,
+    pub fanout_n: u64,
+    pub fanout_us_max: u64,
+}
+
+impl Activity {
+    pub fn published(&self) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn fanned_out(&self, delivered: u64, latency_us: u64) {
+        self.delivered.fetch_add(delivered, Ordering::Relaxed);
+        self.fanout_us.fetch_add(latency_us, Ordering::Relaxed);
+        self.fanout_n.fetch_add(1, Ordering::Relaxed);
+        self.fanout_us_max.fetch_max(latency_us, Ordering::Relaxed);
+    }
+
+    pub fn delivered(&self, n: u64) {
+        self.delivered.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The totals, and the greatest latency since the previous call (reset).
+    pub fn read(&self) -> ActivityTotals {
+        ActivityTotals {
+            published: self.published.load(Ordering::Relaxed),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            fanout_us: self.fanout_us.load(Ordering::Relaxed),
+            fanout_n: self.fanout_n.load(Ordering::Relaxed),
+            fanout_us_max: self.fanout_us_max.swap(0, Ordering::Relaxed),
+        }
+    }
 }
 
 impl Metrics {
@@ -185,6 +238,7 @@ impl Metrics {
             sockets_dashboard: gauge!("gateway_connected_sockets", "node" => n.clone(), "namespace" => "/dashboard"),
             online_users: gauge!("presence_online_users"),
             peak_online: gauge!("presence_peak_online_users"),
+            activity: Arc::default(),
         };
         // Counters appear in the exposition only once touched; dashboards and alerts
         // should find every series from the first scrape.

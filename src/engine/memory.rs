@@ -23,7 +23,10 @@ pub struct MemoryEngine {
     node: Arc<str>,
     inner: Mutex<Inner>,
     events: broadcast::Sender<PresenceEvent>,
-    stats_bus: broadcast::Sender<Arc<str>>,
+    /// The [`Topic`] buses, indexed by [`Topic::index`].
+    topics: [broadcast::Sender<Arc<str>>; 2],
+    /// This replica's report: it is the whole cluster.
+    report: Mutex<Option<(Timestamp, String)>>,
     /// Nothing is ever lost between this engine and its only replica: never sent.
     resyncs: broadcast::Sender<super::Resync>,
     /// `MAX_CONNECTIONS_PER_USER` (0: no limit).
@@ -73,7 +76,8 @@ impl MemoryEngine {
             node: Arc::from(node),
             inner: Mutex::new(Inner::default()),
             events: broadcast::channel(buffer.max(1)).0,
-            stats_bus: broadcast::channel(super::EVENT_BUFFER).0,
+            topics: Topic::ALL.map(|_| broadcast::channel(super::EVENT_BUFFER).0),
+            report: Mutex::new(None),
             resyncs: broadcast::channel(1).0,
             max_conns: 0,
         }
@@ -433,13 +437,40 @@ impl PresenceEngine for MemoryEngine {
         self.events.subscribe()
     }
 
-    async fn publish_stats(&self, payload: String) -> Result<(), EngineError> {
-        let _ = self.stats_bus.send(Arc::from(payload));
+    async fn publish(&self, topic: Topic, payload: String) -> Result<(), EngineError> {
+        let _ = self.topics[topic.index()].send(Arc::from(payload));
         Ok(())
     }
 
-    fn subscribe_stats(&self) -> broadcast::Receiver<Arc<str>> {
-        self.stats_bus.subscribe()
+    fn subscribe_topic(&self, topic: Topic) -> broadcast::Receiver<Arc<str>> {
+        self.topics[topic.index()].subscribe()
+    }
+
+    async fn report_replica(
+        &self,
+        report: Option<String>,
+        now: Timestamp,
+    ) -> Result<(), EngineError> {
+        *self.report.lock().unwrap_or_else(|e| e.into_inner()) = report.map(|r| (now, r));
+        Ok(())
+    }
+
+    async fn replicas(
+        &self,
+        max_age_ms: u64,
+        now: Timestamp,
+    ) -> Result<Vec<(String, String)>, EngineError> {
+        let mut report = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        if report
+            .as_ref()
+            .is_some_and(|(at, _)| now.micros_since(*at) > max_age_ms * 1000)
+        {
+            *report = None;
+        }
+        Ok(report
+            .iter()
+            .map(|(_, r)| (self.node.to_string(), r.clone()))
+            .collect())
     }
 
     async fn ready(&self) -> bool {

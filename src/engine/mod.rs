@@ -128,6 +128,23 @@ impl Resync {
     }
 }
 
+/// The opaque buses beside the change stream, each from every replica to every replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic {
+    /// Stored statistics batches (`crate::stats`).
+    Stats,
+    /// The admin API's questions to every replica and their answers (`gateway::cluster`).
+    Admin,
+}
+
+impl Topic {
+    pub const ALL: [Topic; 2] = [Topic::Stats, Topic::Admin];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// The default capacity of an engine's change stream (`PRESENCE_EVENT_BUFFER`).
 pub const EVENT_BUFFER: usize = 8192;
 
@@ -231,11 +248,27 @@ pub trait PresenceEngine: Send + Sync + 'static {
     /// this replica (announced after the stream is whole again).
     fn subscribe_resyncs(&self) -> broadcast::Receiver<Resync>;
 
-    /// Send `payload` to every replica's [`subscribe_stats`](Self::subscribe_stats), this one
-    /// included, in the order of the calls (the statistics bus; the payload is opaque here).
-    async fn publish_stats(&self, payload: String) -> Result<(), EngineError>;
+    /// Send `payload` to every replica's [`subscribe_topic`](Self::subscribe_topic) of
+    /// `topic`, this one included, in the order of the calls (the payload is opaque here).
+    async fn publish(&self, topic: Topic, payload: String) -> Result<(), EngineError>;
 
-    fn subscribe_stats(&self) -> broadcast::Receiver<Arc<str>>;
+    fn subscribe_topic(&self, topic: Topic) -> broadcast::Receiver<Arc<str>>;
+
+    /// Record this replica's report (opaque here) as of `now`, or withdraw it (`None`: the
+    /// replica is leaving).
+    async fn report_replica(
+        &self,
+        report: Option<String>,
+        now: Timestamp,
+    ) -> Result<(), EngineError>;
+
+    /// Every replica's last report made within `max_age_ms` of `now`, as (node, report), by
+    /// node; older ones belong to replicas that are gone and are forgotten.
+    async fn replicas(
+        &self,
+        max_age_ms: u64,
+        now: Timestamp,
+    ) -> Result<Vec<(String, String)>, EngineError>;
 
     /// Whether the engine can serve right now (readiness), from what it knows without asking
     /// its store.

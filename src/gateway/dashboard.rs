@@ -42,7 +42,8 @@ pub async fn connected(s: SocketRef, State(state): State<AppState>) {
         state.metrics.sockets_dashboard.decrement(1.0);
     });
     if let (Some(stats), Some(h)) = (crate::figures::current(&state).await, handle(&s)) {
-        h.offer_presence_stats(&s, presence_stats(&stats));
+        let replicas = crate::figures::replicas(&state).await;
+        h.offer_presence_stats(&s, presence_stats(&stats, replicas));
     }
 }
 
@@ -179,7 +180,8 @@ pub async fn run_backlogs(state: AppState) {
     }
 }
 
-fn presence_stats(s: &crate::engine::ClusterStats) -> Value {
+/// The contract's figures, and (an addition the console uses) every live replica's report.
+fn presence_stats(s: &crate::engine::ClusterStats, replicas: Vec<Value>) -> Value {
     json!({
         "onlineUsers": s.online_users,
         "peakOnline": s.peak_online,
@@ -189,6 +191,7 @@ fn presence_stats(s: &crate::engine::ClusterStats) -> Value {
             "other": s.online_by_gender[Gender::Other.index()],
         },
         "nodes": s.nodes,
+        "replicas": replicas,
     })
 }
 
@@ -207,7 +210,7 @@ pub async fn run_presence_stats(state: AppState) {
         let Some(stats) = crate::figures::current(&state).await else {
             continue;
         };
-        let figures = presence_stats(&stats);
+        let figures = presence_stats(&stats, crate::figures::replicas(&state).await);
         for s in targets {
             if let Some(h) = handle(&s) {
                 h.offer_presence_stats(&s, figures.clone());

@@ -150,6 +150,9 @@ async fn disconnected(
         _ if state.is_closing() => cfg.shutdown_grace_ms,
         // Engine.IO pings went unanswered: the client went silent, and silence is its own grace.
         DisconnectReason::HeartbeatTimeout => 0,
+        // This server sent it away (an admin's disconnect, a socket too far behind): the
+        // client does not come back on its own, so there is nothing to wait for.
+        DisconnectReason::ServerNSDisconnect => 0,
         _ => cfg.offline_grace_ms,
     };
     debug_assert_eq!(s.id, h.sid);

@@ -168,6 +168,7 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
     let p = &ev.presence;
     if ev.origin == state.metrics.node {
         state.metrics.published.increment(1);
+        state.metrics.activity.published();
     }
     let payload = match serde_json::value::to_raw_value(p) {
         Ok(raw) => Arc::from(raw),
@@ -199,8 +200,9 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
         sent += tell_gone(state, p, old);
     }
     state.metrics.delivered.increment(sent);
-    let latency = Timestamp::now().micros_since(ev.committed_at) as f64 / 1e6;
-    state.metrics.fanout_latency.record(latency);
+    let latency = Timestamp::now().micros_since(ev.committed_at);
+    state.metrics.fanout_latency.record(latency as f64 / 1e6);
+    state.metrics.activity.fanned_out(sent, latency);
 }
 
 /// A user online as `old` has another gender now: the viewers who could see them and may
@@ -294,6 +296,7 @@ pub async fn run_backlogs(state: AppState) {
                 state.gateway.viewers.leave(h);
             }
             state.metrics.delivered.increment(sent);
+            state.metrics.activity.delivered(sent);
             let mut set = state.gateway.backlogged.lock();
             if !h.has_backlog() {
                 set.remove(&sid);

@@ -10,8 +10,10 @@
 //! - [`widget`]: `/widget`, anonymous chat widgets recording statistics events;
 //! - [`dashboard`]: `/dashboard`, live statistics and presence figures for dashboards;
 //! - [`ratelimit`]: the per-socket request budget;
+//! - [`cluster`]: every replica's report, and the admin API's questions to every replica;
 //! - [`protocol`]: typed requests, the one ack, and how a refused handshake reads.
 
+pub mod cluster;
 pub mod connection;
 pub mod dashboard;
 pub mod events;
@@ -40,6 +42,8 @@ pub struct Hub {
     pub viewers: viewers::Viewers,
     /// Sockets with presence updates waiting for room in their queues.
     pub backlogged: fanout::Backlogged,
+    /// Admin questions this replica put to the cluster, waiting for answers.
+    pub asked: cluster::Asked,
 }
 
 /// The Socket.IO side's loops: fan-out and its backlogs, heartbeat flushing, dashboards'
@@ -50,6 +54,7 @@ pub fn spawn(state: &AppState) {
     bg.spawn(fanout::run_backlogs(state.clone()));
     bg.spawn(heartbeats::run(state.clone()));
     bg.spawn(dashboard::run_presence_stats(state.clone()));
+    cluster::spawn(state);
     if state.stats.is_some() {
         bg.spawn(dashboard::run_backlogs(state.clone()));
     }

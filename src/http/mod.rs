@@ -1,8 +1,9 @@
-//! The HTTP API: health, readiness, metrics, presence, and admin views.
+//! The HTTP API: health, readiness, metrics, presence, admin views, and the web console.
 //!
 //! [`router`] builds the routes over an [`AppState`]; it knows nothing of listening or
 //! shutdown, so tests drive it directly with `tower::ServiceExt::oneshot`.
 
+pub mod admin;
 pub mod debug;
 pub mod error;
 pub mod extract;
@@ -11,6 +12,7 @@ pub mod openapi;
 pub mod presence;
 pub mod serve;
 pub mod stats;
+pub mod ui;
 pub mod users;
 
 use crate::error::AppError;
@@ -39,6 +41,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/debug/presence", get(debug::presence))
         .route("/api/debug/socket-status", get(debug::socket_status))
         .route("/api/check-online-status", get(debug::check_online_status))
+        .route("/api/admin/nodes", get(admin::nodes))
+        .route("/api/admin/users/{user_id}", get(admin::user))
+        .route(
+            "/api/admin/users/{user_id}/disconnect",
+            post(admin::disconnect),
+        )
+        .route("/", get(ui::root))
+        .route("/ui", get(ui::bare))
+        .route("/ui/", get(ui::index))
+        .route("/ui/{file}", get(ui::file))
         .fallback(|| async { AppError::NotFound("no such endpoint".into()) })
         // 405 keeps its HTTP meaning; the body is the API's error shape like every other.
         .method_not_allowed_fallback(|| async {

@@ -61,6 +61,12 @@ impl Modify for Bearer {
         super::debug::presence,
         super::debug::socket_status,
         super::debug::check_online_status,
+        super::admin::nodes,
+        super::admin::user,
+        super::admin::disconnect,
+        super::ui::root,
+        super::ui::index,
+        super::ui::file,
     ),
     components(schemas(ErrorResponse, ErrorDetail)),
     modifiers(&Bearer)

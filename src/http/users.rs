@@ -48,7 +48,7 @@ pub async fn search(
     caller: Caller,
     ApiQuery(params): ApiQuery<SearchQuery>,
 ) -> ApiResult<Json<SearchResults>> {
-    let who = caller.require(&[Role::User])?;
+    let who = caller.require(&[Role::User, Role::Admin])?;
     let db = state.db.as_deref().ok_or_else(super::database_missing)?;
     let q = params.q.unwrap_or_default();
     if q.trim().is_empty() {
@@ -60,11 +60,21 @@ pub async fn search(
         )));
     }
     let limit = super::limit_param(params.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
-    let viewer = crate::presence::viewer_of(Some(db), &who).await?;
-    let genders = state
-        .config
-        .visibility_policy
-        .visible_genders(viewer.gender);
+    // An operator (the console's Users view) is bound by no visibility rule, as in the other
+    // admin views; anyone else sees whom the rule lets them see.
+    let policy = if who.roles.contains(Role::Admin) {
+        crate::domain::VisibilityPolicy::All
+    } else {
+        state.config.visibility_policy
+    };
+    let viewer = match policy {
+        crate::domain::VisibilityPolicy::All => crate::presence::Viewer {
+            user: who.user_id.clone(),
+            gender: who.gender.unwrap_or_default(),
+        },
+        _ => crate::presence::viewer_of(Some(db), &who).await?,
+    };
+    let genders = policy.visible_genders(viewer.gender);
     let hits = db.search(&q, genders, &who.user_id, limit).await?;
     // Live presence wins over the database's copy, which lags by the debounce.
     let ids: Vec<_> = hits.iter().map(|h| h.presence.user_id.clone()).collect();
@@ -80,7 +90,6 @@ pub async fn search(
             HashMap::new()
         }
     };
-    let policy = state.config.visibility_policy;
     let users: Vec<SearchUser> = hits
         .into_iter()
         .map(|h| {

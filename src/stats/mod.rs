@@ -248,7 +248,7 @@ impl Stats {
             // Still under the lock, so publication order is seq order. A failed publish
             // loses nothing: receivers fill gaps, and find the tail, from the database.
             if !new.is_empty()
-                && let Err(e) = engine.publish_stats(encode(&new)).await
+                && let Err(e) = engine.publish(crate::engine::Topic::Stats, encode(&new)).await
             {
                 tracing::warn!(error = %e, "statistics not published; replicas will read them from the database");
             }
@@ -274,7 +274,7 @@ impl Stats {
         emit: impl Fn(&StatsUpdate),
         stop: tokio_util::sync::CancellationToken,
     ) {
-        let mut rx = engine.subscribe_stats();
+        let mut rx = engine.subscribe_topic(crate::engine::Topic::Stats);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = self.db.wait_schema() => {}

@@ -372,6 +372,53 @@ pub async fn a_gender_change_is_a_change(e: Engine) {
     assert_eq!(drain(&mut rx).await.len(), 2);
 }
 
+pub async fn replica_reports_live_and_expire(e: Engine) {
+    assert!(e.replicas(1000, t(0)).await.unwrap().is_empty());
+    e.report_replica(Some("{\"a\":1}".into()), t(0))
+        .await
+        .unwrap();
+    e.report_replica(Some("{\"a\":2}".into()), t(500))
+        .await
+        .unwrap();
+    assert_eq!(
+        e.replicas(1000, t(1400)).await.unwrap(),
+        vec![("test-node".to_string(), "{\"a\":2}".to_string())],
+        "the newest report, while it is recent"
+    );
+    assert!(
+        e.replicas(1000, t(1600)).await.unwrap().is_empty(),
+        "too old: gone"
+    );
+    e.report_replica(Some("{}".into()), t(2000)).await.unwrap();
+    e.report_replica(None, t(2001)).await.unwrap();
+    assert!(
+        e.replicas(1000, t(2002)).await.unwrap().is_empty(),
+        "withdrawn"
+    );
+}
+
+pub async fn topics_reach_their_own_subscribers_in_order(e: Engine) {
+    let mut stats = e.subscribe_topic(Topic::Stats);
+    let mut admin = e.subscribe_topic(Topic::Admin);
+    for i in 0..3 {
+        e.publish(Topic::Admin, format!("a{i}")).await.unwrap();
+    }
+    e.publish(Topic::Stats, "s0".into()).await.unwrap();
+    let within = std::time::Duration::from_secs(2);
+    for i in 0..3 {
+        let m = tokio::time::timeout(within, admin.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&*m, format!("a{i}"));
+    }
+    let m = tokio::time::timeout(within, stats.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&*m, "s0", "the stats topic saw only its own message");
+}
+
 #[macro_export]
 macro_rules! engine_suite {
     ($module:ident, $factory:expr) => {
@@ -389,6 +436,8 @@ macro_rules! engine_suite {
                 get_and_list_with_filters_and_cursors,
                 racing_connects_announce_once,
                 a_gender_change_is_a_change,
+                replica_reports_live_and_expire,
+                topics_reach_their_own_subscribers_in_order,
                 random_sequences_follow_the_domain_rules,
             );
         }

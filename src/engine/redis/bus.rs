@@ -1,5 +1,6 @@
-//! The bus: Redis pub/sub of committed changes and of stored statistics batches, read by one
-//! subscriber connection per replica. The engine owns it; dropping the engine stops its tasks.
+//! The bus: Redis pub/sub of committed changes and of the opaque [`Topic`]s (statistics
+//! batches, the admin API's questions and answers), read by one subscriber connection per
+//! replica. The engine owns it; dropping the engine stops its tasks.
 //!
 //! After every reconnect the subscriptions are made again (fred does not keep them), then a
 //! [`Resync::Resubscribed`] says that what was published meanwhile was missed; a reader that
@@ -7,7 +8,7 @@
 
 use super::codec::decode_event;
 use super::keys::Keys;
-use crate::engine::{EngineError, PresenceEvent, Resync};
+use crate::engine::{EngineError, PresenceEvent, Resync, Topic};
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use std::sync::Arc;
@@ -17,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Bus {
     subscriber: SubscriberClient,
     pub events: broadcast::Sender<PresenceEvent>,
-    pub stats: broadcast::Sender<Arc<str>>,
+    /// Indexed by [`Topic::index`].
+    pub topics: [broadcast::Sender<Arc<str>>; 2],
     pub resyncs: broadcast::Sender<Resync>,
     stop: CancellationToken,
 }
@@ -31,14 +33,17 @@ impl Bus {
         let bus = Bus {
             subscriber,
             events: broadcast::channel(buffer.max(1)).0,
-            stats: broadcast::channel(crate::engine::EVENT_BUFFER).0,
+            topics: Topic::ALL.map(|_| broadcast::channel(crate::engine::EVENT_BUFFER).0),
             resyncs: broadcast::channel(16).0,
             stop: CancellationToken::new(),
         };
         bus.spawn_resubscriber();
-        bus.spawn_reader(keys.stats_channel());
+        let topics = Topic::ALL.map(|t| keys.topic_channel(t));
+        bus.spawn_reader(topics.clone());
+        let mut channels = vec![keys.events_channel()];
+        channels.extend(topics);
         bus.subscriber
-            .subscribe(vec![keys.events_channel(), keys.stats_channel()])
+            .subscribe(channels)
             .await
             .map_err(unavailable)?;
         Ok(bus)
@@ -71,11 +76,12 @@ impl Bus {
         });
     }
 
-    fn spawn_reader(&self, stats_channel: String) {
+    /// Read every message; `topics` are the topics' channels, by [`Topic::index`].
+    fn spawn_reader(&self, topics: [String; 2]) {
         let mut rx = self.subscriber.message_rx();
-        let (events, stats, resyncs, stop) = (
+        let (events, senders, resyncs, stop) = (
             self.events.clone(),
-            self.stats.clone(),
+            self.topics.clone(),
             self.resyncs.clone(),
             self.stop.clone(),
         );
@@ -85,10 +91,14 @@ impl Bus {
                     _ = stop.cancelled() => break,
                     m = rx.recv() => m,
                 };
+                let topic = m
+                    .as_ref()
+                    .ok()
+                    .and_then(|msg| topics.iter().position(|c| *c == *msg.channel));
                 match m {
-                    Ok(msg) if &*msg.channel == stats_channel.as_str() => {
-                        if let Some(text) = msg.value.as_str() {
-                            let _ = stats.send(Arc::from(&*text));
+                    Ok(msg) if topic.is_some() => {
+                        if let (Some(text), Some(t)) = (msg.value.as_str(), topic) {
+                            let _ = senders[t].send(Arc::from(&*text));
                         }
                     }
                     Ok(msg) => {

@@ -4,6 +4,7 @@
 //! one Redis Cluster slot; a replica's connection index and claimed set share the replica's.
 
 use crate::domain::{Gender, UserId};
+use crate::engine::Topic;
 
 /// Buckets of the cluster-wide indexes.
 pub const BUCKETS: u32 = 64;
@@ -108,8 +109,17 @@ impl Keys {
         format!("{}:events", self.prefix)
     }
 
-    /// The channel of stored statistics batches.
-    pub fn stats_channel(&self) -> String {
-        format!("{}:stats", self.prefix)
+    /// The channel of an opaque topic (statistics batches keep their original name).
+    pub fn topic_channel(&self, t: Topic) -> String {
+        match t {
+            Topic::Stats => format!("{}:stats", self.prefix),
+            Topic::Admin => format!("{}:admin", self.prefix),
+        }
+    }
+
+    /// The replicas' reports (hash: node → "µs when reported" and the report, split by a
+    /// space).
+    pub fn replicas(&self) -> String {
+        format!("{}:replicas", self.prefix)
     }
 }

@@ -436,17 +436,77 @@ impl PresenceEngine for RedisEngine {
         self.bus.events.subscribe()
     }
 
-    async fn publish_stats(&self, payload: String) -> Result<(), EngineError> {
+    async fn publish(&self, topic: Topic, payload: String) -> Result<(), EngineError> {
         let _: i64 = self
             .client
-            .custom(cmd("PUBLISH"), vec![self.keys.stats_channel(), payload])
+            .custom(
+                cmd("PUBLISH"),
+                vec![self.keys.topic_channel(topic), payload],
+            )
             .await
             .map_err(unavailable)?;
         Ok(())
     }
 
-    fn subscribe_stats(&self) -> broadcast::Receiver<Arc<str>> {
-        self.bus.stats.subscribe()
+    fn subscribe_topic(&self, topic: Topic) -> broadcast::Receiver<Arc<str>> {
+        self.bus.topics[topic.index()].subscribe()
+    }
+
+    async fn report_replica(
+        &self,
+        report: Option<String>,
+        now: Timestamp,
+    ) -> Result<(), EngineError> {
+        let key = self.keys.replicas();
+        let node = self.node.to_string();
+        let _: i64 = match report {
+            Some(r) => {
+                self.client
+                    .custom(
+                        cmd("HSET"),
+                        vec![key, node, format!("{} {r}", now.as_micros())],
+                    )
+                    .await
+            }
+            None => self.client.custom(cmd("HDEL"), vec![key, node]).await,
+        }
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn replicas(
+        &self,
+        max_age_ms: u64,
+        now: Timestamp,
+    ) -> Result<Vec<(String, String)>, EngineError> {
+        let key = self.keys.replicas();
+        let all: std::collections::HashMap<String, String> = self
+            .client
+            .custom(cmd("HGETALL"), vec![key.clone()])
+            .await
+            .map_err(unavailable)?;
+        let (mut live, mut gone) = (Vec::new(), Vec::new());
+        for (node, v) in all {
+            let (at, report) = v.split_once(' ').unwrap_or(("0", ""));
+            let at = Timestamp(at.parse().unwrap_or(0));
+            if now.micros_since(at) > max_age_ms * 1000 {
+                gone.push(node);
+            } else {
+                live.push((node, report.to_string()));
+            }
+        }
+        if !gone.is_empty() {
+            let _: i64 = self
+                .client
+                .custom(
+                    cmd("HDEL"),
+                    std::iter::once(key).chain(gone).collect::<Vec<_>>(),
+                )
+                .await
+                .map_err(unavailable)?;
+        }
+        live.sort();
+        Ok(live)
     }
 
     async fn ready(&self) -> bool {
