@@ -40,12 +40,19 @@ total=0
 for role in user dashboard publisher admin; do
   echo "==> fuzzing the HTTP API as $role ($examples examples per operation)"
   out=$(mktemp)
-  # From target/: schemathesis keeps a cache directory where it runs.
-  if ! (cd target && "../$venv/bin/schemathesis" run "http://127.0.0.1:$port/api/openapi.json" \
+  fuzz() {
+    # From target/: schemathesis keeps a cache directory where it runs.
+    (cd target && "../$venv/bin/schemathesis" run "http://127.0.0.1:$port/api/openapi.json" \
       -H "Authorization: Bearer $(tok "fuzz-$role" --role "$role")" \
       --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
       --max-examples "$examples" --seed 1 --workers 2 --request-timeout 10 \
-      --suppress-health-check all --no-color > "$out" 2>&1); then
+      --suppress-health-check all --no-color > "$out" 2>&1)
+  }
+  # CPython 3.11's ast module can fail while Hypothesis describes a lambda (python/cpython
+  # #106905, "AST constructor recursion depth mismatch"): an error of the fuzzer's interpreter,
+  # not a finding. Only a run that failed with nothing but that is run again, once.
+  if ! fuzz && ! { grep -q "AST constructor recursion depth mismatch" "$out" \
+      && ! grep -q "^=* FAILURES" "$out" && echo "fuzzer hit CPython #106905; once more" && fuzz; }; then
     cat "$out"
     echo "gateway log:"; tail -50 "$log"
     exit 1

@@ -19,6 +19,13 @@ ensure_node() {
   apt_install nodejs npm
 }
 
+# The console's browser tests drive Debian's Chromium (puppeteer-core, no downloaded browser).
+ensure_chromium() {
+  have chromium && return 0
+  echo "==> installing Chromium (Debian's, for the console's browser tests)"
+  apt_install chromium
+}
+
 redis_up() { redis-cli -h 127.0.0.1 -p "${1:-6379}" ping 2>/dev/null | grep -q PONG; }
 
 ensure_redis() {

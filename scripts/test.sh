@@ -2,12 +2,13 @@
 # Runs every test: Rust unit and integration tests, then the end-to-end tests with the
 # official socket.io-client against the real binary. Brings up what it needs: Redis and
 # PostgreSQL when none answers on their standard ports, Node.js and the npm packages
-# (from e2e/package-lock.json).
+# (from e2e/package-lock.json), Debian's Chromium for the web console's browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 
 ensure_node
+ensure_chromium
 ensure_python_venv
 ensure_redis
 ensure_postgres

@@ -295,6 +295,7 @@ fn announce_development(gw: &Gateway, port: u16) {
         println!(
             "\n  Development mode with a configured key: mint tokens with\n    \
              presence-gateway token --sub u1 --gender female\n  \
+             Console: http://localhost:{port}/ui/   (sign in with a token with the admin or dashboard role)\n  \
              Health: curl http://localhost:{port}/api/health\n"
         );
         return;
@@ -312,6 +313,7 @@ fn announce_development(gw: &Gateway, port: u16) {
             "\n  Connect with socket.io-client (tokens valid 24 h):\n    \
              io(\"{url}\", {{ auth: {{ token: \"{alice}\" }} }})   // alice, female\n    \
              io(\"{url}\", {{ auth: {{ token: \"{bob}\" }} }})   // bob, male\n  \
+             Console: {url}/ui/   sign in with the admin token: {admin}\n  \
              Health:  curl {url}/api/health\n  \
              Admin:   curl -H \"Authorization: Bearer {admin}\" {url}/api/debug/presence\n  \
              More tokens: cargo run -- token --dev --sub u1 --gender female   (or presence-gateway token --dev ...)\n  \

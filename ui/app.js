@@ -60,29 +60,55 @@ async function api(path, init = {}) {
   const body = await r.json().catch(() => ({}));
   if (!r.ok) {
     const e = body.error || {};
-    if (r.status === 401 && session.role) signOut("The token is no longer accepted; sign in again.");
+    if (r.status === 401) signOut("The token is no longer accepted; sign in again.");
     throw new ApiError(r.status, e.code || "error", e.message || `HTTP ${r.status}`);
   }
   return body;
 }
 
-async function signIn(token) {
-  session.token = token;
-  session.role = null;
+/** The roles a token claims: a JWT's `roles` (absent: user), or, for anything else,
+ * `ADMIN_TOKEN`'s. Only what to show depends on it; the gateway checks every request. */
+function claimedRoles(token) {
+  const parts = token.split(".");
+  if (parts.length !== 3) return ["admin"];
   try {
-    await api("/api/admin/nodes");
-    session.role = "admin";
-  } catch (e) {
-    // 403: a valid token without `admin`; whether it has `dashboard`, the namespace says.
-    if (e.status !== 403) {
-      session.token = null;
-      throw e;
-    }
-    session.role = "dashboard";
+    const json = atob(parts[1].replace(/-/g, "+").replace(/_/g, "/"));
+    const claims = JSON.parse(json);
+    return Array.isArray(claims.roles) ? claims.roles : ["user"];
+  } catch {
+    return [];
   }
-  sessionStorage.setItem(TOKEN_KEY, token);
-  startLive();
-  show();
+}
+
+/** Sign in: the /dashboard namespace accepting the token is the check (no request fails
+ * when it is wrong, so a mistyped token leaves nothing in the browser's error log). */
+function signIn(token) {
+  const roles = claimedRoles(token);
+  const role = roles.includes("admin") ? "admin" : roles.includes("dashboard") ? "dashboard" : null;
+  if (!role) return Promise.reject(new Error("This token has neither the dashboard nor the admin role."));
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    session.token = token;
+    startLive({
+      live() {
+        if (settled) return;
+        settled = true;
+        session.role = role;
+        sessionStorage.setItem(TOKEN_KEY, token);
+        show();
+        resolve();
+      },
+      refused(message) {
+        const text = message.startsWith("forbidden")
+          ? "This token has neither the dashboard nor the admin role."
+          : `Wrong token: ${message}`;
+        if (settled) return signOut(text);
+        settled = true;
+        session.token = null;
+        reject(new Error(text));
+      },
+    });
+  });
 }
 
 function signOut(message = "") {
@@ -99,11 +125,13 @@ $("signin").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const token = $("token").value.trim();
   $("signin-error").textContent = "";
+  $("signin").setAttribute("aria-busy", "true");
   try {
     await signIn(token);
   } catch (e) {
-    $("signin-error").textContent =
-      e.status === 401 ? `Wrong token: ${e.message}` : `Could not sign in: ${e.message}`;
+    $("signin-error").textContent = e.message;
+  } finally {
+    $("signin").setAttribute("aria-busy", "false");
   }
 });
 $("signout").addEventListener("click", () => signOut());
@@ -137,23 +165,20 @@ window.addEventListener("hashchange", show);
 
 // ---- live feed (/dashboard) ------------------------------------------------------------------
 
-function startLive() {
+function startLive(signing) {
   if (session.socket) session.socket.close();
   session.socket = connect("/dashboard", { token: session.token }, {
     state(s) {
       $("conn").dataset.state = s;
       $("conn").textContent = s === "live" ? "live" : s === "offline" ? "offline" : `${s}…`;
+      if (s === "live") signing.live();
     },
     event(name, data) {
       if (name === "presence_stats") overviewUpdate(data);
       else if (name === "stats_update") statsEvent(data.seq);
       else if (name === "stats_resync") statsEvent(data.lastEventSeq);
     },
-    refused(message) {
-      signOut(message.startsWith("forbidden")
-        ? "This token has neither the dashboard nor the admin role."
-        : `Wrong token: ${message}`);
-    },
+    refused: (message) => signing.refused(message),
   });
 }
 
@@ -190,7 +215,7 @@ const lastPublished = new Map(); // node -> {t, n, rate}
 
 function drawOverview() {
   const now = Date.now();
-  drawLine($("ch-online"), series.online, now, CHART_SPAN_MS);
+  drawLine($("ch-online"), series.online, now, CHART_SPAN_MS, { hold: true });
   drawLine($("ch-rate"), series.rate, now, CHART_SPAN_MS);
   drawLine($("ch-latency"), series.latency, now, CHART_SPAN_MS);
   fill($("replicas").querySelector("tbody"), overviewReplicas.map((r) => {

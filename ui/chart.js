@@ -11,10 +11,12 @@ function node(tag, attrs) {
   return e;
 }
 
-/** Draw `points` ([{t, v}], t in ms) over the window ending `now`, `spanMs` long. */
-export function drawLine(svg, points, now, spanMs) {
+/** Draw `points` ([{t, v}], t in ms) over the window ending `now`, `spanMs` long; with `hold`,
+ * the last value holds until now (a level, such as users online, rather than a rate). */
+export function drawLine(svg, points, now, spanMs, { hold = false } = {}) {
   while (svg.firstChild) svg.firstChild.remove();
   const shown = points.filter((p) => p.t >= now - spanMs && p.v != null);
+  if (hold && shown.length) shown.push({ t: now, v: shown[shown.length - 1].v });
   const max = Math.max(1, ...shown.map((p) => p.v));
   const x = (t) => ((t - (now - spanMs)) / spanMs) * W;
   const y = (v) => H - 12 - (v / max) * (H - 24);

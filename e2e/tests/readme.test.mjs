@@ -24,6 +24,12 @@ test("README example: two users see each other come online, go live, go offline"
       out,
     );
     assert.match(out, /alice sees online: .*bob/);
+    // It says where the console is, with a token that signs in to it.
+    const c = gw.output().match(/Console: http:\/\/localhost:(\d+)\/ui\/ +sign in with the admin token: (\S+)/);
+    assert.ok(c, gw.output());
+    assert.equal(Number(c[1]), gw.port);
+    assert.equal((await fetch(`${gw.url}/ui/`)).status, 200);
+    assert.equal((await gw.http("/api/admin/nodes", { token: c[2] })).status, 200);
   } finally {
     await gw.stop();
   }

@@ -51,8 +51,8 @@ const FILES: &[(&str, &str, &str)] = &[
 /// `GET /`: the console.
 #[utoipa::path(get, path = "/", tag = "console",
     responses((status = 302, description = "to /ui/")))]
-pub async fn root() -> Redirect {
-    Redirect::to("/ui/")
+pub async fn root() -> Response {
+    (StatusCode::FOUND, [(header::LOCATION, "/ui/")]).into_response()
 }
 
 /// `GET /ui`: the console's address ends with a slash (its files are relative to it).
@@ -98,4 +98,20 @@ fn serve(name: &str) -> Response {
     // Small, and must change with the binary: revalidate rather than cache a stale console.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    /// A file added to `ui/` but not to [`super::FILES`] would be missing from the binary.
+    #[test]
+    fn every_file_of_ui_is_served() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/ui");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            assert!(
+                super::FILES.iter().any(|(n, _, _)| *n == name),
+                "ui/{name} is not in FILES"
+            );
+        }
+    }
 }
