@@ -155,17 +155,39 @@ test("overview: the online count follows a user connecting and leaving within 2 
 test("statistics: a widget message shows the numbers /api/stats gives, loading shown once; hostile names are text", async () => {
   const { page, problems, close } = await openConsole();
   try {
+    // The heatmap is in the browser's time zone, whatever the server's.
+    await page.emulateTimezone("Asia/Tokyo");
+    await page.reload({ waitUntil: "networkidle0" });
     await signIn(page, admin);
     await page.waitForSelector("#nav:not([hidden])");
+    const reports = [];
+    page.on("request", (r) => r.url().includes("/api/stats") && reports.push(Date.now()));
     await clickLink(page, "Statistics");
     await page.waitForSelector("#statistics[aria-busy=false]", { timeout: 5000 });
     assert.equal(await page.$$eval("[data-heatmap-cell]", (c) => c.length), 7 * 24);
+    assert.equal(await text(page, "#st-tz"), "(Asia/Tokyo)");
     const w = await widget("W-hostile-1", HOSTILE);
     let seq = 0;
-    for (const t of ["hello", "are you there"]) seq = (await w.timeout(5000).emitWithAck("widget:message", { text: t, humanMode: false })).seq;
+    const burstStart = Date.now();
+    // A burst of 30 messages: refetched as they come, but coalesced, not once per event.
+    for (let i = 0; i < 30; i++) seq = (await w.timeout(5000).emitWithAck("widget:message", { text: `m${i}`, humanMode: false })).seq;
     const want = (await gw.http("/api/stats", { token: dash })).json;
     assert.ok(want.lastEventSeq >= seq);
     await waitText(page, "#st-seq", want.lastEventSeq, 3000);
+    const during = reports.filter((t) => t >= burstStart).length;
+    const allowed = Math.ceil((Date.now() - burstStart) / 250) + 2;
+    assert.ok(during <= allowed && during < 30, `${during} refetches for 30 events (at most ${allowed})`);
+    // The cell of the burst's hour in Tokyo (two cells if the burst crossed an hour).
+    const cellAt = (t) => {
+      const parts = new Intl.DateTimeFormat("en-US", { timeZone: "Asia/Tokyo", weekday: "short", hour: "numeric", hourCycle: "h23" }).formatToParts(t);
+      const day = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"].indexOf(parts.find((p) => p.type === "weekday").value);
+      return `${day}-${Number(parts.find((p) => p.type === "hour").value)}`;
+    };
+    let count = 0;
+    for (const cell of new Set([cellAt(new Date(burstStart)), cellAt(new Date())])) {
+      count += await page.$eval(`[data-heatmap-cell="${cell}"]`, (c) => Number(c.dataset.count));
+    }
+    assert.ok(count >= 30, `the burst's hour in Tokyo holds it: ${count}`);
     assert.equal(await text(page, "#st-totalMessages"), String(want.totalMessages));
     assert.equal(await text(page, "#st-totalSessions"), String(want.totalSessions));
     assert.equal(await text(page, "#st-webUniqueUsers"), String(want.webUniqueUsers));
