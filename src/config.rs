@@ -126,6 +126,12 @@ pub struct Config {
     /// `STATS_DASHBOARD_BACKLOG` (ours): statistics updates a dashboard socket may have
     /// waiting for room before it is told to resync instead.
     pub stats_dashboard_backlog: usize,
+    /// `PRESENCE_BROADCAST`: false makes every `/` socket a subscription socket.
+    pub presence_broadcast: bool,
+    /// `PRESENCE_MAX_SUBSCRIPTIONS`: user ids one socket may be subscribed to at once.
+    pub max_subscriptions: usize,
+    /// `PRESENCE_BATCH_MS`: the longest a batching socket's change waits for its batch.
+    pub batch_ms: u64,
 }
 
 /// Defaults of the per-socket rate limit: a well-behaved client heartbeats every 5 s and
@@ -200,6 +206,12 @@ impl Config {
                 None | Some("false" | "0" | "no" | "off") => Ok(false),
                 Some("true" | "1" | "yes" | "on") => Ok(true),
                 Some(v) => Err(err(var, format!("expected true or false, got {v:?}"))),
+            }
+        };
+        let flag_or_true = |var: &'static str| -> Result<bool, ConfigError> {
+            match get(var) {
+                None => Ok(true),
+                Some(_) => flag(var),
             }
         };
         let count = |var: &'static str, default: u32| -> Result<u32, ConfigError> {
@@ -393,6 +405,15 @@ impl Config {
             stats_dashboard_backlog: match count("STATS_DASHBOARD_BACKLOG", 10_000)? {
                 n @ 1..=1_000_000 => n as usize,
                 _ => return Err(err("STATS_DASHBOARD_BACKLOG", "must be 1 to 1000000")),
+            },
+            presence_broadcast: flag_or_true("PRESENCE_BROADCAST")?,
+            max_subscriptions: match count("PRESENCE_MAX_SUBSCRIPTIONS", 1000)? {
+                n @ 1..=1_000_000 => n as usize,
+                _ => return Err(err("PRESENCE_MAX_SUBSCRIPTIONS", "must be 1 to 1000000")),
+            },
+            batch_ms: match ms("PRESENCE_BATCH_MS", 100, 1)? {
+                n @ 1..=60_000 => n,
+                _ => return Err(err("PRESENCE_BATCH_MS", "must be 1 to 60000")),
             },
         };
         Ok(cfg)

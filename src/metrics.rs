@@ -89,6 +89,14 @@ fn describe() {
         "Sockets disconnected because the backlogs of all sockets together exceeded SOCKET_BACKLOG_TOTAL"
     );
     describe_counter!(
+        "presence_batches_sent_total",
+        "presence-batch messages sent by this replica (section 9)"
+    );
+    describe_gauge!(
+        "presence_subscriptions",
+        "Subscribed user ids over all of this replica's subscription sockets (section 9)"
+    );
+    describe_counter!(
         "presence_resyncs_total",
         "presence:resync messages sent to sockets (fan-out lagged or the bus was resubscribed)"
     );
@@ -155,6 +163,8 @@ pub struct Metrics {
     pub dropped: Counter,
     pub resyncs: Counter,
     pub slow_disconnected: Counter,
+    pub batches_sent: Counter,
+    pub subscriptions: Gauge,
     pub fanout_latency: Histogram,
     pub sockets_root: Gauge,
     pub sockets_widget: Gauge,
@@ -232,6 +242,8 @@ impl Metrics {
             dropped: counter!("presence_updates_dropped_total", "node" => n.clone()),
             resyncs: counter!("presence_resyncs_total", "node" => n.clone()),
             slow_disconnected: counter!("presence_slow_sockets_disconnected_total", "node" => n.clone()),
+            batches_sent: counter!("presence_batches_sent_total", "node" => n.clone()),
+            subscriptions: gauge!("presence_subscriptions", "node" => n.clone()),
             fanout_latency: histogram!("presence_fanout_latency_seconds", "node" => n.clone()),
             sockets_root: gauge!("gateway_connected_sockets", "node" => n.clone(), "namespace" => "/"),
             sockets_widget: gauge!("gateway_connected_sockets", "node" => n.clone(), "namespace" => "/widget"),
@@ -254,6 +266,7 @@ impl Metrics {
             &m.dropped,
             &m.resyncs,
             &m.slow_disconnected,
+            &m.batches_sent,
         ] {
             c.increment(0);
         }
@@ -273,6 +286,7 @@ impl Metrics {
                 .increment(0);
         }
         m.sockets_root.increment(0.0);
+        m.subscriptions.increment(0.0);
         m.sockets_widget.increment(0.0);
         m.sockets_dashboard.increment(0.0);
         for t in [

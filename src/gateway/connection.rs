@@ -5,9 +5,22 @@ use crate::auth::Identity;
 use crate::domain::{Audience, Timestamp, UserId};
 use crate::engine::Connection;
 use socketioxide::socket::Sid;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// How a `/` socket receives changes (section 9): of everyone it may see (broadcast) or only
+/// of the users it subscribed to and its own; one `presence-update` each, or gathered into
+/// `presence-batch`es.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mode {
+    pub subscriptions: bool,
+    pub batch: bool,
+}
+
+/// Users one `presence-batch` holds at most.
+pub const BATCH_MAX: usize = 500;
 
 /// What this replica knows about one `/` socket. Stored in the socket's extensions and in
 /// the [`SocketRegistry`]; it holds no reference back to the socket, so nothing cycles.
@@ -16,6 +29,7 @@ pub struct ConnHandle {
     pub sid: Sid,
     pub identity: Identity,
     pub audience: Audience,
+    pub mode: Mode,
     pub connected_at: Timestamp,
     /// When the client last sent anything (µs since the epoch).
     last_heard: AtomicI64,
@@ -34,9 +48,14 @@ pub struct ConnHandle {
     gate: tokio::sync::Mutex<bool>,
     /// The request budget; parked when the socket closes (see `AppState::session_budgets`).
     bucket: Mutex<TokenBucket>,
-    /// Presence updates this socket's queue had no room for: the newest per user, waiting
-    /// for room. Presence is state, not a log, so only each user's latest change matters.
-    backlog: Mutex<HashMap<UserId, Pending>>,
+    /// The socket's outbox: presence updates not sent yet, the newest per user (presence is
+    /// state, not a log, so only each user's latest change matters). One outbox, two
+    /// policies: a socket that gets one `presence-update` per change keeps here only what its
+    /// queue had no room for, and sends it as room comes; a batching socket keeps every change
+    /// here and sends them together, in one `presence-batch`, when the batch is due.
+    backlog: Mutex<Outbox>,
+    /// The ids a subscription socket subscribed to (its own user is delivered regardless).
+    subscribed: Mutex<HashSet<UserId>>,
     /// The latest presence of this socket's own user that this replica saw: what to restore
     /// if the shared store comes back without it.
     last_known: Mutex<Option<crate::domain::Presence>>,
@@ -48,7 +67,16 @@ pub type Encoded = Arc<serde_json::value::RawValue>;
 #[derive(Clone)]
 pub struct Pending {
     pub version: i64,
+    /// The change's place in this replica's fan-out order: an outbox sends in this order.
+    pub seq: u64,
     pub payload: Encoded,
+}
+
+#[derive(Default)]
+struct Outbox {
+    pending: HashMap<UserId, Pending>,
+    /// When the oldest change waiting joined (a batch is due `PRESENCE_BATCH_MS` after).
+    since: Option<Instant>,
 }
 
 /// Users a socket's backlog may hold. Each entry shares its payload with every other
@@ -63,6 +91,7 @@ impl ConnHandle {
         sid: Sid,
         identity: Identity,
         audience: Audience,
+        mode: Mode,
         now: Timestamp,
         bucket: TokenBucket,
     ) -> Self {
@@ -71,13 +100,15 @@ impl ConnHandle {
             sid,
             identity,
             audience,
+            mode,
             connected_at: now,
             last_heard: AtomicI64::new(now.as_micros()),
             queued: AtomicBool::new(false),
             opened: AtomicBool::new(false),
             gate: tokio::sync::Mutex::new(false),
             bucket: Mutex::new(bucket),
-            backlog: Mutex::new(HashMap::new()),
+            backlog: Mutex::new(Outbox::default()),
+            subscribed: Mutex::new(HashSet::new()),
             last_known: Mutex::new(None),
         }
     }
@@ -100,28 +131,33 @@ impl ConnHandle {
             .clone()
     }
 
-    fn backlog(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Pending>> {
+    fn backlog(&self) -> std::sync::MutexGuard<'_, Outbox> {
         self.backlog.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn has_backlog(&self) -> bool {
-        !self.backlog().is_empty()
+        !self.backlog().pending.is_empty()
     }
 
     pub fn backlog_len(&self) -> usize {
-        self.backlog().len()
+        self.backlog().pending.len()
     }
 
     pub fn clear_backlog(&self) {
-        self.backlog().clear();
+        let mut b = self.backlog();
+        b.pending.clear();
+        b.since = None;
     }
 
-    /// Keep `p` for later, unless a newer change of that user waits already. Returns false
-    /// when the backlog is full (the update is dropped).
+    /// Keep `p` for later, in place of an older change of that user (at the new change's
+    /// place). Returns false when the outbox is full (the update is dropped).
     pub fn defer(&self, user: &UserId, p: Pending) -> bool {
         let mut b = self.backlog();
-        let full = b.len() >= BACKLOG_MAX;
-        match b.get_mut(user) {
+        let full = b.pending.len() >= BACKLOG_MAX;
+        if b.since.is_none() {
+            b.since = Some(Instant::now());
+        }
+        match b.pending.get_mut(user) {
             Some(old) => {
                 if p.version > old.version {
                     *old = p;
@@ -130,29 +166,60 @@ impl ConnHandle {
             }
             None if full => false,
             None => {
-                b.insert(user.clone(), p);
+                b.pending.insert(user.clone(), p);
                 true
             }
         }
     }
 
-    /// Offer what waits, oldest change first, to `send` until it has taken `max` or refuses
-    /// one; returns how many it took. Runs under the backlog's lock, so a change deferred
-    /// meanwhile waits behind these (and a direct emit, which only happens while the backlog
-    /// is empty, can never overtake an older change of the same user).
+    /// When the oldest change in the outbox joined it.
+    pub fn waiting_since(&self) -> Option<Instant> {
+        self.backlog().since
+    }
+
+    /// Offer what waits, in change order, to `send` until it has taken `max` or refuses one;
+    /// returns how many it took. Runs under the outbox's lock, so a change deferred meanwhile
+    /// waits behind these (and a direct emit, which only happens while the outbox is empty,
+    /// can never overtake an older change of the same user).
     pub fn drain(&self, max: usize, mut send: impl FnMut(&Pending) -> bool) -> u64 {
         let mut b = self.backlog();
-        let mut order: Vec<(i64, UserId)> = b.iter().map(|(u, p)| (p.version, u.clone())).collect();
-        order.sort_unstable_by_key(|(v, _)| *v);
+        let order = in_change_order(&b.pending, max);
         let mut sent = 0;
-        for (_, user) in order.into_iter().take(max) {
-            if !send(&b[&user]) {
+        for user in order {
+            if !send(&b.pending[&user]) {
                 break;
             }
-            b.remove(&user);
+            b.pending.remove(&user);
             sent += 1;
         }
+        if b.pending.is_empty() {
+            b.since = None;
+        }
         sent
+    }
+
+    /// Offer the oldest [`BATCH_MAX`] waiting, in change order, to `send` as one batch; they
+    /// leave the outbox only if it takes them. Returns how many it took.
+    pub fn drain_batch(&self, send: impl FnOnce(&[&Pending]) -> bool) -> u64 {
+        let mut b = self.backlog();
+        let order = in_change_order(&b.pending, BATCH_MAX);
+        let batch: Vec<&Pending> = order.iter().map(|u| &b.pending[u]).collect();
+        if batch.is_empty() || !send(&batch) {
+            return 0;
+        }
+        for u in &order {
+            b.pending.remove(u);
+        }
+        // What is left (a batch was full) is due at once.
+        if b.pending.is_empty() {
+            b.since = None;
+        }
+        order.len() as u64
+    }
+
+    /// The ids subscribed to (not counting the socket's own user).
+    pub fn subscriptions(&self) -> std::sync::MutexGuard<'_, HashSet<UserId>> {
+        self.subscribed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The library completed this socket's connect (see `opened`).
@@ -211,6 +278,17 @@ impl ConnHandle {
         *closed = true;
         Some(f.await)
     }
+}
+
+/// The users of `pending` with the `max` earliest changes, earliest first.
+fn in_change_order(pending: &HashMap<UserId, Pending>, max: usize) -> Vec<UserId> {
+    let mut order: Vec<(u64, &UserId)> = pending.iter().map(|(u, p)| (p.seq, u)).collect();
+    if order.len() > max {
+        order.select_nth_unstable_by_key(max, |(seq, _)| *seq);
+        order.truncate(max);
+    }
+    order.sort_unstable_by_key(|(seq, _)| *seq);
+    order.into_iter().map(|(_, u)| u.clone()).collect()
 }
 
 /// This replica's `/` sockets, and the counts the fan-out and health need.
@@ -320,16 +398,84 @@ mod tests {
             Sid::new(),
             identity,
             Audience::Everyone,
+            Mode::default(),
             Timestamp(0),
             TokenBucket::new(0, 0),
         )
     }
 
+    /// A change whose place in the fan-out order is its version (as for one replica's clock).
     fn pending(version: i64) -> Pending {
         Pending {
             version,
+            seq: version as u64,
             payload: Arc::from(serde_json::value::to_raw_value(&version).unwrap()),
         }
+    }
+
+    fn uid(s: &str) -> UserId {
+        UserId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_batch_holds_each_user_once_newest_at_the_place_of_the_latest_change() {
+        let h = handle();
+        h.defer(&uid("a"), pending(1));
+        h.defer(&uid("b"), pending(2));
+        h.defer(&uid("a"), pending(3));
+        h.defer(&uid("c"), pending(4));
+        let mut frame = Vec::new();
+        assert_eq!(
+            h.drain_batch(|b| {
+                frame = b.iter().map(|p| p.version).collect();
+                true
+            }),
+            3
+        );
+        assert_eq!(frame, [2, 3, 4], "b, then a (its latest change), then c");
+        assert!(!h.has_backlog() && h.waiting_since().is_none());
+    }
+
+    #[test]
+    fn a_batch_refused_for_want_of_room_stays_whole_and_merges_newer_changes() {
+        let h = handle();
+        h.defer(&uid("a"), pending(1));
+        h.defer(&uid("b"), pending(2));
+        let since = h.waiting_since();
+        assert_eq!(h.drain_batch(|_| false), 0);
+        h.defer(&uid("a"), pending(3));
+        assert_eq!(
+            h.waiting_since(),
+            since,
+            "due when the oldest change joined"
+        );
+        let mut frame = Vec::new();
+        h.drain_batch(|b| {
+            frame = b.iter().map(|p| p.version).collect();
+            true
+        });
+        assert_eq!(frame, [2, 3]);
+    }
+
+    #[test]
+    fn a_batch_carries_at_most_500_users_the_oldest_first_and_the_rest_is_due_at_once() {
+        let h = handle();
+        for i in 0..1200 {
+            h.defer(&uid(&format!("u{i}")), pending(1200 - i));
+        }
+        let mut first = Vec::new();
+        assert_eq!(
+            h.drain_batch(|b| {
+                first = b.iter().map(|p| p.version).collect();
+                true
+            }),
+            BATCH_MAX as u64
+        );
+        assert_eq!(first, (1..=500).collect::<Vec<i64>>());
+        assert!(h.waiting_since().is_some(), "700 left, still due");
+        assert_eq!(h.drain_batch(|_| true), 500);
+        assert_eq!(h.drain_batch(|_| true), 200);
+        assert!(h.waiting_since().is_none());
     }
 
     #[test]

@@ -5,8 +5,12 @@
 //! refused request never closes the connection.
 
 use super::connection::ConnHandle;
-use super::protocol::{GetPresences, ListOnline, SetStatus, answer, request, request_or_default};
-use crate::domain::{Details, Status, Timestamp};
+use super::protocol::{
+    GetPresences, ListOnline, SetStatus, Subscribe, Unsubscribe, answer, request,
+    request_or_default,
+};
+use super::viewers::SubscribeError;
+use crate::domain::{Details, Status, Timestamp, UserId};
 use crate::engine::DisconnectOutcome;
 use crate::error::AppError;
 use crate::presence::{self, Viewer};
@@ -40,6 +44,8 @@ async fn dispatch(
             "presence:set-status" => set_status(&state, &h, data).await,
             "presence:get" => get(&state, &h, data).await,
             "presence:list-online" => list_online(&state, &h, data).await,
+            "presence:subscribe" => subscribe(&state, &h, data).await,
+            "presence:unsubscribe" => unsubscribe(&state, &h, data),
             _ => Err(AppError::bad_request("unknown event")),
         },
     };
@@ -112,6 +118,103 @@ async fn get(
     )
     .await?;
     Ok(json!({"presences": presences}))
+}
+
+/// Ids per `presence:subscribe` or `presence:unsubscribe`, at most.
+const MAX_SUBSCRIBE_IDS: usize = 500;
+
+/// 1 to 500 valid ids, each once.
+fn subscription_ids(ids: &[String]) -> Result<Vec<UserId>, AppError> {
+    if ids.is_empty() || ids.len() > MAX_SUBSCRIBE_IDS {
+        return Err(AppError::bad_request(format!(
+            "userIds: 1 to {MAX_SUBSCRIBE_IDS} ids"
+        )));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let u = UserId::parse(id).map_err(|e| AppError::bad_request(format!("userIds: {e}")))?;
+        if seen.insert(u.clone()) {
+            out.push(u);
+        }
+    }
+    Ok(out)
+}
+
+fn subscription_socket(h: &ConnHandle) -> Result<(), AppError> {
+    if h.mode.subscriptions {
+        Ok(())
+    } else {
+        Err(AppError::bad_request(
+            "this socket receives every change it may see (broadcast); connect with auth.presence \"subscriptions\" to subscribe",
+        ))
+    }
+}
+
+/// Subscribe, then read the snapshot: a change committed after the read reaches the socket
+/// (it was subscribed before), with a greater version than the snapshot's. Ids the viewer may
+/// not see are kept like any other and never produce anything: the rule is applied to each
+/// change and to the snapshot, so nothing tells them apart from ids never seen.
+async fn subscribe(
+    state: &AppState,
+    h: &Arc<ConnHandle>,
+    data: Result<Value, socketioxide::ParserError>,
+) -> Result<Value, AppError> {
+    subscription_socket(h)?;
+    let req: Subscribe = request(data)?;
+    let ids = subscription_ids(&req.user_ids)?;
+    let max = state.config.max_subscriptions;
+    let (added, n) = state
+        .gateway
+        .viewers
+        .subscribe(h, &ids, max)
+        .map_err(|e| match e {
+            SubscribeError::TooMany(max) => AppError::bad_request(format!(
+                "at most {max} subscriptions per socket (PRESENCE_MAX_SUBSCRIPTIONS)"
+            )),
+            SubscribeError::Closed => AppError::Unavailable("connection closed".into()),
+        })?;
+    let snapshot = presence::get_visible(
+        &*state.engine,
+        state.db.as_deref(),
+        state.config.visibility_policy,
+        &viewer(h),
+        &ids,
+    )
+    .await;
+    match snapshot {
+        Ok(presences) => Ok(json!({"presences": presences, "subscribed": n})),
+        Err(e) => {
+            // Nothing changes: the ids this request added are taken back.
+            state.gateway.viewers.unsubscribe(h, Some(&added));
+            tracing::debug!(error = %e, "subscription snapshot not read");
+            Err(AppError::Unavailable(
+                "presence is temporarily unavailable; subscribe again shortly".into(),
+            ))
+        }
+    }
+}
+
+fn unsubscribe(
+    state: &AppState,
+    h: &Arc<ConnHandle>,
+    data: Result<Value, socketioxide::ParserError>,
+) -> Result<Value, AppError> {
+    subscription_socket(h)?;
+    let req: Unsubscribe = request(data)?;
+    let left = match (req.user_ids, req.all) {
+        (None, Some(true)) => state.gateway.viewers.unsubscribe(h, None),
+        (Some(ids), None) => {
+            let ids = subscription_ids(&ids)?;
+            state.gateway.viewers.unsubscribe(h, Some(&ids))
+        }
+        _ => {
+            return Err(AppError::bad_request(
+                "expected {\"userIds\":[...]} (1 to 500) or {\"all\":true}",
+            ));
+        }
+    };
+    Ok(json!({"subscribed": left}))
 }
 
 async fn list_online(

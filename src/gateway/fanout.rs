@@ -11,7 +11,7 @@
 //! socket with a backlog gets new changes through the backlog too, so it converges on the
 //! latest state of every user it may see, with memory bounded per socket.
 
-use super::connection::{BACKLOG_MAX, ConnHandle, Encoded, Pending};
+use super::connection::{BACKLOG_MAX, BATCH_MAX, ConnHandle, Encoded, Pending};
 use super::viewers::Viewer;
 use crate::domain::Timestamp;
 use crate::engine::{PresenceEvent, Resync};
@@ -19,6 +19,7 @@ use crate::state::AppState;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::broadcast::{Receiver, error::RecvError};
@@ -78,9 +79,23 @@ fn emit(v: &Viewer, payload: &Encoded) -> Sent {
     }
 }
 
-/// Queue one update on one socket, or defer it.
+/// Queue one update on one socket, or defer it. A batching socket's updates all wait in its
+/// outbox for their batch, which leaves when due ([`run_backlogs`]) or full (here).
 fn offer(state: &AppState, v: &Viewer, user: &crate::domain::UserId, p: &Pending) -> Sent {
     let h = &v.handle;
+    if h.mode.batch {
+        let first = !h.has_backlog();
+        if !h.defer(user, p.clone()) {
+            state.metrics.dropped.increment(1);
+        }
+        if h.backlog_len() >= BATCH_MAX {
+            return send_batch(state, v);
+        }
+        if first {
+            state.gateway.backlogged.lock().insert(h.sid);
+        }
+        return Sent::Deferred;
+    }
     if !h.has_backlog() {
         match emit(v, &p.payload) {
             Sent::Deferred => {}
@@ -96,6 +111,73 @@ fn offer(state: &AppState, v: &Viewer, user: &crate::domain::UserId, p: &Pending
     }
     Sent::Deferred
 }
+
+/// Send the socket's oldest [`BATCH_MAX`] waiting changes as one `presence-batch`, encoded
+/// once from the changes' shared encodings. `Now` if it left, `Deferred` if it waits for room
+/// (whole, merging newer changes meanwhile), `Gone` if the socket closed.
+fn send_batch(state: &AppState, v: &Viewer) -> Sent {
+    let mut outcome = Sent::Deferred;
+    let sent = v.handle.drain_batch(|batch| {
+        let mut frame = String::with_capacity(
+            16 + batch
+                .iter()
+                .map(|p| p.payload.get().len() + 1)
+                .sum::<usize>(),
+        );
+        frame.push_str("{\"updates\":[");
+        for (i, p) in batch.iter().enumerate() {
+            if i > 0 {
+                frame.push(',');
+            }
+            frame.push_str(p.payload.get());
+        }
+        frame.push_str("]}");
+        let Ok(raw) = serde_json::value::RawValue::from_string(frame) else {
+            return false;
+        };
+        match v.socket.emit("presence-batch", &raw) {
+            Ok(()) => {
+                outcome = Sent::Now;
+                true
+            }
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => false,
+            Err(SendError::Socket(SocketError::Closed)) => {
+                outcome = refused_as_closed(&v.handle, Timestamp::now());
+                false
+            }
+            Err(_) => {
+                outcome = Sent::Gone;
+                false
+            }
+        }
+    });
+    if sent > 0 {
+        state.metrics.batches_sent.increment(1);
+        state.metrics.delivered.increment(sent);
+        state.metrics.activity.delivered(sent);
+    }
+    if outcome == Sent::Gone {
+        v.handle.clear_backlog();
+        state.gateway.viewers.leave(&v.handle);
+    }
+    outcome
+}
+
+/// Whether a batching socket's batch is due: `PRESENCE_BATCH_MS` after its oldest change
+/// joined, less one tick of the loop that sends them, so none leaves later than that.
+fn batch_due(state: &AppState, h: &ConnHandle) -> bool {
+    let budget = Duration::from_millis(state.config.batch_ms).saturating_sub(batch_tick(state));
+    h.waiting_since().is_some_and(|t| t.elapsed() >= budget)
+}
+
+/// How often outboxes are looked at: often enough that a batch leaves on time.
+fn batch_tick(state: &AppState) -> Duration {
+    (Duration::from_millis(state.config.batch_ms) / 4)
+        .clamp(Duration::from_millis(2), BACKLOG_RETRY)
+}
+
+/// The place of each change in this replica's fan-out order (an outbox sends in it).
+static SEQ: AtomicU64 = AtomicU64::new(0);
 
 pub async fn run(state: AppState, mut rx: Receiver<PresenceEvent>) {
     let mut resyncs = state.engine.subscribe_resyncs();
@@ -179,6 +261,7 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
     };
     let pending = Pending {
         version: p.version,
+        seq: SEQ.fetch_add(1, Ordering::Relaxed),
         payload,
     };
     let mut sent = 0u64;
@@ -211,6 +294,7 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
 fn tell_gone(state: &AppState, p: &crate::domain::Presence, old: crate::domain::Gender) -> u64 {
     let lost = state.config.visibility_policy.audiences_lost(old, p.gender);
     if lost.is_empty() {
+        // No audience loses sight of them, so no viewer does (the same rule decides both).
         return 0;
     }
     let gone = p.gone_for(old);
@@ -219,10 +303,30 @@ fn tell_gone(state: &AppState, p: &crate::domain::Presence, old: crate::domain::
     };
     let pending = Pending {
         version: gone.version,
+        seq: SEQ.fetch_add(1, Ordering::Relaxed),
         payload: Arc::from(raw),
     };
+    let policy = state.config.visibility_policy;
+    // Subscription sockets that could see the old gender and may not see the new one.
+    let subscribers = state
+        .gateway
+        .viewers
+        .subscribers_of(&p.user_id)
+        .into_iter()
+        .filter(|v| {
+            let c = &v.handle.conn;
+            let viewer = (c.user.as_str(), c.gender);
+            policy.can_see(viewer, (p.user_id.as_str(), old))
+                && !policy.can_see(viewer, (p.user_id.as_str(), p.gender))
+        });
     let mut sent = 0;
-    for v in state.gateway.viewers.in_audiences(&lost) {
+    for v in state
+        .gateway
+        .viewers
+        .in_audiences(&lost)
+        .into_iter()
+        .chain(subscribers)
+    {
         if v.handle.conn.user == p.user_id {
             continue;
         }
@@ -241,9 +345,18 @@ fn tell_gone(state: &AppState, p: &crate::domain::Presence, old: crate::domain::
 /// thousand slow readers could each hold the most.
 fn bound_backlogs(state: &AppState, sids: &[Sid]) {
     let bound = state.config.socket_backlog_total;
+    // A batching socket's outbox that is not overdue is a batch being gathered, not a
+    // socket falling behind.
+    let overdue = Duration::from_millis(state.config.batch_ms) + Duration::from_secs(1);
     let mut sizes: Vec<(usize, Viewer)> = sids
         .iter()
         .filter_map(|sid| state.gateway.viewers.get(*sid))
+        .filter(|v| {
+            !v.handle.mode.batch
+                || v.handle
+                    .waiting_since()
+                    .is_some_and(|t| t.elapsed() > overdue)
+        })
         .map(|v| (v.handle.backlog_len(), v))
         .collect();
     let mut total: usize = sizes.iter().map(|(n, _)| n).sum();
@@ -268,9 +381,10 @@ fn bound_backlogs(state: &AppState, sids: &[Sid]) {
     }
 }
 
-/// Deliver backlogs as their sockets' queues drain.
+/// Deliver outboxes: a batching socket's batch when it is due, anyone else's backlog as its
+/// socket's queue drains.
 pub async fn run_backlogs(state: AppState) {
-    let mut tick = crate::background::ticker(BACKLOG_RETRY);
+    let mut tick = crate::background::ticker(batch_tick(&state));
     while state.background.tick(&mut tick).await {
         let sids: Vec<Sid> = state.gateway.backlogged.lock().iter().copied().collect();
         bound_backlogs(&state, &sids);
@@ -281,6 +395,15 @@ pub async fn run_backlogs(state: AppState) {
                 continue;
             };
             let h = &v.handle;
+            if h.mode.batch {
+                if batch_due(&state, h) {
+                    send_batch(&state, &v);
+                }
+                if !h.has_backlog() {
+                    state.gateway.backlogged.lock().remove(&sid);
+                }
+                continue;
+            }
             let mut gone = false;
             // At most half a queue per tick: a client that keeps up at all then finds room for
             // the acks of its own requests, which share the queue.
@@ -328,6 +451,7 @@ mod tests {
                 roles: Roles::from(Role::User),
             },
             Audience::FemaleOnly,
+            Default::default(),
             at,
             crate::gateway::ratelimit::TokenBucket::new(0, 0),
         )

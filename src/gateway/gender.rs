@@ -45,6 +45,7 @@ pub async fn apply_database_gender(state: &AppState, user: &UserId) {
             old.sid,
             old.identity.clone(),
             policy.audience_of(gender),
+            old.mode,
             old.connected_at,
             old.budget(),
         ));
@@ -61,11 +62,17 @@ pub async fn apply_database_gender(state: &AppState, user: &UserId) {
             None => continue,
         }
         v.socket.extensions.insert(new.clone());
+        // The subscriptions move to the new handle (what each may see is judged per change).
+        let subscribed: Vec<_> = old.subscriptions().iter().cloned().collect();
         state.gateway.viewers.leave(old);
         state
             .gateway
             .viewers
             .join(policy, v.socket.clone(), new.clone());
+        let _ = state
+            .gateway
+            .viewers
+            .subscribe(&new, &subscribed, usize::MAX);
         state.gateway.sockets.add(new);
         let _ = v
             .socket

@@ -5,7 +5,7 @@
 //! client relies on right after `connect` — its event handlers, its presence, its rooms —
 //! is set up here, and an event sent the moment the client is connected is never dropped.
 
-use super::connection::ConnHandle;
+use super::connection::{ConnHandle, Mode};
 use super::events;
 use super::protocol::{Refusal, admission};
 use super::ratelimit::TokenBucket;
@@ -100,6 +100,31 @@ fn identify(state: &AppState, s: &SocketRef, auth: &Value) -> Result<Identity, R
     Ok(identity)
 }
 
+/// How the socket receives changes (section 9): `auth.presence` (`broadcast`, the default, or
+/// `subscriptions`; `PRESENCE_BROADCAST=false` makes every socket a subscription socket) and
+/// `auth.batch` (`false` by default). Any other value of either is refused.
+fn mode(state: &AppState, auth: &Value) -> Result<Mode, Refusal> {
+    let subscriptions = match auth.get("presence") {
+        None => false,
+        Some(Value::String(p)) if p == "broadcast" => false,
+        Some(Value::String(p)) if p == "subscriptions" => true,
+        Some(_) => {
+            return Err(Refusal::unauthorized(
+                "auth.presence must be \"broadcast\" or \"subscriptions\"",
+            ));
+        }
+    };
+    let batch = match auth.get("batch") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(Refusal::unauthorized("auth.batch must be true or false")),
+    };
+    Ok(Mode {
+        subscriptions: subscriptions || !state.config.presence_broadcast,
+        batch,
+    })
+}
+
 pub async fn authenticate(
     s: SocketRef,
     TryData(auth): TryData<Value>,
@@ -110,6 +135,7 @@ pub async fn authenticate(
 
 async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refusal> {
     let identity = identify(state, s, &auth)?;
+    let mode = mode(state, &auth)?;
     if !state.engine.ready().await {
         return Err(Refusal::unavailable(
             "presence store unreachable; retry shortly",
@@ -130,6 +156,7 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refus
         s.id,
         identity,
         policy.audience_of(gender),
+        mode,
         now,
         // A namespace reconnect inside the session gets back the budget it left with.
         state.session_budgets.take(&(s.id, "/")).unwrap_or_else(|| {

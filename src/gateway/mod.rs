@@ -50,6 +50,10 @@ pub struct Hub {
 /// figures and backlogs, server heartbeats.
 pub fn spawn(state: &AppState) {
     let bg = &state.background;
+    state
+        .gateway
+        .viewers
+        .count_subscriptions_in(state.metrics.subscriptions.clone());
     bg.spawn(fanout::run(state.clone(), state.engine.subscribe()));
     bg.spawn(fanout::run_backlogs(state.clone()));
     bg.spawn(heartbeats::run(state.clone()));

@@ -24,6 +24,23 @@ pub struct GetPresences {
     pub user_ids: Vec<String>,
 }
 
+/// `presence:subscribe`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscribe {
+    pub user_ids: Vec<String>,
+}
+
+/// `presence:unsubscribe`: some ids, or `{"all":true}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Unsubscribe {
+    #[serde(default)]
+    pub user_ids: Option<Vec<String>>,
+    #[serde(default)]
+    pub all: Option<bool>,
+}
+
 /// `presence:list-online` (no payload at all means the defaults).
 #[derive(Deserialize, Default)]
 pub struct ListOnline {

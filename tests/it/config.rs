@@ -66,6 +66,10 @@ fn every_bad_value_names_its_variable() {
         ("ADMIN_TOKEN", "short"),
         ("SOCKET_ALLOW_INSECURE_USERID", "2"),
         ("NODE_ID", "a b"),
+        ("PRESENCE_BROADCAST", "maybe"),
+        ("PRESENCE_MAX_SUBSCRIPTIONS", "0"),
+        ("PRESENCE_BATCH_MS", "0"),
+        ("PRESENCE_BATCH_MS", "100000"),
     ] {
         let e = parse(&[("JWT_SECRET", SECRET), (var, value)]).expect_err(var);
         assert_eq!(e.var, var, "{var}={value}: {e}");

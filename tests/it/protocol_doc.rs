@@ -48,7 +48,7 @@ fn code_vars() -> BTreeSet<String> {
         .filter(|(i, s)| {
             let before = src[..*i].trim_end();
             is_var(s)
-                && ["get(", "ms(", "flag(", "count(", "var("]
+                && ["get(", "ms(", "flag(", "flag_or_true(", "count(", "var("]
                     .iter()
                     .any(|f| before.ends_with(f))
         })
