@@ -51,6 +51,12 @@ test("presence on a three-master Redis Cluster, spread over every master", async
     await waitUntil(async () => (await a.http("/api/health")).json.presence.onlineUsers >= 41, 5000, "cluster-wide figures");
     const perMaster = ports.map((p) => Number(cli(p, "dbsize")));
     assert.ok(perMaster.every((n) => n > 0), `keys on every master: ${perMaster}`);
+    // The change bus spreads as the keys do: sharded channels (SSUBSCRIBE) on every master,
+    // and no classic channel carries the changes.
+    const shardChannels = ports.map((p) => cli(p, "pubsub", "shardchannels").split("\n").filter((c) => c.includes(":ev:")).length);
+    assert.ok(shardChannels.every((n) => n > 0), `bucket channels per master: ${shardChannels}`);
+    assert.equal(shardChannels.reduce((a, b) => a + b, 0), 64);
+    assert.ok(ports.every((p) => !cli(p, "pubsub", "channels").includes(":ev:")));
 
     users.forEach((s) => s.disconnect());
     await seen.waitFor((p) => p.userId === "rc-39" && !p.online, 8000);

@@ -1,4 +1,5 @@
-//! The bus: Redis pub/sub of committed changes and of the opaque [`Topic`]s (statistics
+//! The bus: Redis pub/sub of committed changes (one channel per key bucket, sharded pub/sub on
+//! Redis Cluster) and of the opaque [`Topic`]s (statistics
 //! batches, the admin API's questions and answers), read by one subscriber connection per
 //! replica. The engine owns it; dropping the engine stops its tasks.
 //!
@@ -26,7 +27,14 @@ pub struct Bus {
 
 impl Bus {
     /// Subscribe to the deployment's channels; `buffer` changes wait for slow readers.
-    pub async fn start(builder: &Builder, keys: &Keys, buffer: usize) -> Result<Bus, EngineError> {
+    /// `sharded`: the changes are published with `SPUBLISH` (Redis Cluster), so they are read
+    /// with `SSUBSCRIBE`, from the shard that owns each bucket's channel.
+    pub async fn start(
+        builder: &Builder,
+        keys: &Keys,
+        buffer: usize,
+        sharded: bool,
+    ) -> Result<Bus, EngineError> {
         let unavailable = |e: fred::error::Error| EngineError::Unavailable(e.to_string());
         let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
         subscriber.init().await.map_err(unavailable)?;
@@ -40,8 +48,16 @@ impl Bus {
         bus.spawn_resubscriber();
         let topics = Topic::ALL.map(|t| keys.topic_channel(t));
         bus.spawn_reader(topics.clone());
-        let mut channels = vec![keys.events_channel()];
-        channels.extend(topics);
+        // Every replica reads every bucket (docs/redis.md says why not only the watched ones).
+        let mut channels = topics.to_vec();
+        if sharded {
+            // One slot per SSUBSCRIBE: each bucket's channel on its own.
+            for c in keys.event_channels() {
+                bus.subscriber.ssubscribe(c).await.map_err(unavailable)?;
+            }
+        } else {
+            channels.extend(keys.event_channels());
+        }
         bus.subscriber
             .subscribe(channels)
             .await

@@ -3,10 +3,12 @@
 -- indexed), 2 user's connections (set), 3-5 the bucket's
 -- online users by gender (male, female, other; sorted sets read by lex), 6 the bucket's
 -- counters (hash), 7 the bucket's pending offlines (sorted set, score = deadline).
--- ARGV: 1 user id, 2 now (µs), 3 event channel, 4 this replica's id, 5 offline retention (ms),
--- then the script's own arguments from 6 on.
+-- ARGV: 1 user id, 2 now (µs), 3 how to announce: "PUBLISH <channel>" or, on Redis Cluster,
+-- "SPUBLISH <channel>" (the bucket's channel, in this slot), 4 this replica's id, 5 offline
+-- retention (ms), then the script's own arguments from 6 on.
 local U, C, CNT, PEND = KEYS[1], KEYS[2], KEYS[6], KEYS[7]
-local uid, now, chan, node, retention = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local uid, now, node, retention = ARGV[1], tonumber(ARGV[2]), ARGV[4], ARGV[5]
+local pubcmd, chan = string.match(ARGV[3], '^(%u+) (.+)$')
 
 -- Lua numbers are doubles: exact for µs timestamps (< 2^53), but tostring() would print them
 -- in exponent form.
@@ -52,7 +54,7 @@ local function commit(p)
   else
     redis.call('PEXPIRE', U, retention)
   end
-  redis.call('PUBLISH', chan, encode(p))
+  redis.call(pubcmd, chan, encode(p))
 end
 
 local function clear_pending(p)

@@ -104,9 +104,16 @@ impl Keys {
         format!("{}:stats", self.prefix)
     }
 
-    /// The channel of committed changes.
-    pub fn events_channel(&self) -> String {
-        format!("{}:events", self.prefix)
+    /// The channel of bucket `b`'s committed changes: it shares the bucket's hash tag, so on
+    /// Redis Cluster a transition script can `SPUBLISH` to it from the slot it runs on, and the
+    /// bus spreads over the shards as the keys do.
+    pub fn event_channel(&self, b: u32) -> String {
+        format!("{}:ev:{}", self.prefix, self.tag(b))
+    }
+
+    /// Every bucket's change channel.
+    pub fn event_channels(&self) -> Vec<String> {
+        (0..BUCKETS).map(|b| self.event_channel(b)).collect()
     }
 
     /// The channel of an opaque topic (statistics batches keep their original name).

@@ -68,8 +68,9 @@ pub struct RedisEngine {
     /// The bus this engine reads (and stops with it).
     bus: Bus,
     node: Arc<str>,
-    /// Where the scripts publish committed changes.
-    channel: String,
+    /// How the scripts publish committed changes: `SPUBLISH` (sharded pub/sub) on Redis
+    /// Cluster, `PUBLISH` elsewhere.
+    publish: &'static str,
     scripts: Scripts,
     /// `MAX_CONNECTIONS_PER_USER` (0: no limit).
     max_conns: u32,
@@ -96,6 +97,7 @@ impl RedisEngine {
         buffer: usize,
     ) -> Result<Self, EngineError> {
         let config = Config::from_url(url).map_err(unavailable)?;
+        let clustered = config.server.is_clustered();
         let mut builder = Builder::from_config(config);
         // No reconnect policy is fred's default: then a Redis restart would be fatal.
         builder.set_policy(ReconnectPolicy::new_exponential(0, 100, 2000, 2));
@@ -111,10 +113,10 @@ impl RedisEngine {
         let client = builder.build().map_err(unavailable)?;
         client.init().await.map_err(unavailable)?;
         let keys = Keys::new(prefix);
-        let bus = Bus::start(&builder, &keys, buffer).await?;
+        let bus = Bus::start(&builder, &keys, buffer, clustered).await?;
         let engine = RedisEngine {
             client,
-            channel: keys.events_channel(),
+            publish: if clustered { "SPUBLISH" } else { "PUBLISH" },
             keys,
             bus,
             node: Arc::from(node),
@@ -144,7 +146,8 @@ impl RedisEngine {
         let mut a = vec![
             uid.to_string(),
             now.as_micros().to_string(),
-            self.channel.clone(),
+            // The script's publish command and channel: the user's bucket's.
+            format!("{} {}", self.publish, self.keys.event_channel(keys::bucket(uid))),
             self.node.to_string(),
             RETENTION_MS.to_string(),
         ];
