@@ -23,20 +23,40 @@ run() { # run <gateway env...> -- <loadgen args...>
 
 redis_calls() { redis-cli -p 6379 info commandstats | awk -F'[=,:]' '/^cmdstat_/ {n+=$3} END {print n+0}'; }
 
-# Three Redis-backed replicas; loadgen spreads clients over them.
+# Three Redis-backed replicas; loadgen spreads clients over them. PEER=1: the Node peer
+# (../shared/peers/node-presence, `npm ci` there once) instead, started the same way.
+PEER_DIR=${PEER_DIR:-../shared/peers/node-presence}
 run3() { # run3 <loadgen args...>
   local pids=() targets=()
   for i in 0 1 2; do
-    REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX=bench$$ NODE_ID=bench-$i RATE_LIMIT_PER_SEC=0 \
-      HTTP_RATE_LIMIT_PER_SEC=0 MAX_CONNECTIONS_PER_USER=0 HANDSHAKE_RATE_PER_IP=0 \
-      HOST=127.0.0.1 PORT=$((PORT + i)) RUST_LOG=warn $GW > /tmp/bench-gw$i.log 2>&1 &
+    if [ "${PEER:-0}" = 1 ]; then
+      (cd "$PEER_DIR" && REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX=peer$$ NODE_ID=peer-$i \
+        APP_ENV=production RATE_LIMIT_PER_SEC=0 LOG_LEVEL=warn HOST=127.0.0.1 PORT=$((PORT + i)) \
+        ${EXTRA_ENV:-} exec node server.js) > /tmp/bench-peer$i.log 2>&1 &
+    else
+      env REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX=bench$$ NODE_ID=bench-$i RATE_LIMIT_PER_SEC=0 \
+        HTTP_RATE_LIMIT_PER_SEC=0 MAX_CONNECTIONS_PER_USER=0 HANDSHAKE_RATE_PER_IP=0 \
+        HOST=127.0.0.1 PORT=$((PORT + i)) RUST_LOG=warn ${EXTRA_ENV:-} $GW > /tmp/bench-gw$i.log 2>&1 &
+    fi
     pids+=($!); targets+=(127.0.0.1:$((PORT + i)))
   done
   for i in 0 1 2; do for _ in $(seq 1 100); do curl -sf "127.0.0.1:$((PORT + i))/readyz" >/dev/null && break; sleep 0.1; done; done
-  local before; before=$(redis_calls)
+  local before before_cpu; before=$(redis_calls); before_cpu=$(redis_cpu)
   $LG --target "$(IFS=,; echo "${targets[*]}")" --pids "$(IFS=,; echo "${pids[*]}")" --json "$@" || true
-  echo "{\"redis_commands\": $(( $(redis_calls) - before ))}"
+  echo "{\"server\": \"$([ "${PEER:-0}" = 1 ] && echo node-presence || echo presence-gateway)\", \"redis_commands\": $(( $(redis_calls) - before )), \"redis_cpu_s\": $(echo "$(redis_cpu) - $before_cpu" | bc)}"
   kill -TERM "${pids[@]}"; wait "${pids[@]}" || true
+}
+
+# Redis's own CPU (user + system seconds), from INFO.
+redis_cpu() { redis-cli -p 6379 info cpu | awk -F: '/^used_cpu_(sys|user):/ {s+=$2} END {printf "%.3f", s}'; }
+
+# side <loadgen args...>: the gateway and the Node peer, alternately, three times each, in one
+# run (the machine's noise falls on both; BENCHMARKS.md quotes the medians).
+side() {
+  for r in 1 2 3; do
+    echo "round $r: presence-gateway"; run3 "$@"
+    echo "round $r: node-presence"; PEER=1 run3 "$@"
+  done
 }
 
 PGURL=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432}
@@ -83,6 +103,10 @@ case "${1:-all}" in
   # The same viewers at a fifth of the rate: how long one change takes to reach 10,000
   # sockets when the machine is not saturated.
   redis-fanout10k-slow|all) run3 fanout --viewers 10000 --changers 2 --rate 2 --duration-s 30 ;;&
+  # Issue 15: beside the Node peer, three replicas on Redis, 10,000 viewers, unsaturated (2
+  # changes/s) and at 10 changes/s.
+  peer-fanout2) side fanout --viewers 10000 --changers 2 --rate 2 --duration-s 30 ;;&
+  peer-fanout10) side fanout --viewers 10000 --changers 10 --rate 10 --duration-s 30 ;;&
   search|all)
     seeded pgw_bench_search users loadtest/seed-users.sql
     run DATABASE_URL=$PGURL/pgw_bench_search -- search --rounds 100 ;;&

@@ -14,7 +14,7 @@ if ! "$venv/bin/schemathesis" --version >/dev/null 2>&1; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check -r scripts/fuzz-requirements.txt
 fi
-bin=${GATEWAY_BIN:-target/debug/presence-gateway}
+bin=$(realpath "${GATEWAY_BIN:-target/debug/presence-gateway}")
 secret=fuzz-secret-0123456789abcdef-0123456789
 db=pgw_e2e_fuzz_$$
 pg=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432}
@@ -40,10 +40,13 @@ total=0
 for role in user dashboard publisher admin; do
   echo "==> fuzzing the HTTP API as $role ($examples examples per operation)"
   out=$(mktemp)
+  # Minted here, not inside the subshell below (which runs in target/).
+  auth="Authorization: Bearer $(tok "fuzz-$role" --role "$role")"
+  [ "${#auth}" -gt 40 ] || { echo "could not mint a $role token"; exit 1; }
   fuzz() {
     # From target/: schemathesis keeps a cache directory where it runs.
     (cd target && "../$venv/bin/schemathesis" run "http://127.0.0.1:$port/api/openapi.json" \
-      -H "Authorization: Bearer $(tok "fuzz-$role" --role "$role")" \
+      -H "$auth" \
       --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
       --max-examples "$examples" --seed 1 --workers 2 --request-timeout 10 \
       --suppress-health-check all --no-color > "$out" 2>&1)

@@ -103,6 +103,30 @@ pub enum Scenario {
         /// default) see only women, so viewers do not also receive each other's connects.
         #[arg(long, default_value = "male")]
         viewer_gender: String,
+        /// Viewers ask for `presence-batch` frames (`auth.batch`).
+        #[arg(long)]
+        batch: bool,
+    },
+    /// Subscription sockets (section 9): each subscribes to `per` users; `watching` of them to
+    /// changers, the rest to users who never change. Latency, missing, CPU per change.
+    Subs {
+        #[arg(long, default_value_t = 5000)]
+        subscribers: usize,
+        /// Subscribers watching changers (default: all of them).
+        #[arg(long)]
+        watching: Option<usize>,
+        #[arg(long, default_value_t = 50)]
+        per: usize,
+        #[arg(long, default_value_t = 500)]
+        changers: usize,
+        /// Changes per second, all changers together.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 30)]
+        duration_s: u64,
+        /// Subscribers ask for `presence-batch` frames too.
+        #[arg(long)]
+        batch: bool,
     },
     /// Connect N clients as fast as possible; time until /api/health shows them online.
     Storm {

@@ -1,4 +1,4 @@
-//! The scenarios, one file each (`hold`: idle and storm; `fanout`; `churn`; `queries`:
+//! The scenarios, one file each (`hold`: idle and storm; `fanout`; `subs`; `churn`; `queries`:
 //! search and report), over the pieces they share: `fleet` (clients held in this process or
 //! in workers), `prom` (reading the gateway's metrics), and the HTTP client in `crate::http`.
 
@@ -8,6 +8,7 @@ mod fleet;
 mod hold;
 mod prom;
 mod queries;
+mod subs;
 
 use churn::churn;
 use fanout::fanout;
@@ -15,6 +16,7 @@ use fleet::*;
 use hold::{idle, storm};
 use prom::*;
 use queries::{report, search};
+use subs::subs;
 
 use crate::measure::{self, Latencies};
 use crate::sio::{Client, Incoming};
@@ -68,7 +70,20 @@ pub async fn run(cli: Cli) -> Result<Value, String> {
             rate,
             duration_s,
             viewer_gender,
-        } => fanout(c, viewers, changers, rate, duration_s, &viewer_gender).await,
+            batch,
+        } => fanout(c, viewers, changers, rate, duration_s, &viewer_gender, batch).await,
+        Scenario::Subs {
+            subscribers,
+            watching,
+            per,
+            changers,
+            rate,
+            duration_s,
+            batch,
+        } => {
+            let watching = watching.unwrap_or(subscribers).min(subscribers);
+            subs(c, subscribers, watching, per, changers, rate, duration_s, batch).await
+        }
         Scenario::Churn {
             clients,
             viewers,
