@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { readFileSync } from "node:fs";
-import { startGateway, waitUntil } from "../helpers.mjs";
+import { startGateway, waitUntil, token } from "../helpers.mjs";
 
 test("README example: two users see each other come online, go live, go offline", async () => {
   const gw = await startGateway({ JWT_SECRET: "", APP_ENV: "", NODE_ENV: "" }, { args: ["--dev"] });
@@ -40,4 +40,38 @@ test("the README's JavaScript snippet is the example the test above runs", () =>
   const example = readFileSync(fileURLToPath(new URL("../examples/two-users.mjs", import.meta.url)), "utf8");
   const code = example.slice(example.indexOf('import { io }')).trim();
   assert.ok(readme.includes("```js\n" + code + "\n```"), "README's snippet differs from e2e/examples/two-users.mjs");
+});
+
+test("README on-screen example: a subscription socket in batches follows who is on screen", async () => {
+  const gw = await startGateway({ PRESENCE_BATCH_MS: "50" });
+  try {
+    const example = fileURLToPath(new URL("../examples/on-screen.mjs", import.meta.url));
+    const carol = token({ sub: "carol", gender: "female" });
+    const child = execFile(process.execPath, [example], {
+      env: { ...process.env, URL: gw.url, TOKEN: carol, ON_SCREEN: "alice,dave", UNTIL: "alice:live" }, timeout: 15_000,
+    });
+    let out = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.stderr.on("data", (d) => (out += d));
+    // alice is on screen (offline, never seen, in the snapshot), then comes online and goes live;
+    // eve is not on screen and never shows.
+    await waitUntil(() => out.includes("alice: offline"), 10_000, "the snapshot");
+    const eve = await gw.connect({ token: token({ sub: "eve", gender: "female" }) });
+    const alice = await gw.connect({ token: token({ sub: "alice", gender: "female" }) });
+    await alice.timeout(5000).emitWithAck("presence:set-status", { status: "live" });
+    await new Promise((resolve) => child.on("exit", resolve));
+    // (Her coming online and going live may share one batch: only the newest shows.)
+    assert.match(out, /alice: offline\n(.*\n)*alice: live/, out);
+    assert.doesNotMatch(out, /eve/, out);
+    eve.disconnect();
+  } finally {
+    await gw.stop();
+  }
+});
+
+test("the README's on-screen snippet is e2e/examples/on-screen.mjs", () => {
+  const readme = readFileSync(fileURLToPath(new URL("../../README.md", import.meta.url)), "utf8");
+  const example = readFileSync(fileURLToPath(new URL("../examples/on-screen.mjs", import.meta.url)), "utf8");
+  const code = example.slice(example.indexOf("import { io }")).trim();
+  assert.ok(readme.includes("```js\n" + code + "\n```"), "README's snippet differs from e2e/examples/on-screen.mjs");
 });
