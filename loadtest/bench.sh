@@ -27,14 +27,14 @@ redis_calls() { redis-cli -p 6379 info commandstats | awk -F'[=,:]' '/^cmdstat_/
 # (../shared/peers/node-presence, `npm ci` there once) instead, started the same way.
 PEER_DIR=${PEER_DIR:-../shared/peers/node-presence}
 run3() { # run3 <loadgen args...>
-  local pids=() targets=()
+  local pids=() targets=() run=$RANDOM  # a key prefix per run: no run sees another's users
   for i in 0 1 2; do
     if [ "${PEER:-0}" = 1 ]; then
-      (cd "$PEER_DIR" && REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX=peer$$ NODE_ID=peer-$i \
+      (cd "$PEER_DIR" && REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX=peer$$-$run NODE_ID=peer-$i \
         APP_ENV=production RATE_LIMIT_PER_SEC=0 LOG_LEVEL=warn HOST=127.0.0.1 PORT=$((PORT + i)) \
         ${EXTRA_ENV:-} exec node server.js) > /tmp/bench-peer$i.log 2>&1 &
     else
-      env REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX=bench$$ NODE_ID=bench-$i RATE_LIMIT_PER_SEC=0 \
+      env REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX=bench$$-$run NODE_ID=bench-$i RATE_LIMIT_PER_SEC=0 \
         HTTP_RATE_LIMIT_PER_SEC=0 MAX_CONNECTIONS_PER_USER=0 HANDSHAKE_RATE_PER_IP=0 \
         HOST=127.0.0.1 PORT=$((PORT + i)) RUST_LOG=warn ${EXTRA_ENV:-} $GW > /tmp/bench-gw$i.log 2>&1 &
     fi
@@ -42,7 +42,17 @@ run3() { # run3 <loadgen args...>
   done
   for i in 0 1 2; do for _ in $(seq 1 100); do curl -sf "127.0.0.1:$((PORT + i))/readyz" >/dev/null && break; sleep 0.1; done; done
   local before before_cpu; before=$(redis_calls); before_cpu=$(redis_cpu)
-  $LG --target "$(IFS=,; echo "${targets[*]}")" --pids "$(IFS=,; echo "${pids[*]}")" --json "$@" || true
+  if [ "${LOADGENS:-1}" = 2 ]; then
+    # Two load generators at once (one process holds about 19,000 sockets here), each its
+    # own users; each reports the replicas' CPU over its own window.
+    $LG --target "$(IFS=,; echo "${targets[*]}")" --pids "$(IFS=,; echo "${pids[*]}")" --prefix lgA --json "$@" > /tmp/bench-lgA.json &
+    local a=$!
+    $LG --target "$(IFS=,; echo "${targets[*]}")" --pids "$(IFS=,; echo "${pids[*]}")" --prefix lgB --json "$@" > /tmp/bench-lgB.json || true
+    wait $a || true
+    cat /tmp/bench-lgA.json /tmp/bench-lgB.json
+  else
+    $LG --target "$(IFS=,; echo "${targets[*]}")" --pids "$(IFS=,; echo "${pids[*]}")" --json "$@" || true
+  fi
   echo "{\"server\": \"$([ "${PEER:-0}" = 1 ] && echo node-presence || echo presence-gateway)\", \"redis_commands\": $(( $(redis_calls) - before )), \"redis_cpu_s\": $(echo "$(redis_cpu) - $before_cpu" | bc)}"
   kill -TERM "${pids[@]}"; wait "${pids[@]}" || true
 }
@@ -107,6 +117,20 @@ case "${1:-all}" in
   # changes/s) and at 10 changes/s.
   peer-fanout2) side fanout --viewers 10000 --changers 2 --rate 2 --duration-s 30 ;;&
   peer-fanout10) side fanout --viewers 10000 --changers 10 --rate 10 --duration-s 30 ;;&
+  # The same at 10 changes/s with batch:true, batches of 100 ms (the default) and of 1 s.
+  batch10) for r in 1 2 3; do for ms in 100 1000; do echo "round $r: PRESENCE_BATCH_MS=$ms"
+      EXTRA_ENV="PRESENCE_BATCH_MS=$ms" run3 fanout --batch --viewers 10000 --changers 10 --rate 10 --duration-s 30; done; done ;;&
+  # Subscriptions: 20,000 clients over three replicas (two load generators of 10,000), each
+  # subscribed to 50 others, 200 changes/s in all; beside the peer.
+  subs20k) for r in 1 2 3; do
+      echo "round $r: presence-gateway"; LOADGENS=2 run3 subs --subscribers 10000 --per 50 --rate 100 --duration-s 30
+      echo "round $r: node-presence"; PEER=1 LOADGENS=2 run3 subs --subscribers 10000 --per 50 --rate 100 --duration-s 30; done ;;&
+  # Cost follows what is watched: the same 5,000 watching clients and change rate, alone and
+  # with 15,000 more sockets that watch users who never change (heartbeats every 60 s, so
+  # their idle cost stays out of the figure).
+  subs-cost) for r in 1 2 3; do
+      echo "round $r: 5,000 online"; EXTRA_ENV="PRESENCE_HEARTBEAT_TIMEOUT_MS=120000" run3 subs --subscribers 5000 --per 50 --rate 100 --duration-s 30 --heartbeat-ms 60000
+      echo "round $r: 20,000 online"; EXTRA_ENV="PRESENCE_HEARTBEAT_TIMEOUT_MS=120000" LOADGENS=2 run3 subs --subscribers 10000 --watching 2500 --per 50 --rate 50 --duration-s 30 --heartbeat-ms 60000; done ;;&
   search|all)
     seeded pgw_bench_search users loadtest/seed-users.sql
     run DATABASE_URL=$PGURL/pgw_bench_search -- search --rounds 100 ;;&

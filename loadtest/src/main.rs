@@ -107,19 +107,18 @@ pub enum Scenario {
         #[arg(long)]
         batch: bool,
     },
-    /// Subscription sockets (section 9): each subscribes to `per` users; `watching` of them to
-    /// changers, the rest to users who never change. Latency, missing, CPU per change.
+    /// Subscription sockets (section 9): each client is a user who subscribes to `per` other
+    /// clients (the first `watching`; the rest to users who never change) and changes status
+    /// now and then. Latency, missing, CPU per change.
     Subs {
         #[arg(long, default_value_t = 5000)]
         subscribers: usize,
-        /// Subscribers watching changers (default: all of them).
+        /// Clients watching other clients (default: all of them).
         #[arg(long)]
         watching: Option<usize>,
         #[arg(long, default_value_t = 50)]
         per: usize,
-        #[arg(long, default_value_t = 500)]
-        changers: usize,
-        /// Changes per second, all changers together.
+        /// Changes per second, all clients together.
         #[arg(long, default_value_t = 100.0)]
         rate: f64,
         #[arg(long, default_value_t = 30)]
@@ -127,6 +126,9 @@ pub enum Scenario {
         /// Subscribers ask for `presence-batch` frames too.
         #[arg(long)]
         batch: bool,
+        /// How often each client sends `user:heartbeat`.
+        #[arg(long, default_value_t = 5000)]
+        heartbeat_ms: u64,
     },
     /// Connect N clients as fast as possible; time until /api/health shows them online.
     Storm {

@@ -93,6 +93,8 @@ pub(super) async fn fanout(
     const FANOUT: &str = "presence_fanout_latency_seconds";
     let server_before = histogram(&c.target, FANOUT).await?;
     let cpu_before = measure::sum(&c.pids);
+    // This process's own CPU too: the load generator shares the machine's cores.
+    let own_before = measure::sum(&[std::process::id()]);
 
     // Changers: each sets `live` with new details (a change every time) at its share of the rate.
     let period = Duration::from_secs_f64(changers as f64 / rate.max(0.001));
@@ -150,6 +152,7 @@ pub(super) async fn fanout(
     }
     let server = histogram_summary(&server_before, &histogram(&c.target, FANOUT).await?);
     let server_cpu_s = measure::sum(&c.pids).cpu_s - cpu_before.cpu_s;
+    let loadgen_cpu_s = measure::sum(&[std::process::id()]).cpu_s - own_before.cpu_s;
     let _ = stop.send(true);
     let (mut lat, mut doubled, mut missing) = (Latencies::default(), 0u64, 0u64);
     // Viewers closed by the server, and viewers connected throughout that received nothing.
@@ -178,10 +181,12 @@ pub(super) async fn fanout(
         "frames": frames.load(Ordering::Relaxed),
         // The replicas' CPU while changes flowed, per delivered update.
         "server_cpu_us_per_update": if got > 0 { server_cpu_s * 1e6 / got as f64 } else { 0.0 },
+        "loadgen_cpu_us_per_update": if got > 0 { loadgen_cpu_s * 1e6 / got as f64 } else { 0.0 },
         "latency": lat.summary(),
         "server_fanout_latency": server,
         // The replicas' CPU while changes flowed, per 1,000 deliveries.
         "server_cpu_s": server_cpu_s,
+        "loadgen_cpu_s": loadgen_cpu_s,
         "server_cpu_ms_per_1000_deliveries": if got > 0 { server_cpu_s * 1e6 / got as f64 } else { 0.0 },
     }))
 }

@@ -71,18 +71,39 @@ pub async fn run(cli: Cli) -> Result<Value, String> {
             duration_s,
             viewer_gender,
             batch,
-        } => fanout(c, viewers, changers, rate, duration_s, &viewer_gender, batch).await,
+        } => {
+            fanout(
+                c,
+                viewers,
+                changers,
+                rate,
+                duration_s,
+                &viewer_gender,
+                batch,
+            )
+            .await
+        }
         Scenario::Subs {
             subscribers,
             watching,
             per,
-            changers,
             rate,
             duration_s,
             batch,
+            heartbeat_ms,
         } => {
             let watching = watching.unwrap_or(subscribers).min(subscribers);
-            subs(c, subscribers, watching, per, changers, rate, duration_s, batch).await
+            subs(
+                c,
+                subscribers,
+                watching,
+                per,
+                rate,
+                duration_s,
+                batch,
+                heartbeat_ms,
+            )
+            .await
         }
         Scenario::Churn {
             clients,

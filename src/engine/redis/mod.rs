@@ -147,7 +147,11 @@ impl RedisEngine {
             uid.to_string(),
             now.as_micros().to_string(),
             // The script's publish command and channel: the user's bucket's.
-            format!("{} {}", self.publish, self.keys.event_channel(keys::bucket(uid))),
+            format!(
+                "{} {}",
+                self.publish,
+                self.keys.event_channel(keys::bucket(uid))
+            ),
             self.node.to_string(),
             RETENTION_MS.to_string(),
         ];
