@@ -21,7 +21,15 @@ run() { # run <gateway env...> -- <loadgen args...>
   kill -TERM $pid; wait $pid || true
 }
 
-redis_calls() { redis-cli -p 6379 info commandstats | awk -F'[=,:]' '/^cmdstat_/ {n+=$3} END {print n+0}'; }
+REDIS_PORTS=${REDIS_PORTS:-6379}
+# Commands Redis ran (all of REDIS_PORTS), and those of one command (`redis_calls spublish`).
+redis_calls() {
+  local p n=0
+  for p in $REDIS_PORTS; do
+    n=$(( n + $(redis-cli -p "$p" info commandstats | awk -F'[=,:]' -v c="cmdstat_${1:-}" '$1 ~ "^"c {n+=$3} END {print n+0}') ))
+  done
+  echo $n
+}
 
 # Three Redis-backed replicas; loadgen spreads clients over them. PEER=1: the Node peer
 # (../shared/peers/node-presence, `npm ci` there once) instead, started the same way.
@@ -34,14 +42,15 @@ run3() { # run3 <loadgen args...>
         APP_ENV=production RATE_LIMIT_PER_SEC=0 LOG_LEVEL=warn HOST=127.0.0.1 PORT=$((PORT + i)) \
         ${EXTRA_ENV:-} exec node server.js) > /tmp/bench-peer$i.log 2>&1 &
     else
-      env REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX=bench$$-$run NODE_ID=bench-$i RATE_LIMIT_PER_SEC=0 \
+      env REDIS_URL=${BENCH_REDIS_URL:-redis://127.0.0.1:6379} REDIS_KEY_PREFIX=bench$$-$run NODE_ID=bench-$i RATE_LIMIT_PER_SEC=0 \
         HTTP_RATE_LIMIT_PER_SEC=0 MAX_CONNECTIONS_PER_USER=0 HANDSHAKE_RATE_PER_IP=0 \
         HOST=127.0.0.1 PORT=$((PORT + i)) RUST_LOG=warn ${EXTRA_ENV:-} $GW > /tmp/bench-gw$i.log 2>&1 &
     fi
     pids+=($!); targets+=(127.0.0.1:$((PORT + i)))
   done
   for i in 0 1 2; do for _ in $(seq 1 100); do curl -sf "127.0.0.1:$((PORT + i))/readyz" >/dev/null && break; sleep 0.1; done; done
-  local before before_cpu; before=$(redis_calls); before_cpu=$(redis_cpu)
+  local before before_cpu before_pub; before=$(redis_calls); before_cpu=$(redis_cpu)
+  before_pub=$(( $(redis_calls publish) + $(redis_calls spublish) ))
   if [ "${LOADGENS:-1}" = 2 ]; then
     # Two load generators at once (one process holds about 19,000 sockets here), each its
     # own users; each reports the replicas' CPU over its own window.
@@ -53,12 +62,15 @@ run3() { # run3 <loadgen args...>
   else
     $LG --target "$(IFS=,; echo "${targets[*]}")" --pids "$(IFS=,; echo "${pids[*]}")" --json "$@" || true
   fi
-  echo "{\"server\": \"$([ "${PEER:-0}" = 1 ] && echo node-presence || echo presence-gateway)\", \"redis_commands\": $(( $(redis_calls) - before )), \"redis_cpu_s\": $(echo "$(redis_cpu) - $before_cpu" | bc)}"
+  echo "{\"server\": \"$([ "${PEER:-0}" = 1 ] && echo node-presence || echo presence-gateway)\", \"redis_commands\": $(( $(redis_calls) - before )), \"redis_publishes\": $(( $(redis_calls publish) + $(redis_calls spublish) - before_pub )), \"redis_cpu_s\": $(echo "$(redis_cpu) - $before_cpu" | bc)}"
   kill -TERM "${pids[@]}"; wait "${pids[@]}" || true
 }
 
-# Redis's own CPU (user + system seconds), from INFO.
-redis_cpu() { redis-cli -p 6379 info cpu | awk -F: '/^used_cpu_(sys|user):/ {s+=$2} END {printf "%.3f", s}'; }
+# Redis's own CPU (user + system seconds, all of REDIS_PORTS), from INFO.
+redis_cpu() {
+  local p
+  for p in $REDIS_PORTS; do redis-cli -p "$p" info cpu; done | awk -F: '/^used_cpu_(sys|user):/ {s+=$2} END {printf "%.3f", s}'
+}
 
 # side <loadgen args...>: the gateway and the Node peer, alternately, three times each, in one
 # run (the machine's noise falls on both; BENCHMARKS.md quotes the medians).
@@ -68,6 +80,19 @@ side() {
     echo "round $r: node-presence"; PEER=1 run3 "$@"
   done
 }
+
+# A throwaway 3-master Redis Cluster on 7101-7103.
+cluster_up() {
+  local d; d=$(mktemp -d)
+  for p in 7101 7102 7103; do
+    redis-server --port $p --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file nodes-$p.conf \
+      --dir "$d" --save "" --appendonly no --daemonize yes --logfile "$d/$p.log"
+  done
+  for p in 7101 7102 7103; do for _ in $(seq 1 50); do redis-cli -p $p ping >/dev/null 2>&1 && break; sleep 0.1; done; done
+  redis-cli --cluster create 127.0.0.1:7101 127.0.0.1:7102 127.0.0.1:7103 --cluster-replicas 0 --cluster-yes >/dev/null
+  for _ in $(seq 1 100); do redis-cli -p 7101 cluster info | grep -q cluster_state:ok && break; sleep 0.1; done
+}
+cluster_down() { for p in 7101 7102 7103; do redis-cli -p $p shutdown nosave >/dev/null 2>&1 || true; done; }
 
 PGURL=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432}
 
@@ -128,6 +153,18 @@ case "${1:-all}" in
   # Cost follows what is watched: the same 5,000 watching clients and change rate, alone and
   # with 15,000 more sockets that watch users who never change (heartbeats every 60 s, so
   # their idle cost stays out of the figure).
+  # The bus: Redis commands, publishes and CPU per change, standalone and on a 3-master
+  # cluster started here (ports 7101-7103), with 5,000 subscription clients at 200 changes/s.
+  bus) for r in 1 2 3; do
+      # Each at 200 changes/s and with no change at all: the difference is what the changes
+      # cost Redis (connects, subscriptions and heartbeats are in both).
+      for rate in 200 0; do
+        echo "round $r: standalone, $rate changes/s"; run3 subs --subscribers 5000 --per 50 --rate $rate --duration-s 30
+        cluster_up
+        echo "round $r: cluster, $rate changes/s"; REDIS_PORTS="7101 7102 7103" BENCH_REDIS_URL="redis-cluster://127.0.0.1:7101?node=127.0.0.1:7102&node=127.0.0.1:7103" \
+          run3 subs --subscribers 5000 --per 50 --rate $rate --duration-s 30
+        cluster_down
+      done; done ;;&
   subs-cost) for r in 1 2 3; do
       echo "round $r: 5,000 online"; EXTRA_ENV="PRESENCE_HEARTBEAT_TIMEOUT_MS=120000" run3 subs --subscribers 5000 --per 50 --rate 100 --duration-s 30 --heartbeat-ms 60000
       echo "round $r: 20,000 online"; EXTRA_ENV="PRESENCE_HEARTBEAT_TIMEOUT_MS=120000" LOADGENS=2 run3 subs --subscribers 10000 --watching 2500 --per 50 --rate 50 --duration-s 30 --heartbeat-ms 60000; done ;;&

@@ -27,13 +27,48 @@ pub fn register(s: &SocketRef) {
     s.on_disconnect(disconnected);
 }
 
+/// Requests whose effects must follow the order the client sent them in.
+const ORDERED: [&str; 3] = [
+    "presence:set-status",
+    "presence:subscribe",
+    "presence:unsubscribe",
+];
+
+/// A state-changing request's place in its socket's line, taken while socketioxide reads the
+/// packet — in packet order, before the handler is spawned (see `connection::Turns`). Last of
+/// the handler's extractors, so a ticket is only taken for a handler that will run.
+pub struct Turn(Option<u64>);
+
+impl<A: socketioxide::adapter::Adapter> socketioxide::handler::FromMessageParts<A> for Turn {
+    type Error = std::convert::Infallible;
+
+    fn from_message_parts(
+        s: &Arc<socketioxide::socket::Socket<A>>,
+        v: &mut socketioxide::handler::Value,
+        ack: &Option<i64>,
+    ) -> Result<Self, Self::Error> {
+        let ordered = Event::from_message_parts(s, v, ack)
+            .is_ok_and(|Event(e)| ORDERED.contains(&e.as_str()));
+        let handle = Extension::<Arc<ConnHandle>>::from_message_parts(s, v, ack);
+        Ok(Turn(match (ordered, handle) {
+            (true, Ok(Extension(h))) => Some(h.turns.take()),
+            _ => None,
+        }))
+    }
+}
+
 async fn dispatch(
     Event(event): Event,
     ack: AckSender,
     TryData(data): TryData<Value>,
     State(state): State<AppState>,
     Extension(h): Handle,
+    Turn(turn): Turn,
 ) {
+    let _turn = match turn {
+        Some(t) => Some(h.turns.wait(t).await),
+        None => None,
+    };
     if event == "user:heartbeat" {
         state.metrics.heartbeats.increment(1);
     }

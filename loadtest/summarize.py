@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Medians of a `loadtest/bench.sh` log, per label: `python3 loadtest/summarize.py < log`.
+
+bench.sh prints `round N: <label>` before each run, then loadgen's JSON (one object per load
+generator) and a `{"server": ...}` line with the Redis figures. Runs are grouped by label and
+each figure is the median over the rounds; with two load generators in a run, latencies are the
+worse of the two, counts their sum.
+"""
+import json
+import statistics
+import sys
+
+
+def runs(lines):
+    label, current = None, []
+    for line in lines:
+        line = line.strip()
+        if line.startswith("round "):
+            label = line.split(":", 1)[1].strip()
+        elif line.startswith('{"server"'):
+            yield label, current, json.loads(line)
+            current = []
+        elif line.startswith("{"):
+            current.append(json.loads(line))
+
+
+def figures(gens, redis):
+    lat = [g["latency"] for g in gens if "latency" in g]
+    d = [g["deliveries"] for g in gens if "deliveries" in g]
+    out = {
+        "p50_ms": max(x["p50_ms"] for x in lat),
+        "p99_ms": max(x["p99_ms"] for x in lat),
+        "missing": sum(x["missing"] for x in d),
+        "doubled": sum(x["doubled"] for x in d),
+        "received": sum(x["received"] for x in d),
+        "frames": sum(g.get("frames", 0) for g in gens),
+        "changes": sum(g.get("changes", 0) for g in gens),
+        "redis_cpu_s": redis.get("redis_cpu_s"),
+        "redis_commands": redis.get("redis_commands"),
+    }
+    # Every load generator measured the replicas' CPU over (nearly) the same window: one.
+    cpu = gens[0].get("server_cpu_s", 0)
+    out["server_cpu_us_per_update"] = cpu * 1e6 / out["received"] if out["received"] else None
+    out["server_cpu_ms_per_change"] = cpu * 1e3 / out["changes"] if out["changes"] else None
+    out["redis_cpu_ms_per_change"] = (
+        redis["redis_cpu_s"] * 1e3 / out["changes"] if out["changes"] and redis.get("redis_cpu_s") is not None else None
+    )
+    rss = [g["server_rss_kib"] for g in gens if "server_rss_kib" in g]
+    if rss:
+        out["server_rss_mib"] = rss[0] / 1024
+    return out
+
+
+def main():
+    groups = {}
+    for label, gens, redis in runs(sys.stdin):
+        if gens:
+            groups.setdefault(label, []).append(figures(gens, redis))
+    for label, rows in groups.items():
+        med = {}
+        for k in rows[0]:
+            vals = [r[k] for r in rows if r[k] is not None]
+            med[k] = round(statistics.median(vals), 2) if vals else None
+        print(f"{label} ({len(rows)} runs): " + json.dumps(med))
+        for r in rows:
+            print("   run: p50 %(p50_ms)s p99 %(p99_ms)s missing %(missing)s doubled %(doubled)s" % r)
+
+
+if __name__ == "__main__":
+    main()
