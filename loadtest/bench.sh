@@ -54,9 +54,11 @@ run3() { # run3 <loadgen args...>
   if [ "${LOADGENS:-1}" = 2 ]; then
     # Two load generators at once (one process holds about 19,000 sockets here), each its
     # own users; each reports the replicas' CPU over its own window.
-    $LG --target "$(IFS=,; echo "${targets[*]}")" --pids "$(IFS=,; echo "${pids[*]}")" --prefix lgA --json "$@" > /tmp/bench-lgA.json &
+    # Both start their changes together, once both have connected (about a minute here).
+    local at=$(( $(date +%s%3N) + ${START_IN_MS:-75000} ))
+    $LG --target "$(IFS=,; echo "${targets[*]}")" --pids "$(IFS=,; echo "${pids[*]}")" --prefix lgA --json "$@" --start-at-ms $at > /tmp/bench-lgA.json &
     local a=$!
-    $LG --target "$(IFS=,; echo "${targets[*]}")" --pids "$(IFS=,; echo "${pids[*]}")" --prefix lgB --json "$@" > /tmp/bench-lgB.json || true
+    $LG --target "$(IFS=,; echo "${targets[*]}")" --pids "$(IFS=,; echo "${pids[*]}")" --prefix lgB --json "$@" --start-at-ms $at > /tmp/bench-lgB.json || true
     wait $a || true
     cat /tmp/bench-lgA.json /tmp/bench-lgB.json
   else
@@ -159,10 +161,10 @@ case "${1:-all}" in
       # Each at 200 changes/s and with no change at all: the difference is what the changes
       # cost Redis (connects, subscriptions and heartbeats are in both).
       for rate in 200 0; do
-        echo "round $r: standalone, $rate changes/s"; run3 subs --subscribers 5000 --per 50 --rate $rate --duration-s 30
+        echo "round $r: standalone, $rate changes/s"; run3 subs --subscribers 5000 --per 50 --rate $rate --duration-s 20
         cluster_up
         echo "round $r: cluster, $rate changes/s"; REDIS_PORTS="7101 7102 7103" BENCH_REDIS_URL="redis-cluster://127.0.0.1:7101?node=127.0.0.1:7102&node=127.0.0.1:7103" \
-          run3 subs --subscribers 5000 --per 50 --rate $rate --duration-s 30
+          run3 subs --subscribers 5000 --per 50 --rate $rate --duration-s 20
         cluster_down
       done; done ;;&
   subs-cost) for r in 1 2 3; do

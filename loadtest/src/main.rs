@@ -129,6 +129,9 @@ pub enum Scenario {
         /// How often each client sends `user:heartbeat`.
         #[arg(long, default_value_t = 5000)]
         heartbeat_ms: u64,
+        /// Start the changes at this wall-clock time (ms since the epoch), once connected.
+        #[arg(long)]
+        start_at_ms: Option<u64>,
     },
     /// Connect N clients as fast as possible; time until /api/health shows them online.
     Storm {

@@ -91,6 +91,7 @@ pub async fn run(cli: Cli) -> Result<Value, String> {
             duration_s,
             batch,
             heartbeat_ms,
+            start_at_ms,
         } => {
             let watching = watching.unwrap_or(subscribers).min(subscribers);
             subs(
@@ -102,6 +103,7 @@ pub async fn run(cli: Cli) -> Result<Value, String> {
                 duration_s,
                 batch,
                 heartbeat_ms,
+                start_at_ms,
             )
             .await
         }

@@ -17,6 +17,7 @@ pub(super) async fn subs(
     duration_s: u64,
     batch: bool,
     heartbeat_ms: u64,
+    start_at_ms: Option<u64>,
 ) -> Result<Value, String> {
     let n = subscribers;
     let watching = watching.min(n);
@@ -117,7 +118,8 @@ pub(super) async fn subs(
                     _ = change.tick(), if tokio::time::Instant::now() < end => {
                         seq += 1;
                         let d = json!({"status": "live", "details": {"c": i, "s": seq, "t": now_us()}});
-                        if client.emit("presence:set-status", Some(&d), None).await.is_ok() {
+                        // With an ack id, as any client would (the answer is ignored).
+                        if client.emit("presence:set-status", Some(&d), Some(seq as u64)).await.is_ok() {
                             final_seq[i].store(seq, Ordering::Relaxed);
                         }
                     }
@@ -160,7 +162,12 @@ pub(super) async fn subs(
     let server_before = histogram(&c.target, FANOUT).await?;
     let cpu_before = measure::sum(&c.pids);
     let own_before = measure::sum(&[std::process::id()]);
-    let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
+    // Several load generators agree on a wall-clock start, so that none changes while another
+    // still connects its clients.
+    let wait = start_at_ms
+        .map(|at| Duration::from_millis(at.saturating_sub(now_us() / 1000)))
+        .unwrap_or_default();
+    let t0 = tokio::time::Instant::now() + wait.max(Duration::from_millis(200));
     let _ = start.send(Some(t0));
     // No change starts after the run; the last ones are sent within this.
     tokio::time::sleep_until(t0 + run_for + Duration::from_millis(500)).await;
@@ -205,6 +212,7 @@ pub(super) async fn subs(
         "scenario": "subs", "batch": batch, "subscribers": n, "subscribed_ok": ready,
         "watching": watching, "per": per,
         "changes": changes, "changes_per_s": changes as f64 / duration_s.max(1) as f64,
+        "started_late": start_at_ms.is_some() && wait.is_zero(),
         "deliveries": {"expected": expected, "received": got, "missing": missing, "doubled": doubled},
         "frames": frames.load(Ordering::Relaxed),
         "latency": lat.summary(),
