@@ -24,6 +24,8 @@ pub(super) async fn subs(
     let final_seq: Arc<Vec<AtomicU32>> = Arc::new((0..n).map(|_| AtomicU32::new(0)).collect());
     let received = Arc::new(AtomicU64::new(0));
     let frames = Arc::new(AtomicU64::new(0));
+    // Updates of users a client never subscribed to (there must be none).
+    let unexpected = Arc::new(AtomicU64::new(0));
     let (stop, stop_rx) = watch::channel(false);
     let (start, start_rx) = watch::channel(None::<tokio::time::Instant>);
     let sem = Arc::new(Semaphore::new(c.concurrency.max(1)));
@@ -68,6 +70,7 @@ pub(super) async fn subs(
             watched.iter().map(|j| format!("{prefix}{j}")).collect()
         };
         let (target, source) = (c.target_for(i), c.source(i));
+        let unexpected = unexpected.clone();
         let (sem, ready_tx, mut stop_rx, mut start_rx, received, frames, prefix, final_seq) = (
             sem.clone(),
             ready_tx.clone(),
@@ -136,6 +139,10 @@ pub(super) async fn subs(
                                     if ch == i as u64 {
                                         continue; // its own change, delivered to itself
                                     }
+                                    if !watched.contains(&ch) {
+                                        unexpected.fetch_add(1, Ordering::Relaxed);
+                                        continue;
+                                    }
                                     lat.push(now_us().saturating_sub(t));
                                     received.fetch_add(1, Ordering::Relaxed);
                                     let l = last.entry(ch).or_insert(0);
@@ -180,8 +187,11 @@ pub(super) async fn subs(
         .zip(&audience)
         .map(|(s, a)| s.load(Ordering::Relaxed) as u64 * a)
         .sum();
+    // Drain: until everything expected arrived and then nothing more for half a second, or
+    // nothing at all for two seconds (a count reached is not every watcher's last version).
     let mut last_seen = (received.load(Ordering::Relaxed), Instant::now());
-    while received.load(Ordering::Relaxed) < expected
+    while (received.load(Ordering::Relaxed) < expected
+        || last_seen.1.elapsed() < Duration::from_millis(500))
         && last_seen.1.elapsed() < Duration::from_secs(2)
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -215,6 +225,7 @@ pub(super) async fn subs(
         "started_late": start_at_ms.is_some() && wait.is_zero(),
         "deliveries": {"expected": expected, "received": got, "missing": missing, "doubled": doubled},
         "frames": frames.load(Ordering::Relaxed),
+        "unexpected_updates": unexpected.load(Ordering::Relaxed),
         "latency": lat.summary(),
         "server_fanout_latency": server,
         "server_cpu_s": server_cpu_s,
