@@ -37,6 +37,32 @@ impl Backlogged {
     }
 }
 
+/// Batching sockets whose batch is being gathered, by when it is due. Every batch is due the
+/// same time after its first change, so arrival order is due order: a tick pops what is due
+/// and looks at nothing else (polling every batching socket on every tick cost a replica more
+/// than the frames it saved).
+#[derive(Default)]
+pub struct Batches(Mutex<std::collections::VecDeque<(std::time::Instant, Sid)>>);
+
+impl Batches {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(std::time::Instant, Sid)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, due: std::time::Instant, sid: Sid) {
+        self.lock().push_back((due, sid));
+    }
+
+    /// The sockets whose batch is due by `by`, in due order.
+    fn take_due(&self, by: std::time::Instant) -> Vec<Sid> {
+        let mut q = self.lock();
+        let n = q.partition_point(|(due, _)| *due <= by);
+        q.drain(..n).map(|(_, sid)| sid).collect()
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Sent {
     Now,
@@ -88,11 +114,12 @@ fn offer(state: &AppState, v: &Viewer, user: &crate::domain::UserId, p: &Pending
         if !h.defer(user, p.clone()) {
             state.metrics.dropped.increment(1);
         }
+        if first {
+            let due = std::time::Instant::now() + Duration::from_millis(state.config.batch_ms);
+            state.gateway.batches.push(due, h.sid);
+        }
         if h.backlog_len() >= BATCH_MAX {
             return send_batch(state, v);
-        }
-        if first {
-            state.gateway.backlogged.lock().insert(h.sid);
         }
         return Sent::Deferred;
     }
@@ -161,13 +188,6 @@ fn send_batch(state: &AppState, v: &Viewer) -> Sent {
         state.gateway.viewers.leave(&v.handle);
     }
     outcome
-}
-
-/// Whether a batching socket's batch is due: `PRESENCE_BATCH_MS` after its oldest change
-/// joined, less one tick of the loop that sends them, so none leaves later than that.
-fn batch_due(state: &AppState, h: &ConnHandle) -> bool {
-    let budget = Duration::from_millis(state.config.batch_ms).saturating_sub(batch_tick(state));
-    h.waiting_since().is_some_and(|t| t.elapsed() >= budget)
 }
 
 /// How often outboxes are looked at: often enough that a batch leaves on time.
@@ -381,12 +401,35 @@ fn bound_backlogs(state: &AppState, sids: &[Sid]) {
     }
 }
 
-/// Deliver outboxes: a batching socket's batch when it is due, anyone else's backlog as its
-/// socket's queue drains.
+/// Deliver outboxes: a batching socket's batch when it is due (a batch that finds no room is
+/// tried again every tick), anyone else's backlog as its socket's queue drains.
 pub async fn run_backlogs(state: AppState) {
-    let mut tick = crate::background::ticker(batch_tick(&state));
+    let period = batch_tick(&state);
+    let mut tick = crate::background::ticker(period);
+    let mut retry: Vec<Sid> = Vec::new();
     while state.background.tick(&mut tick).await {
-        let sids: Vec<Sid> = state.gateway.backlogged.lock().iter().copied().collect();
+        // Due within the coming tick: sent now, so none leaves later than PRESENCE_BATCH_MS.
+        let due = state
+            .gateway
+            .batches
+            .take_due(std::time::Instant::now() + period);
+        let mut again = Vec::new();
+        for sid in retry.drain(..).chain(due) {
+            let Some(v) = state.gateway.viewers.get(sid) else {
+                continue;
+            };
+            if v.handle.has_backlog() {
+                send_batch(&state, &v);
+                if v.handle.has_backlog() {
+                    again.push(sid);
+                }
+            }
+        }
+        again.dedup();
+        retry = again;
+        let mut sids: Vec<Sid> = state.gateway.backlogged.lock().iter().copied().collect();
+        // A batch that found no room for longer than a batch is a socket falling behind too.
+        sids.extend(retry.iter().copied());
         bound_backlogs(&state, &sids);
         let per_tick = (state.config.socket_queue_packets / 2).max(1);
         for sid in sids {
@@ -396,12 +439,7 @@ pub async fn run_backlogs(state: AppState) {
             };
             let h = &v.handle;
             if h.mode.batch {
-                if batch_due(&state, h) {
-                    send_batch(&state, &v);
-                }
-                if !h.has_backlog() {
-                    state.gateway.backlogged.lock().remove(&sid);
-                }
+                state.gateway.backlogged.lock().remove(&sid);
                 continue;
             }
             let mut gone = false;

@@ -42,6 +42,8 @@ pub struct Hub {
     pub viewers: viewers::Viewers,
     /// Sockets with presence updates waiting for room in their queues.
     pub backlogged: fanout::Backlogged,
+    /// Batching sockets gathering a batch, by when it is due.
+    pub batches: fanout::Batches,
     /// Admin questions this replica put to the cluster, waiting for answers.
     pub asked: cluster::Asked,
 }
