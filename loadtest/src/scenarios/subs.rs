@@ -166,9 +166,6 @@ pub(super) async fn subs(
     }
 
     const FANOUT: &str = "presence_fanout_latency_seconds";
-    let server_before = histogram(&c.target, FANOUT).await?;
-    let cpu_before = measure::sum(&c.pids);
-    let own_before = measure::sum(&[std::process::id()]);
     // Several load generators agree on a wall-clock start, so that none changes while another
     // still connects its clients.
     let wait = start_at_ms
@@ -176,6 +173,11 @@ pub(super) async fn subs(
         .unwrap_or_default();
     let t0 = tokio::time::Instant::now() + wait.max(Duration::from_millis(200));
     let _ = start.send(Some(t0));
+    // What the replicas spend from the first change on (not while anyone still connects).
+    tokio::time::sleep_until(t0).await;
+    let server_before = histogram(&c.target, FANOUT).await?;
+    let cpu_before = measure::sum(&c.pids);
+    let own_before = measure::sum(&[std::process::id()]);
     // No change starts after the run; the last ones are sent within this.
     tokio::time::sleep_until(t0 + run_for + Duration::from_millis(500)).await;
     let changes: u64 = final_seq
