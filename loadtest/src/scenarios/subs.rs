@@ -88,14 +88,23 @@ pub(super) async fn subs(
                 return None;
             };
             let body = json!({ "userIds": ids });
-            let subscribed = client.emit("presence:subscribe", Some(&body), Some(1)).await.is_ok()
-                && loop {
-                    match client.recv().await {
-                        Some(Incoming::Ack(v)) => break v["ok"] == true,
-                        Some(_) => {}
-                        None => break false,
-                    }
-                };
+            // As a client would: an `unavailable` answer (the store slow in a connect storm)
+            // is tried again, a few times.
+            let mut subscribed = false;
+            for attempt in 0..5u64 {
+                subscribed = client.emit("presence:subscribe", Some(&body), Some(attempt + 1)).await.is_ok()
+                    && loop {
+                        match client.recv().await {
+                            Some(Incoming::Ack(v)) => break v["ok"] == true,
+                            Some(_) => {}
+                            None => break false,
+                        }
+                    };
+                if subscribed {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+            }
             drop(permit);
             let _ = ready_tx.send(subscribed);
             // Everyone subscribed before the first change.
