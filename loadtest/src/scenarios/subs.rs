@@ -127,7 +127,12 @@ pub(super) async fn subs(
                 tokio::select! {
                     _ = stop_rx.changed() => break,
                     _ = beat.tick() => { let _ = client.emit("user:heartbeat", None, None).await; }
+                    // (A guard is read when the select starts, which may be long before the
+                    // tick; the time is checked again when it fires.)
                     _ = change.tick(), if tokio::time::Instant::now() < end => {
+                        if tokio::time::Instant::now() >= end {
+                            continue;
+                        }
                         seq += 1;
                         let d = json!({"status": "live", "details": {"c": i, "s": seq, "t": now_us()}});
                         // With an ack id, as any client would (the answer is ignored).
