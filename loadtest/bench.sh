@@ -168,8 +168,8 @@ case "${1:-all}" in
         cluster_down
       done; done ;;&
   subs-cost) for r in 1 2 3; do
-      echo "round $r: 5,000 online"; EXTRA_ENV="PRESENCE_HEARTBEAT_TIMEOUT_MS=120000" run3 subs --subscribers 5000 --per 50 --rate 100 --duration-s 30 --heartbeat-ms 60000
-      echo "round $r: 20,000 online"; EXTRA_ENV="PRESENCE_HEARTBEAT_TIMEOUT_MS=120000" LOADGENS=2 run3 subs --subscribers 10000 --watching 2500 --per 50 --rate 50 --duration-s 30 --heartbeat-ms 60000; done ;;&
+      echo "round $r: 5,000 online"; EXTRA_ENV="PRESENCE_HEARTBEAT_TIMEOUT_MS=120000" run3 subs --subscribers 5000 --per 50 --rate 100 --duration-s 20 --heartbeat-ms 60000
+      echo "round $r: 20,000 online"; EXTRA_ENV="PRESENCE_HEARTBEAT_TIMEOUT_MS=120000" LOADGENS=2 run3 subs --subscribers 10000 --watching 2500 --per 50 --rate 50 --duration-s 20 --heartbeat-ms 60000; done ;;&
   search|all)
     seeded pgw_bench_search users loadtest/seed-users.sql
     run DATABASE_URL=$PGURL/pgw_bench_search -- search --rounds 100 ;;&
