@@ -15,7 +15,6 @@ use crate::engine::{EngineError, Topic};
 use crate::state::AppState;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use socketioxide::TransportType;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -276,10 +275,7 @@ fn answer_here(state: &AppState, q: Question) -> Answer {
             connections: theirs(&user)
                 .into_iter()
                 .map(|h| {
-                    let transport = io.get_socket(h.sid).map(|s| match s.transport_type() {
-                        TransportType::Websocket => "websocket",
-                        TransportType::Polling => "polling",
-                    });
+                    let transport = crate::gateway::transport_of(io, h.sid);
                     json!({
                         "id": h.sid.to_string(),
                         "node": state.config.node_id,

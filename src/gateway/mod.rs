@@ -84,6 +84,15 @@ pub const WS_READ_BUFFER: usize = 256;
 /// Largest HTTP long-polling body (it may batch several packets).
 pub const POLLING_MAX_PAYLOAD: u64 = 128 * 1024;
 
+/// The transport a `/` socket of this replica uses now (`websocket`, `polling`), while it is
+/// connected.
+pub fn transport_of(io: &SocketIo, sid: socketioxide::socket::Sid) -> Option<&'static str> {
+    io.get_socket(sid).map(|s| match s.transport_type() {
+        socketioxide::TransportType::Websocket => "websocket",
+        socketioxide::TransportType::Polling => "polling",
+    })
+}
+
 /// Build the Socket.IO layer and register the namespaces.
 pub fn layer(state: &AppState) -> SocketIoLayer {
     let (layer, io) = SocketIo::builder()

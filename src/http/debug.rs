@@ -12,7 +12,6 @@ use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use socketioxide::TransportType;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -73,10 +72,7 @@ pub async fn socket_status(
         .snapshot()
         .into_iter()
         .map(|h| {
-            let transport = io.get_socket(h.sid).map(|s| match s.transport_type() {
-                TransportType::Websocket => "websocket",
-                TransportType::Polling => "polling",
-            });
+            let transport = crate::gateway::transport_of(io, h.sid);
             json!({
                 "id": h.sid.to_string(),
                 "userId": h.conn.user,

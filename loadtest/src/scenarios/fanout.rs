@@ -59,19 +59,12 @@ pub(super) async fn fanout(
                         None => { closed_early = true; break }
                         Some(Incoming::Event(ev, p)) if ev == "presence-update" || ev == "presence-batch" => {
                             frames.fetch_add(1, Ordering::Relaxed);
-                            let one = [p.clone()];
-                            let updates = match p["updates"].as_array() { Some(u) => u.as_slice(), None => &one[..] };
-                            for p in updates {
-                                let from_changer = p["userId"].as_str().is_some_and(|u| u.starts_with(&prefix));
-                                let d = &p["details"];
-                                if let (true, Some(ch), Some(seq), Some(t)) = (from_changer, d["c"].as_u64(), d["s"].as_u64(), d["t"].as_u64()) {
-                                    lat.push(now_us().saturating_sub(t));
-                                    received.fetch_add(1, Ordering::Relaxed);
-                                    let l = last.entry(ch).or_insert(0);
-                                    let seq = seq as u32;
-                                    // A batch may skip superseded versions: not missing.
-                                    if seq <= *l { doubled += 1 } else { if !batch { gaps += (seq - *l - 1) as u64; } *l = seq; }
-                                }
+                            for (ch, seq, t) in changes_in(&p, &prefix) {
+                                lat.push(now_us().saturating_sub(t));
+                                received.fetch_add(1, Ordering::Relaxed);
+                                let l = last.entry(ch).or_insert(0);
+                                // A batch may skip superseded versions: not missing.
+                                if seq <= *l { doubled += 1 } else { if !batch { gaps += (seq - *l - 1) as u64; } *l = seq; }
                             }
                         }
                         Some(_) => {}

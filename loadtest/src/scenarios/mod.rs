@@ -117,6 +117,25 @@ pub async fn run(cli: Cli) -> Result<Value, String> {
     }
 }
 
+/// The load generator's changes carried by a `presence-update` or a `presence-batch` payload,
+/// as (changer, seq, sent at µs): what `fanout` and `subs` count. Other users' are left out.
+fn changes_in(p: &Value, prefix: &str) -> Vec<(u64, u32, u64)> {
+    let one = std::slice::from_ref(p);
+    let updates = p["updates"].as_array().map(Vec::as_slice).unwrap_or(one);
+    updates
+        .iter()
+        .filter(|u| {
+            u["userId"]
+                .as_str()
+                .is_some_and(|id| id.starts_with(prefix))
+        })
+        .filter_map(|u| {
+            let d = &u["details"];
+            Some((d["c"].as_u64()?, d["s"].as_u64()? as u32, d["t"].as_u64()?))
+        })
+        .collect()
+}
+
 /// GET `path` and return the body (anonymous: health, metrics).
 async fn http_text(addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
     let (_, body) = crate::http::Conn::open(addr).await?.get(path, "").await?;

@@ -144,25 +144,18 @@ pub(super) async fn subs(
                         None => break,
                         Some(Incoming::Event(ev, p)) if ev == "presence-update" || ev == "presence-batch" => {
                             frames.fetch_add(1, Ordering::Relaxed);
-                            let one = [p.clone()];
-                            let updates = match p["updates"].as_array() { Some(u) => u.as_slice(), None => &one[..] };
-                            for p in updates {
-                                let d = &p["details"];
-                                let theirs = p["userId"].as_str().is_some_and(|u| u.starts_with(&prefix));
-                                if let (true, Some(ch), Some(s), Some(t)) = (theirs, d["c"].as_u64(), d["s"].as_u64(), d["t"].as_u64()) {
-                                    if ch == i as u64 {
-                                        continue; // its own change, delivered to itself
-                                    }
-                                    if !watched.contains(&ch) {
-                                        unexpected.fetch_add(1, Ordering::Relaxed);
-                                        continue;
-                                    }
-                                    lat.push(now_us().saturating_sub(t));
-                                    received.fetch_add(1, Ordering::Relaxed);
-                                    let l = last.entry(ch).or_insert(0);
-                                    let s = s as u32;
-                                    if s <= *l { doubled += 1 } else { if !batch { gaps += (s - *l - 1) as u64; } *l = s; }
+                            for (ch, s, t) in changes_in(&p, &prefix) {
+                                if ch == i as u64 {
+                                    continue; // its own change, delivered to itself
                                 }
+                                if !watched.contains(&ch) {
+                                    unexpected.fetch_add(1, Ordering::Relaxed);
+                                    continue;
+                                }
+                                lat.push(now_us().saturating_sub(t));
+                                received.fetch_add(1, Ordering::Relaxed);
+                                let l = last.entry(ch).or_insert(0);
+                                if s <= *l { doubled += 1 } else { if !batch { gaps += (s - *l - 1) as u64; } *l = s; }
                             }
                         }
                         Some(_) => {}
