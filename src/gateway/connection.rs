@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+pub use super::outbox::{BACKLOG_MAX, BATCH_MAX, Encoded, Outbox, Pending};
+pub use super::turns::Turns;
+
 /// How a `/` socket receives changes (section 9): of everyone it may see (broadcast) or only
 /// of the users it subscribed to and its own; one `presence-update` each, or gathered into
 /// `presence-batch`es.
@@ -18,9 +21,6 @@ pub struct Mode {
     pub subscriptions: bool,
     pub batch: bool,
 }
-
-/// Users one `presence-batch` holds at most.
-pub const BATCH_MAX: usize = 500;
 
 /// What this replica knows about one `/` socket. Stored in the socket's extensions and in
 /// the [`SocketRegistry`]; it holds no reference back to the socket, so nothing cycles.
@@ -62,30 +62,6 @@ pub struct ConnHandle {
     /// if the shared store comes back without it.
     last_known: Mutex<Option<crate::domain::Presence>>,
 }
-
-/// An encoded `presence-update`, shared by every socket it is sent to.
-pub type Encoded = Arc<serde_json::value::RawValue>;
-
-#[derive(Clone)]
-pub struct Pending {
-    pub version: i64,
-    /// The change's place in this replica's fan-out order: an outbox sends in this order.
-    pub seq: u64,
-    pub payload: Encoded,
-}
-
-#[derive(Default)]
-struct Outbox {
-    pending: HashMap<UserId, Pending>,
-    /// When the oldest change waiting joined (a batch is due `PRESENCE_BATCH_MS` after).
-    since: Option<Instant>,
-}
-
-/// Users a socket's backlog may hold. Each entry shares its payload with every other
-/// socket, so an entry costs a map slot (~100 bytes): ~6 MiB at the bound. A socket this far
-/// behind is also one socketioxide closes at its next ping (its queue stays full), after which
-/// the client reconnects and refreshes.
-pub const BACKLOG_MAX: usize = 65_536;
 
 impl ConnHandle {
     pub fn new(
@@ -139,85 +115,35 @@ impl ConnHandle {
     }
 
     pub fn has_backlog(&self) -> bool {
-        !self.backlog().pending.is_empty()
+        !self.backlog().is_empty()
     }
 
     pub fn backlog_len(&self) -> usize {
-        self.backlog().pending.len()
+        self.backlog().len()
     }
 
     pub fn clear_backlog(&self) {
-        let mut b = self.backlog();
-        b.pending.clear();
-        b.since = None;
+        self.backlog().clear();
     }
 
-    /// Keep `p` for later, in place of an older change of that user (at the new change's
-    /// place). Returns false when the outbox is full (the update is dropped).
+    /// See [`Outbox::defer`].
     pub fn defer(&self, user: &UserId, p: Pending) -> bool {
-        let mut b = self.backlog();
-        let full = b.pending.len() >= BACKLOG_MAX;
-        if b.since.is_none() {
-            b.since = Some(Instant::now());
-        }
-        match b.pending.get_mut(user) {
-            Some(old) => {
-                if p.version > old.version {
-                    *old = p;
-                }
-                true
-            }
-            None if full => false,
-            None => {
-                b.pending.insert(user.clone(), p);
-                true
-            }
-        }
+        self.backlog().defer(user, p)
     }
 
-    /// When the oldest change in the outbox joined it.
+    /// See [`Outbox::waiting_since`].
     pub fn waiting_since(&self) -> Option<Instant> {
-        self.backlog().since
+        self.backlog().waiting_since()
     }
 
-    /// Offer what waits, in change order, to `send` until it has taken `max` or refuses one;
-    /// returns how many it took. Runs under the outbox's lock, so a change deferred meanwhile
-    /// waits behind these (and a direct emit, which only happens while the outbox is empty,
-    /// can never overtake an older change of the same user).
-    pub fn drain(&self, max: usize, mut send: impl FnMut(&Pending) -> bool) -> u64 {
-        let mut b = self.backlog();
-        let order = in_change_order(&b.pending, max);
-        let mut sent = 0;
-        for user in order {
-            if !send(&b.pending[&user]) {
-                break;
-            }
-            b.pending.remove(&user);
-            sent += 1;
-        }
-        if b.pending.is_empty() {
-            b.since = None;
-        }
-        sent
+    /// See [`Outbox::drain`]: under this socket's lock of its outbox.
+    pub fn drain(&self, max: usize, send: impl FnMut(&Pending) -> bool) -> u64 {
+        self.backlog().drain(max, send)
     }
 
-    /// Offer the oldest [`BATCH_MAX`] waiting, in change order, to `send` as one batch; they
-    /// leave the outbox only if it takes them. Returns how many it took.
+    /// See [`Outbox::drain_batch`]: under this socket's lock of its outbox.
     pub fn drain_batch(&self, send: impl FnOnce(&[&Pending]) -> bool) -> u64 {
-        let mut b = self.backlog();
-        let order = in_change_order(&b.pending, BATCH_MAX);
-        let batch: Vec<&Pending> = order.iter().map(|u| &b.pending[u]).collect();
-        if batch.is_empty() || !send(&batch) {
-            return 0;
-        }
-        for u in &order {
-            b.pending.remove(u);
-        }
-        // What is left (a batch was full) is due at once.
-        if b.pending.is_empty() {
-            b.since = None;
-        }
-        order.len() as u64
+        self.backlog().drain_batch(send)
     }
 
     /// The ids subscribed to (not counting the socket's own user).
@@ -281,60 +207,6 @@ impl ConnHandle {
         *closed = true;
         Some(f.await)
     }
-}
-
-/// A socket's state-changing requests (`presence:set-status`, `presence:subscribe`,
-/// `presence:unsubscribe`) take effect in the order the client sent them. socketioxide runs
-/// each event's handler as a task of its own, so two requests sent back to back may start in
-/// either order: "live" then "online" could leave the user live. A ticket is taken while the
-/// packet is read (in order: `gateway::events::Turn`, an extractor), and the handler waits for
-/// its ticket's turn before it acts.
-#[derive(Default)]
-pub struct Turns {
-    next: std::sync::atomic::AtomicU64,
-    serving: std::sync::atomic::AtomicU64,
-    changed: tokio::sync::Notify,
-}
-
-impl Turns {
-    /// The next place in line (call in packet order).
-    pub fn take(&self) -> u64 {
-        self.next.fetch_add(1, Ordering::AcqRel)
-    }
-
-    /// Wait for `ticket`'s turn; the turn passes to the next ticket when the guard drops
-    /// (also if the handler panics or is dropped).
-    pub async fn wait(&self, ticket: u64) -> TurnGuard<'_> {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.serving.load(Ordering::Acquire) == ticket {
-                return TurnGuard(self);
-            }
-            changed.await;
-        }
-    }
-}
-
-pub struct TurnGuard<'a>(&'a Turns);
-
-impl Drop for TurnGuard<'_> {
-    fn drop(&mut self) {
-        self.0.serving.fetch_add(1, Ordering::AcqRel);
-        self.0.changed.notify_waiters();
-    }
-}
-
-/// The users of `pending` with the `max` earliest changes, earliest first.
-fn in_change_order(pending: &HashMap<UserId, Pending>, max: usize) -> Vec<UserId> {
-    let mut order: Vec<(u64, &UserId)> = pending.iter().map(|(u, p)| (p.seq, u)).collect();
-    if order.len() > max {
-        order.select_nth_unstable_by_key(max, |(seq, _)| *seq);
-        order.truncate(max);
-    }
-    order.sort_unstable_by_key(|(seq, _)| *seq);
-    order.into_iter().map(|(_, u)| u.clone()).collect()
 }
 
 /// This replica's `/` sockets, and the counts the fan-out and health need.
@@ -448,161 +320,6 @@ mod tests {
             Timestamp(0),
             TokenBucket::new(0, 0),
         )
-    }
-
-    /// A change whose place in the fan-out order is its version (as for one replica's clock).
-    fn pending(version: i64) -> Pending {
-        Pending {
-            version,
-            seq: version as u64,
-            payload: Arc::from(serde_json::value::to_raw_value(&version).unwrap()),
-        }
-    }
-
-    fn uid(s: &str) -> UserId {
-        UserId::parse(s).unwrap()
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn requests_act_in_the_order_their_tickets_were_taken_whatever_order_they_start_in() {
-        let h = Arc::new(handle());
-        let tickets: Vec<u64> = (0..50).map(|_| h.turns.take()).collect();
-        let order = Arc::new(Mutex::new(Vec::new()));
-        // Started in reverse: each must still act in ticket order.
-        let tasks: Vec<_> = tickets
-            .into_iter()
-            .rev()
-            .map(|t| {
-                let (h, order) = (h.clone(), order.clone());
-                tokio::spawn(async move {
-                    let _turn = h.turns.wait(t).await;
-                    tokio::task::yield_now().await;
-                    order.lock().unwrap().push(t);
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
-        assert_eq!(*order.lock().unwrap(), (0..50).collect::<Vec<u64>>());
-    }
-
-    #[tokio::test]
-    async fn a_turn_whose_handler_panics_still_passes_on() {
-        let h = Arc::new(handle());
-        let (a, b) = (h.turns.take(), h.turns.take());
-        let h2 = h.clone();
-        let r = tokio::spawn(async move {
-            let _turn = h2.turns.wait(a).await;
-            panic!("a handler fails");
-        })
-        .await;
-        assert!(r.is_err());
-        tokio::time::timeout(std::time::Duration::from_secs(1), h.turns.wait(b))
-            .await
-            .expect("the next request is not stuck behind the failed one");
-    }
-
-    #[test]
-    fn a_batch_holds_each_user_once_newest_at_the_place_of_the_latest_change() {
-        let h = handle();
-        h.defer(&uid("a"), pending(1));
-        h.defer(&uid("b"), pending(2));
-        h.defer(&uid("a"), pending(3));
-        h.defer(&uid("c"), pending(4));
-        let mut frame = Vec::new();
-        assert_eq!(
-            h.drain_batch(|b| {
-                frame = b.iter().map(|p| p.version).collect();
-                true
-            }),
-            3
-        );
-        assert_eq!(frame, [2, 3, 4], "b, then a (its latest change), then c");
-        assert!(!h.has_backlog() && h.waiting_since().is_none());
-    }
-
-    #[test]
-    fn a_batch_refused_for_want_of_room_stays_whole_and_merges_newer_changes() {
-        let h = handle();
-        h.defer(&uid("a"), pending(1));
-        h.defer(&uid("b"), pending(2));
-        let since = h.waiting_since();
-        assert_eq!(h.drain_batch(|_| false), 0);
-        h.defer(&uid("a"), pending(3));
-        assert_eq!(
-            h.waiting_since(),
-            since,
-            "due when the oldest change joined"
-        );
-        let mut frame = Vec::new();
-        h.drain_batch(|b| {
-            frame = b.iter().map(|p| p.version).collect();
-            true
-        });
-        assert_eq!(frame, [2, 3]);
-    }
-
-    #[test]
-    fn a_batch_carries_at_most_500_users_the_oldest_first_and_the_rest_is_due_at_once() {
-        let h = handle();
-        for i in 0..1200 {
-            h.defer(&uid(&format!("u{i}")), pending(1200 - i));
-        }
-        let mut first = Vec::new();
-        assert_eq!(
-            h.drain_batch(|b| {
-                first = b.iter().map(|p| p.version).collect();
-                true
-            }),
-            BATCH_MAX as u64
-        );
-        assert_eq!(first, (1..=500).collect::<Vec<i64>>());
-        assert!(h.waiting_since().is_some(), "700 left, still due");
-        assert_eq!(h.drain_batch(|_| true), 500);
-        assert_eq!(h.drain_batch(|_| true), 200);
-        assert!(h.waiting_since().is_none());
-    }
-
-    #[test]
-    fn the_backlog_keeps_the_newest_change_per_user_oldest_first() {
-        let h = handle();
-        let (a, b) = (UserId::parse("a").unwrap(), UserId::parse("b").unwrap());
-        assert!(h.defer(&a, pending(5)));
-        assert!(h.defer(&b, pending(3)));
-        assert!(
-            h.defer(&a, pending(4)),
-            "an older change never replaces a newer one"
-        );
-        assert!(h.defer(&a, pending(7)));
-        let mut got = Vec::new();
-        let mut take = |p: &Pending| {
-            got.push(p.version);
-            true
-        };
-        assert_eq!(h.drain(10, &mut take), 2);
-        assert_eq!(got, [3, 7]);
-        assert!(!h.has_backlog());
-    }
-
-    #[test]
-    fn a_refused_drain_keeps_the_rest_in_order() {
-        let h = handle();
-        for (u, v) in [("a", 1), ("b", 2), ("c", 3)] {
-            h.defer(&UserId::parse(u).unwrap(), pending(v));
-        }
-        let mut room = 1;
-        let sent = h.drain(10, |_| {
-            room -= 1;
-            room >= 0
-        });
-        assert_eq!(sent, 1);
-        let mut rest = Vec::new();
-        h.drain(10, |p| {
-            rest.push(p.version);
-            true
-        });
-        assert_eq!(rest, [2, 3]);
     }
 
     #[test]

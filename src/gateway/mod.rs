@@ -3,7 +3,9 @@
 //! - [`handshake`]: who is connecting (JWT or the development-only insecure login), and
 //!   registering the connection before the client is told it is connected;
 //! - [`events`]: `user:heartbeat`, `presence:*` requests, the disconnect;
-//! - [`connection`]: per-socket state and this replica's socket registry;
+//! - [`connection`]: per-socket state and this replica's socket registry; [`outbox`]: a
+//!   socket's updates not sent yet and their two policies; [`turns`]: the order of a socket's
+//!   state-changing requests;
 //! - [`heartbeats`]: batching "heard from" writes to the engine;
 //! - [`fanout`]: committed changes to this replica's viewers ([`viewers`]: by audience);
 //! - [`gender`]: a gender changed in the database, applied to live connections;
@@ -21,8 +23,10 @@ pub mod fanout;
 pub mod gender;
 pub mod handshake;
 pub mod heartbeats;
+pub mod outbox;
 pub mod protocol;
 pub mod ratelimit;
+pub mod turns;
 pub mod viewers;
 pub mod widget;
 
