@@ -45,8 +45,7 @@ pub(super) async fn fanout(
             drop(permit);
             let _ = ready_tx.send(r.is_ok());
             let Ok((mut client, _)) = r else { return None };
-            let mut last: HashMap<u64, u32> = HashMap::new();
-            let (mut lat, mut doubled, mut gaps) = (Latencies::default(), 0u64, 0u64);
+            let mut seen = Seen::default();
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             // Closed by the server before the run ended (a viewer that hears nothing because it
             // was disconnected is told apart from one that is connected and deaf).
@@ -60,11 +59,8 @@ pub(super) async fn fanout(
                         Some(Incoming::Event(ev, p)) if ev == "presence-update" || ev == "presence-batch" => {
                             frames.fetch_add(1, Ordering::Relaxed);
                             for (ch, seq, t) in changes_in(&p, &prefix) {
-                                lat.push(now_us().saturating_sub(t));
                                 received.fetch_add(1, Ordering::Relaxed);
-                                let l = last.entry(ch).or_insert(0);
-                                // A batch may skip superseded versions: not missing.
-                                if seq <= *l { doubled += 1 } else { if !batch { gaps += (seq - *l - 1) as u64; } *l = seq; }
+                                seen.count(ch, seq, t, batch);
                             }
                         }
                         Some(_) => {}
@@ -72,7 +68,7 @@ pub(super) async fn fanout(
                 }
             }
             client.close().await;
-            Some((lat, doubled, gaps, last, closed_early))
+            Some((seen.lat, seen.doubled, seen.gaps, seen.last, closed_early))
         }));
     }
     drop(ready_tx);

@@ -136,6 +136,31 @@ fn changes_in(p: &Value, prefix: &str) -> Vec<(u64, u32, u64)> {
         .collect()
 }
 
+/// What one client saw of the load generator's changes: the latest seq per changer, latencies,
+/// and changes seen twice or skipped (a batching client may skip superseded versions).
+#[derive(Default)]
+struct Seen {
+    last: HashMap<u64, u32>,
+    lat: Latencies,
+    doubled: u64,
+    gaps: u64,
+}
+
+impl Seen {
+    fn count(&mut self, ch: u64, seq: u32, sent_us: u64, batch: bool) {
+        self.lat.push(now_us().saturating_sub(sent_us));
+        let l = self.last.entry(ch).or_insert(0);
+        if seq <= *l {
+            self.doubled += 1;
+        } else {
+            if !batch {
+                self.gaps += (seq - *l - 1) as u64;
+            }
+            *l = seq;
+        }
+    }
+}
+
 /// GET `path` and return the body (anonymous: health, metrics).
 async fn http_text(addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
     let (_, body) = crate::http::Conn::open(addr).await?.get(path, "").await?;

@@ -121,8 +121,7 @@ pub(super) async fn subs(
             // Only the watching clients change.
             let end = if i < watching { t0 + run_for } else { t0 };
             let mut beat = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(100)));
-            let (mut last, mut seq): (HashMap<u64, u32>, u32) = (HashMap::new(), 0);
-            let (mut lat, mut doubled, mut gaps) = (Latencies::default(), 0u64, 0u64);
+            let (mut seen, mut seq) = (Seen::default(), 0u32);
             loop {
                 tokio::select! {
                     _ = stop_rx.changed() => break,
@@ -152,10 +151,8 @@ pub(super) async fn subs(
                                     unexpected.fetch_add(1, Ordering::Relaxed);
                                     continue;
                                 }
-                                lat.push(now_us().saturating_sub(t));
                                 received.fetch_add(1, Ordering::Relaxed);
-                                let l = last.entry(ch).or_insert(0);
-                                if s <= *l { doubled += 1 } else { if !batch { gaps += (s - *l - 1) as u64; } *l = s; }
+                                seen.count(ch, s, t, batch);
                             }
                         }
                         Some(_) => {}
@@ -163,7 +160,7 @@ pub(super) async fn subs(
                 }
             }
             client.close().await;
-            Some((lat, doubled, gaps, last, watched))
+            Some((seen.lat, seen.doubled, seen.gaps, seen.last, watched))
         }));
     }
     drop(ready_tx);
