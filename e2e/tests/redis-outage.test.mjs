@@ -78,3 +78,36 @@ test("Redis stops for a while and returns empty: nothing is lost or announced tw
     redis.kill();
   }
 });
+
+test("a subscription whose snapshot cannot be read is refused as unavailable and leaves nothing subscribed", async () => {
+  let redis = startRedis();
+  await waitUntil(redisUp, 5000, "test Redis up");
+  const gw = await startGateway({ REDIS_URL: `redis://127.0.0.1:${port}` });
+  const viewer = await gw.connect({ ...user("snap-viewer", "female"), presence: "subscriptions" });
+  try {
+    const first = await ask(viewer, "presence:subscribe", { userIds: ["snap-a"] });
+    assert.deepEqual([first.ok, first.subscribed], [true, 1]);
+
+    execFileSync("redis-cli", ["-p", String(port), "shutdown", "nosave"]);
+    const refused = await ask(viewer, "presence:subscribe", { userIds: ["snap-b", "snap-c"] });
+    assert.deepEqual([refused.ok, refused.error?.code], [false, "unavailable"]);
+    assert.ok(!/redis|connection|io error/i.test(refused.error.message), `no internals: ${refused.error.message}`);
+
+    redis = startRedis();
+    await waitUntil(redisUp, 5000, "test Redis back");
+    await waitUntil(async () => (await gw.http("/readyz")).status === 200, 5000, "ready again");
+    // The refused request added nothing: one more id makes two, not four.
+    const again = await waitUntil(async () => {
+      const r = await ask(viewer, "presence:subscribe", { userIds: ["snap-d"] });
+      return r.ok && r;
+    }, 5000, "subscribe works again");
+    assert.equal(again.subscribed, 2, "snap-a and snap-d; snap-b and snap-c were taken back");
+    const left = await ask(viewer, "presence:unsubscribe", { userIds: ["snap-b", "snap-c"] });
+    assert.equal(left.subscribed, 2);
+  } finally {
+    viewer.disconnect();
+    await gw.stop();
+    try { execFileSync("redis-cli", ["-p", String(port), "shutdown", "nosave"]); } catch {}
+    redis.kill();
+  }
+});

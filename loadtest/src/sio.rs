@@ -16,7 +16,8 @@ pub type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 /// What arrives on a connection, decoded as far as a scenario needs.
 pub enum Incoming {
     Event(String, Value),
-    Ack(Value),
+    /// An ack: its id and the first argument.
+    Ack(u64, Value),
     Other,
 }
 
@@ -141,8 +142,7 @@ fn decode(t: &str) -> Incoming {
                 Value::Array(mut a) if !a.is_empty() => a.swap_remove(0),
                 other => other,
             };
-            let _: u64 = id;
-            return Incoming::Ack(v);
+            return Incoming::Ack(id, v);
         }
     }
     Incoming::Other

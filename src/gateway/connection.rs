@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-pub use super::outbox::{BACKLOG_MAX, BATCH_MAX, Encoded, Outbox, Pending};
+pub use super::outbox::{BACKLOG_MAX, BATCH_MAX, Encoded, Mailbox, Outbox, Pending};
 pub use super::turns::Turns;
 
 /// How a `/` socket receives changes (section 9): of everyone it may see (broadcast) or only
@@ -129,6 +129,15 @@ impl ConnHandle {
     /// See [`Outbox::defer`].
     pub fn defer(&self, user: &UserId, p: Pending) -> bool {
         self.backlog().defer(user, p)
+    }
+
+    /// A batching socket's change, into its outbox under one lock: whether it was kept (not
+    /// dropped for a full outbox), whether it began a batch, and how many wait now.
+    pub fn gather(&self, user: &UserId, p: Pending) -> (bool, bool, usize) {
+        let mut o = self.backlog();
+        let first = o.is_empty();
+        let kept = o.defer(user, p);
+        (kept, first, o.len())
     }
 
     /// See [`Outbox::waiting_since`].

@@ -1,9 +1,11 @@
 //! `/dashboard` (roles `dashboard` or `admin`): `stats_update` for every stored statistics
 //! event, in `seq` order; `presence_stats` on connect, then when the cluster's figures
 //! changed, at most once a second per socket; `stats_resync` to a dashboard too slow to keep up
-//! (bursts wait in a bounded per-socket backlog; overflowing it means too slow).
+//! (bursts wait in the socket's in-order [`Outbox`], which the fan-out's retry loop drains
+//! with the `/` sockets'; overflowing it means too slow).
 
 use super::handshake::find_token;
+use super::outbox::{Mailbox, Outbox, Pending};
 use super::protocol::{Refusal, admission};
 use crate::auth::Role;
 use crate::domain::stats::StatsUpdate;
@@ -11,14 +13,12 @@ use crate::domain::{Gender, Timestamp};
 use crate::state::AppState;
 use serde_json::{Value, json};
 use socketioxide::extract::{SocketRef, State, TryData};
+use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError};
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const NAMESPACE: &str = "/dashboard";
-/// How often dashboard backlogs are retried.
-const BACKLOG_RETRY: Duration = Duration::from_millis(25);
 
 pub async fn admit(
     s: SocketRef,
@@ -30,7 +30,9 @@ pub async fn admit(
             .ok_or_else(|| Refusal::unauthorized("missing token"))?;
         let who = state.auth.verify_bearer(&token)?;
         who.require(&[Role::Dashboard, Role::Admin])?;
-        s.extensions.insert(Arc::new(DashboardHandle::default()));
+        s.extensions.insert(Arc::new(DashboardHandle::new(
+            state.config.stats_dashboard_backlog,
+        )));
         Ok(())
     };
     admission(&state, NAMESPACE, admit).await
@@ -61,28 +63,27 @@ fn handle(s: &SocketRef) -> Option<Arc<DashboardHandle>> {
     s.extensions.get::<Arc<DashboardHandle>>()
 }
 
-/// Updates waiting for room in a dashboard socket's queue, in seq order, at most
+/// A dashboard socket's state: updates waiting for room in its queue, in seq order, at most
 /// `STATS_DASHBOARD_BACKLOG` of them: a burst (one stored batch is up to 500 events, emitted
 /// at once) waits here rather than overflowing the socket queue. A dashboard that lets the
-/// backlog fill is too slow to follow: its backlog is dropped and it is told to resync.
-#[derive(Default)]
+/// outbox overflow is too slow to follow: what it held is dropped and it is told to resync.
 pub struct DashboardHandle {
-    state: Mutex<Backlog>,
+    outbox: Mutex<Outbox>,
     /// The last `presence_stats` figures this socket was sent, and when: at most one a second
     /// per socket, the one sent on connect included.
     presence: Mutex<Option<(Value, Instant)>>,
 }
 
-#[derive(Default)]
-struct Backlog {
-    queue: VecDeque<Arc<StatsUpdate>>,
-    /// Dropped behind: a `stats_resync` is owed before anything else.
-    resync: bool,
-}
-
 impl DashboardHandle {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Backlog> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn new(backlog: usize) -> Self {
+        DashboardHandle {
+            outbox: Mutex::new(Outbox::in_order(backlog)),
+            presence: Mutex::new(None),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Send `figures` as `presence_stats` if they differ from what this socket was last sent
@@ -106,13 +107,14 @@ impl DashboardHandle {
 const PRESENCE_STATS_EVERY: Duration = Duration::from_secs(1);
 
 /// What one attempt to send gave.
+#[derive(PartialEq)]
 enum Sent {
     Yes,
     Full,
     Gone,
 }
 
-fn send(s: &SocketRef, event: &str, body: &impl serde::Serialize) -> Sent {
+fn send(s: &SocketRef, event: &str, body: &(impl serde::Serialize + ?Sized)) -> Sent {
     match s.emit(event, body) {
         Ok(()) => Sent::Yes,
         Err(SendError::Socket(SocketError::InternalChannelFull)) => Sent::Full,
@@ -120,64 +122,88 @@ fn send(s: &SocketRef, event: &str, body: &impl serde::Serialize) -> Sent {
     }
 }
 
-/// Emit one stored event to every dashboard here, in order after whatever waits for it.
+/// Emit one stored event to every dashboard here, encoded once, in order after whatever
+/// waits for it.
 pub fn emit_update(state: &AppState, u: &StatsUpdate) {
-    let u = Arc::new(u.clone());
-    let max = state.config.stats_dashboard_backlog;
+    let payload: super::outbox::Encoded = match serde_json::value::to_raw_value(u) {
+        Ok(raw) => Arc::from(raw),
+        Err(e) => return tracing::error!(error = %e, "statistics event not encodable"),
+    };
+    let p = Pending {
+        version: u.seq,
+        seq: u.seq as u64,
+        payload,
+    };
     for s in sockets(state) {
         let Some(h) = handle(&s) else { continue };
-        let mut b = h.lock();
-        if b.resync {
-            continue;
-        }
-        if b.queue.is_empty() {
-            match send(&s, "stats_update", &*u) {
+        let mut o = h.lock();
+        if o.is_empty() {
+            match send(&s, "stats_update", &*p.payload) {
                 Sent::Yes | Sent::Gone => continue,
                 Sent::Full => {}
             }
         }
-        if b.queue.len() >= max {
-            b.queue.clear();
-            b.resync = true;
+        let owed = o.owes_resync();
+        if !o.push(p.clone()) && !owed {
             crate::metrics::stats_dashboard_resynced();
-        } else {
-            b.queue.push_back(u.clone());
         }
+        drop(o);
+        state.gateway.backlogged.insert(Mailbox::Dashboard(s.id));
     }
 }
 
-/// Drain dashboard backlogs as their sockets make room, and deliver owed `stats_resync`s.
-pub async fn run_backlogs(state: AppState) {
-    let mut tick = crate::background::ticker(BACKLOG_RETRY);
-    while state.background.tick(&mut tick).await {
-        let Some(stats) = &state.stats else { continue };
-        for s in sockets(&state) {
-            let Some(h) = handle(&s) else { continue };
-            let mut b = h.lock();
-            if b.resync {
-                let body = json!({
-                    "lastEventSeq": stats.delivered(),
-                    "reason": "too many updates for this connection; refetch /api/stats",
-                });
-                match send(&s, "stats_resync", &body) {
-                    Sent::Yes => b.resync = false,
-                    Sent::Full | Sent::Gone => continue,
+/// One retry of a dashboard's outbox (from the fan-out's retry loop): the `stats_resync` owed,
+/// if any, then the updates waiting, as the socket's queue has room. Leaves the waiting set
+/// once nothing waits.
+pub fn drain(state: &AppState, sid: Sid) {
+    let m = Mailbox::Dashboard(sid);
+    let socket = state
+        .gateway
+        .io
+        .get()
+        .and_then(|io| io.of(NAMESPACE))
+        .and_then(|ns| ns.get_socket(sid));
+    let (Some(s), Some(stats)) = (socket, &state.stats) else {
+        return state.gateway.backlogged.remove(m);
+    };
+    let Some(h) = handle(&s) else {
+        return state.gateway.backlogged.remove(m);
+    };
+    let mut gone = false;
+    {
+        let mut o = h.lock();
+        let ready = o.take_resync(|| {
+            let body = json!({
+                "lastEventSeq": stats.delivered(),
+                "reason": "too many updates for this connection; refetch /api/stats",
+            });
+            match send(&s, "stats_resync", &body) {
+                Sent::Yes => true,
+                Sent::Full => false,
+                Sent::Gone => {
+                    gone = true;
+                    false
                 }
             }
-            while let Some(u) = b.queue.front() {
-                match send(&s, "stats_update", &**u) {
-                    Sent::Yes => {
-                        b.queue.pop_front();
-                    }
-                    Sent::Full => break,
+        });
+        if ready {
+            o.drain(usize::MAX, |p| {
+                match send(&s, "stats_update", &*p.payload) {
+                    Sent::Yes => true,
+                    Sent::Full => false,
                     Sent::Gone => {
-                        b.queue.clear();
-                        break;
+                        gone = true;
+                        false
                     }
                 }
-            }
+            });
+        }
+        if gone {
+            o.clear();
+            o.take_resync(|| true);
         }
     }
+    state.gateway.backlogged.leave_if(m, || h.lock().is_empty());
 }
 
 /// The contract's figures, and (an addition the console uses) every live replica's report.

@@ -11,31 +11,20 @@
 //! socket with a backlog gets new changes through the backlog too, so it converges on the
 //! latest state of every user it may see, with memory bounded per socket.
 
-use super::connection::{BACKLOG_MAX, BATCH_MAX, ConnHandle, Encoded, Pending};
+use super::connection::{BACKLOG_MAX, BATCH_MAX, ConnHandle, Encoded, Mailbox, Pending};
 use super::viewers::Viewer;
 use crate::domain::Timestamp;
 use crate::engine::{PresenceEvent, Resync};
 use crate::state::AppState;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError};
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::broadcast::{Receiver, error::RecvError};
 
-/// How often backlogs are retried.
+/// How often outboxes are retried.
 const BACKLOG_RETRY: Duration = Duration::from_millis(25);
-
-/// The sockets that have a backlog.
-#[derive(Default)]
-pub struct Backlogged(Mutex<HashSet<Sid>>);
-
-impl Backlogged {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Sid>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
 
 /// Batching sockets whose batch is being gathered, by when it is due. Every batch is due the
 /// same time after its first change, so arrival order is due order: a tick pops what is due
@@ -110,16 +99,16 @@ fn emit(v: &Viewer, payload: &Encoded) -> Sent {
 fn offer(state: &AppState, v: &Viewer, user: &crate::domain::UserId, p: &Pending) -> Sent {
     let h = &v.handle;
     if h.mode.batch {
-        let first = !h.has_backlog();
-        if !h.defer(user, p.clone()) {
+        let (kept, first, waiting) = h.gather(user, p.clone());
+        if !kept {
             state.metrics.dropped.increment(1);
         }
         if first {
             let due = std::time::Instant::now() + Duration::from_millis(state.config.batch_ms);
             state.gateway.batches.push(due, h.sid);
         }
-        if h.backlog_len() >= BATCH_MAX {
-            return send_batch(state, v);
+        if waiting >= BATCH_MAX {
+            return send_batch(state, v, &mut Frames::default());
         }
         return Sent::Deferred;
     }
@@ -130,7 +119,7 @@ fn offer(state: &AppState, v: &Viewer, user: &crate::domain::UserId, p: &Pending
         }
     }
     if h.defer(user, p.clone()) {
-        state.gateway.backlogged.lock().insert(h.sid);
+        state.gateway.backlogged.insert(Mailbox::Presence(h.sid));
         state.metrics.deferred.increment(1);
     } else {
         state.metrics.dropped.increment(1);
@@ -139,30 +128,61 @@ fn offer(state: &AppState, v: &Viewer, user: &crate::domain::UserId, p: &Pending
     Sent::Deferred
 }
 
+/// The `presence-batch` frames encoded in one retry tick, by content. Sockets whose batches
+/// hold the same changes share one encoding: an audience's broadcast sockets got their first
+/// change in the same fan-out, so their batches are due together and alike.
+#[derive(Default)]
+pub struct Frames(std::collections::HashMap<u64, Vec<(Vec<u64>, Encoded)>>);
+
+impl Frames {
+    fn encode(&mut self, batch: &[&Pending]) -> Option<Encoded> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for p in batch {
+            p.seq.hash(&mut hasher);
+        }
+        let alike = self.0.entry(hasher.finish()).or_default();
+        let same = |seqs: &Vec<u64>| seqs.iter().copied().eq(batch.iter().map(|p| p.seq));
+        if let Some((_, frame)) = alike.iter().find(|(seqs, _)| same(seqs)) {
+            return Some(frame.clone());
+        }
+        let frame = encode_batch(batch)?;
+        alike.push((batch.iter().map(|p| p.seq).collect(), frame.clone()));
+        Some(frame)
+    }
+}
+
+/// `{"updates":[…]}` from the changes' shared encodings.
+fn encode_batch(batch: &[&Pending]) -> Option<Encoded> {
+    let mut frame = String::with_capacity(
+        16 + batch
+            .iter()
+            .map(|p| p.payload.get().len() + 1)
+            .sum::<usize>(),
+    );
+    frame.push_str("{\"updates\":[");
+    for (i, p) in batch.iter().enumerate() {
+        if i > 0 {
+            frame.push(',');
+        }
+        frame.push_str(p.payload.get());
+    }
+    frame.push_str("]}");
+    serde_json::value::RawValue::from_string(frame)
+        .ok()
+        .map(Arc::from)
+}
+
 /// Send the socket's oldest [`BATCH_MAX`] waiting changes as one `presence-batch`, encoded
-/// once from the changes' shared encodings. `Now` if it left, `Deferred` if it waits for room
-/// (whole, merging newer changes meanwhile), `Gone` if the socket closed.
-fn send_batch(state: &AppState, v: &Viewer) -> Sent {
+/// once for every socket of `frames` that sends the same. `Now` if it left, `Deferred` if it
+/// waits for room (whole, merging newer changes meanwhile), `Gone` if the socket closed.
+fn send_batch(state: &AppState, v: &Viewer, frames: &mut Frames) -> Sent {
     let mut outcome = Sent::Deferred;
     let sent = v.handle.drain_batch(|batch| {
-        let mut frame = String::with_capacity(
-            16 + batch
-                .iter()
-                .map(|p| p.payload.get().len() + 1)
-                .sum::<usize>(),
-        );
-        frame.push_str("{\"updates\":[");
-        for (i, p) in batch.iter().enumerate() {
-            if i > 0 {
-                frame.push(',');
-            }
-            frame.push_str(p.payload.get());
-        }
-        frame.push_str("]}");
-        let Ok(raw) = serde_json::value::RawValue::from_string(frame) else {
+        let Some(raw) = frames.encode(batch) else {
             return false;
         };
-        match v.socket.emit("presence-batch", &raw) {
+        match v.socket.emit("presence-batch", &*raw) {
             Ok(()) => {
                 outcome = Sent::Now;
                 true
@@ -390,7 +410,10 @@ fn bound_backlogs(state: &AppState, sids: &[Sid]) {
         }
         total -= n;
         v.handle.clear_backlog();
-        state.gateway.backlogged.lock().remove(&v.handle.sid);
+        state
+            .gateway
+            .backlogged
+            .remove(Mailbox::Presence(v.handle.sid));
         state.gateway.viewers.leave(&v.handle);
         state.metrics.slow_disconnected.increment(1);
         tracing::warn!(sid = %v.handle.sid, backlog = n, bound, "socket too far behind; disconnected");
@@ -401,8 +424,9 @@ fn bound_backlogs(state: &AppState, sids: &[Sid]) {
     }
 }
 
-/// Deliver outboxes: a batching socket's batch when it is due (a batch that finds no room is
-/// tried again every tick), anyone else's backlog as its socket's queue drains.
+/// The one retry loop of every outbox: a batching socket's batch when it is due (a batch
+/// that finds no room is tried again every tick), any other `/` socket's backlog as its
+/// socket's queue drains, and `/dashboard` backlogs ([`super::dashboard::drain`]).
 pub async fn run_backlogs(state: AppState) {
     let period = batch_tick(&state);
     let mut tick = crate::background::ticker(period);
@@ -414,12 +438,13 @@ pub async fn run_backlogs(state: AppState) {
             .batches
             .take_due(std::time::Instant::now() + period);
         let mut again = Vec::new();
+        let mut frames = Frames::default();
         for sid in retry.drain(..).chain(due) {
             let Some(v) = state.gateway.viewers.get(sid) else {
                 continue;
             };
             if v.handle.has_backlog() {
-                send_batch(&state, &v);
+                send_batch(&state, &v, &mut frames);
                 if v.handle.has_backlog() {
                     again.push(sid);
                 }
@@ -427,43 +452,51 @@ pub async fn run_backlogs(state: AppState) {
         }
         again.dedup();
         retry = again;
-        let mut sids: Vec<Sid> = state.gateway.backlogged.lock().iter().copied().collect();
+        let waiting: Vec<Mailbox> = state.gateway.backlogged.lock().iter().copied().collect();
+        let mut sids = Vec::with_capacity(waiting.len());
+        for m in waiting {
+            match m {
+                Mailbox::Presence(sid) => sids.push(sid),
+                Mailbox::Dashboard(sid) => super::dashboard::drain(&state, sid),
+            }
+        }
         // A batch that found no room for longer than a batch is a socket falling behind too.
         sids.extend(retry.iter().copied());
         bound_backlogs(&state, &sids);
-        let per_tick = (state.config.socket_queue_packets / 2).max(1);
         for sid in sids {
-            let Some(v) = state.gateway.viewers.get(sid) else {
-                state.gateway.backlogged.lock().remove(&sid);
-                continue;
-            };
-            let h = &v.handle;
-            if h.mode.batch {
-                state.gateway.backlogged.lock().remove(&sid);
-                continue;
-            }
-            let mut gone = false;
-            // At most half a queue per tick: a client that keeps up at all then finds room for
-            // the acks of its own requests, which share the queue.
-            let sent = h.drain(per_tick, |p| match emit(&v, &p.payload) {
-                Sent::Now => true,
-                Sent::Deferred => false,
-                Sent::Gone => {
-                    gone = true;
-                    false
-                }
-            });
-            if gone {
-                state.gateway.viewers.leave(h);
-            }
-            state.metrics.delivered.increment(sent);
-            state.metrics.activity.delivered(sent);
-            let mut set = state.gateway.backlogged.lock();
-            if !h.has_backlog() {
-                set.remove(&sid);
-            }
+            drain_backlog(&state, sid);
         }
     }
+}
+
+/// Send what a `/` socket's backlog holds as its queue has room, at most half a queue per
+/// tick: a client that keeps up at all then finds room for the acks of its own requests,
+/// which share the queue. Leaves the waiting set once nothing waits.
+fn drain_backlog(state: &AppState, sid: Sid) {
+    let m = Mailbox::Presence(sid);
+    let Some(v) = state.gateway.viewers.get(sid) else {
+        return state.gateway.backlogged.remove(m);
+    };
+    let h = &v.handle;
+    if h.mode.batch {
+        return state.gateway.backlogged.remove(m);
+    }
+    let per_tick = (state.config.socket_queue_packets / 2).max(1);
+    let mut gone = false;
+    let sent = h.drain(per_tick, |p| match emit(&v, &p.payload) {
+        Sent::Now => true,
+        Sent::Deferred => false,
+        Sent::Gone => {
+            gone = true;
+            false
+        }
+    });
+    if gone {
+        state.gateway.viewers.leave(h);
+    }
+    state.metrics.delivered.increment(sent);
+    state.metrics.activity.delivered(sent);
+    state.gateway.backlogged.leave_if(m, || !h.has_backlog());
 }
 
 #[cfg(test)]

@@ -44,16 +44,16 @@ pub struct Hub {
     pub heartbeats: HeartbeatBatch,
     /// Where the fan-out sends each change on this replica.
     pub viewers: viewers::Viewers,
-    /// Sockets with presence updates waiting for room in their queues.
-    pub backlogged: fanout::Backlogged,
+    /// Sockets (`/` and `/dashboard`) whose outbox waits for room in their queues.
+    pub backlogged: outbox::Waiting,
     /// Batching sockets gathering a batch, by when it is due.
     pub batches: fanout::Batches,
     /// Admin questions this replica put to the cluster, waiting for answers.
     pub asked: cluster::Asked,
 }
 
-/// The Socket.IO side's loops: fan-out and its backlogs, heartbeat flushing, dashboards'
-/// figures and backlogs, server heartbeats.
+/// The Socket.IO side's loops: fan-out, the outboxes' retries (`/` and `/dashboard`),
+/// heartbeat flushing, dashboards' figures, server heartbeats.
 pub fn spawn(state: &AppState) {
     let bg = &state.background;
     state
@@ -65,9 +65,6 @@ pub fn spawn(state: &AppState) {
     bg.spawn(heartbeats::run(state.clone()));
     bg.spawn(dashboard::run_presence_stats(state.clone()));
     cluster::spawn(state);
-    if state.stats.is_some() {
-        bg.spawn(dashboard::run_backlogs(state.clone()));
-    }
 }
 
 use crate::state::AppState;

@@ -1,16 +1,29 @@
-//! A socket's outbox of presence updates, and its two policies (one update per change as room
-//! comes; gathered into batches). Every update waiting shares its encoding with the other
-//! sockets it is for; the outbox holds references, newest per user, in change order.
+//! A socket's outbox: what it has not been sent yet, with one of two policies, and the
+//! retry loop's set of sockets whose outbox waits ([`Waiting`]).
+//!
+//! - **Newest per user** (`/` sockets): presence is state, not a log, so only each user's
+//!   latest change matters; a change replaces an older one of that user at the new change's
+//!   place. A socket that gets one `presence-update` per change keeps here what its queue had
+//!   no room for and sends it as room comes ([`drain`](Outbox::drain)); a batching socket
+//!   keeps every change here and sends them together when the batch is due
+//!   ([`drain_batch`](Outbox::drain_batch)).
+//! - **In order** (`/dashboard` sockets): statistics events are a log the page folds, so each
+//!   is kept, in order, up to a bound; past it the socket is too slow to follow, what it held
+//!   is dropped and a resync is owed before anything else ([`take_resync`](Outbox::take_resync)).
+//!
+//! Every entry shares its encoding with the other sockets it is for: the outbox holds
+//! references, sent in the order the changes were made (`seq`).
 
 use crate::domain::UserId;
-use std::collections::HashMap;
-use std::sync::Arc;
+use socketioxide::socket::Sid;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Users one `presence-batch` holds at most.
 pub const BATCH_MAX: usize = 500;
 
-/// An encoded `presence-update`, shared by every socket it is sent to.
+/// An encoded update, shared by every socket it is sent to.
 pub type Encoded = Arc<serde_json::value::RawValue>;
 
 #[derive(Clone)]
@@ -21,47 +34,98 @@ pub struct Pending {
     pub payload: Encoded,
 }
 
-/// A socket's outbox: presence updates not sent yet, the newest per user (presence is state,
-/// not a log, so only each user's latest change matters). Two policies use it: a socket that
-/// gets one `presence-update` per change keeps here what its queue had no room for and sends
-/// it as room comes ([`drain`](Outbox::drain)); a batching socket keeps every change here and
-/// sends them together when the batch is due ([`drain_batch`](Outbox::drain_batch)).
-#[derive(Default)]
-pub struct Outbox {
-    pending: HashMap<UserId, Pending>,
-    /// When the oldest change waiting joined (a batch is due `PRESENCE_BATCH_MS` after).
-    since: Option<Instant>,
-}
-
-/// Users a socket's backlog may hold. Each entry shares its payload with every other
-/// socket, so an entry costs a map slot (~100 bytes): ~6 MiB at the bound. A socket this far
-/// behind is also one socketioxide closes at its next ping (its queue stays full), after which
-/// the client reconnects and refreshes.
+/// Users a socket's newest-per-user outbox may hold. Each entry shares its payload with every
+/// other socket, so an entry costs a map slot (~100 bytes): ~6 MiB at the bound. A socket this
+/// far behind is also one socketioxide closes at its next ping (its queue stays full), after
+/// which the client reconnects and refreshes.
 pub const BACKLOG_MAX: usize = 65_536;
 
+enum Held {
+    Newest(HashMap<UserId, Pending>),
+    InOrder {
+        queue: VecDeque<Pending>,
+        max: usize,
+    },
+}
+
+/// A socket's outbox; see the module's documentation for its two policies.
+pub struct Outbox {
+    held: Held,
+    /// When the oldest entry waiting joined (a batch is due `PRESENCE_BATCH_MS` after).
+    since: Option<Instant>,
+    /// In order: the outbox overflowed, and a resync is owed before anything else.
+    resync: bool,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Outbox::newest_per_user()
+    }
+}
+
 impl Outbox {
-    pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+    pub fn newest_per_user() -> Self {
+        Outbox {
+            held: Held::Newest(HashMap::new()),
+            since: None,
+            resync: false,
+        }
+    }
+
+    /// Keeps up to `max` entries in order; one more drops them all and owes a resync.
+    pub fn in_order(max: usize) -> Self {
+        Outbox {
+            held: Held::InOrder {
+                queue: VecDeque::new(),
+                max,
+            },
+            since: None,
+            resync: false,
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.pending.len()
+        match &self.held {
+            Held::Newest(m) => m.len(),
+            Held::InOrder { queue, .. } => queue.len(),
+        }
+    }
+
+    fn holds_nothing(&self) -> bool {
+        match &self.held {
+            Held::Newest(m) => m.is_empty(),
+            Held::InOrder { queue, .. } => queue.is_empty(),
+        }
+    }
+
+    /// Nothing waits: no entry and no resync owed.
+    pub fn is_empty(&self) -> bool {
+        self.holds_nothing() && !self.resync
     }
 
     pub fn clear(&mut self) {
-        self.pending.clear();
+        match &mut self.held {
+            Held::Newest(m) => m.clear(),
+            Held::InOrder { queue, .. } => queue.clear(),
+        }
         self.since = None;
     }
 
-    /// Keep `p` for later, in place of an older change of that user (at the new change's
-    /// place). Returns false when the outbox is full (the update is dropped).
-    pub fn defer(&mut self, user: &UserId, p: Pending) -> bool {
-        let b = self;
-        let full = b.pending.len() >= BACKLOG_MAX;
-        if b.since.is_none() {
-            b.since = Some(Instant::now());
+    fn joined(&mut self) {
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
         }
-        match b.pending.get_mut(user) {
+    }
+
+    /// Newest per user: keep `p` for later, in place of an older change of that user (at the
+    /// new change's place). Returns false when the outbox is full (the update is dropped).
+    pub fn defer(&mut self, user: &UserId, p: Pending) -> bool {
+        let Held::Newest(pending) = &mut self.held else {
+            debug_assert!(false, "defer on an in-order outbox");
+            return self.push(p);
+        };
+        let full = pending.len() >= BACKLOG_MAX;
+        let kept = match pending.get_mut(user) {
             Some(old) => {
                 if p.version > old.version {
                     *old = p;
@@ -70,55 +134,121 @@ impl Outbox {
             }
             None if full => false,
             None => {
-                b.pending.insert(user.clone(), p);
+                pending.insert(user.clone(), p);
                 true
             }
-        }
+        };
+        self.joined();
+        kept
     }
 
-    /// When the oldest change in the outbox joined it.
+    /// In order: keep `p` after what waits. Returns false when that overflowed the bound:
+    /// everything held is dropped and a resync is owed (also while one is owed already).
+    pub fn push(&mut self, p: Pending) -> bool {
+        let Held::InOrder { queue, max } = &mut self.held else {
+            debug_assert!(false, "push on a newest-per-user outbox");
+            return false;
+        };
+        if self.resync {
+            return false;
+        }
+        if queue.len() >= *max {
+            queue.clear();
+            self.since = None;
+            self.resync = true;
+            return false;
+        }
+        queue.push_back(p);
+        self.joined();
+        true
+    }
+
+    pub fn owes_resync(&self) -> bool {
+        self.resync
+    }
+
+    /// A resync owed: offered to `send` first; owed still if it refuses. Returns whether the
+    /// outbox may go on with its entries (nothing is owed any more).
+    pub fn take_resync(&mut self, send: impl FnOnce() -> bool) -> bool {
+        if self.resync && send() {
+            self.resync = false;
+        }
+        !self.resync
+    }
+
+    /// When the oldest entry in the outbox joined it.
     pub fn waiting_since(&self) -> Option<Instant> {
         self.since
     }
 
     /// Offer what waits, in change order, to `send` until it has taken `max` or refuses one;
-    /// returns how many it took. Runs under the socket's lock of its outbox, so a change deferred
-    /// meanwhile waits behind these (and a direct emit, which only happens while the outbox is empty,
-    /// can never overtake an older change of the same user).
+    /// returns how many it took. Runs under the socket's lock of its outbox, so an entry
+    /// deferred meanwhile waits behind these (and a direct emit, which only happens while the
+    /// outbox is empty, can never overtake an older one).
     pub fn drain(&mut self, max: usize, mut send: impl FnMut(&Pending) -> bool) -> u64 {
-        let b = self;
-        let order = in_change_order(&b.pending, max);
         let mut sent = 0;
-        for user in order {
-            if !send(&b.pending[&user]) {
-                break;
+        match &mut self.held {
+            Held::Newest(pending) => {
+                for user in in_change_order(pending, max) {
+                    if !send(&pending[&user]) {
+                        break;
+                    }
+                    pending.remove(&user);
+                    sent += 1;
+                }
             }
-            b.pending.remove(&user);
-            sent += 1;
+            Held::InOrder { queue, .. } => {
+                while let Some(p) = queue.front() {
+                    if sent as usize >= max || !send(p) {
+                        break;
+                    }
+                    queue.pop_front();
+                    sent += 1;
+                }
+            }
         }
-        if b.pending.is_empty() {
-            b.since = None;
+        if self.holds_nothing() {
+            self.since = None;
         }
         sent
     }
 
-    /// Offer the oldest [`BATCH_MAX`] waiting, in change order, to `send` as one batch; they
-    /// leave the outbox only if it takes them. Returns how many it took.
+    /// Newest per user: offer the oldest [`BATCH_MAX`] waiting, in change order, to `send` as
+    /// one batch; they leave the outbox only if it takes them. Returns how many it took.
     pub fn drain_batch(&mut self, send: impl FnOnce(&[&Pending]) -> bool) -> u64 {
-        let b = self;
-        let order = in_change_order(&b.pending, BATCH_MAX);
-        let batch: Vec<&Pending> = order.iter().map(|u| &b.pending[u]).collect();
-        if batch.is_empty() || !send(&batch) {
+        let Held::Newest(pending) = &mut self.held else {
+            debug_assert!(false, "batches are of newest-per-user outboxes");
+            return 0;
+        };
+        if pending.is_empty() {
             return 0;
         }
-        for u in &order {
-            b.pending.remove(u);
-        }
+        let taken = if pending.len() <= BATCH_MAX {
+            // The usual case, all of it: moved out whole, no lookups and no key copies.
+            let mut all: Vec<(UserId, Pending)> = pending.drain().collect();
+            all.sort_unstable_by_key(|(_, p)| p.seq);
+            let batch: Vec<&Pending> = all.iter().map(|(_, p)| p).collect();
+            if !send(&batch) {
+                pending.extend(all);
+                return 0;
+            }
+            all.len()
+        } else {
+            let order = in_change_order(pending, BATCH_MAX);
+            let batch: Vec<&Pending> = order.iter().map(|u| &pending[u]).collect();
+            if !send(&batch) {
+                return 0;
+            }
+            for u in &order {
+                pending.remove(u);
+            }
+            order.len()
+        };
         // What is left (a batch was full) is due at once.
-        if b.pending.is_empty() {
-            b.since = None;
+        if pending.is_empty() {
+            self.since = None;
         }
-        order.len() as u64
+        taken as u64
     }
 }
 
@@ -131,6 +261,43 @@ fn in_change_order(pending: &HashMap<UserId, Pending>, max: usize) -> Vec<UserId
     }
     order.sort_unstable_by_key(|(seq, _)| *seq);
     order.into_iter().map(|(_, u)| u.clone()).collect()
+}
+
+/// Where a waiting outbox is: the namespace of its socket decides what its entries are sent as.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Mailbox {
+    /// A `/` socket: `presence-update`s.
+    Presence(Sid),
+    /// A `/dashboard` socket: `stats_update`s, after a `stats_resync` if one is owed.
+    Dashboard(Sid),
+}
+
+/// The sockets whose outbox waits for room in their queue: the one retry loop
+/// (`fanout::run_backlogs`) looks at these and nothing else.
+#[derive(Default)]
+pub struct Waiting(Mutex<HashSet<Mailbox>>);
+
+impl Waiting {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Mailbox>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn insert(&self, m: Mailbox) {
+        self.lock().insert(m);
+    }
+
+    pub fn remove(&self, m: Mailbox) {
+        self.lock().remove(&m);
+    }
+
+    /// Take `m` out if `empty` says nothing waits, asked under the set's lock: an entry
+    /// deferred meanwhile (which puts the socket in the set, under this lock) is not lost.
+    pub fn leave_if(&self, m: Mailbox, empty: impl FnOnce() -> bool) {
+        let mut set = self.lock();
+        if empty() {
+            set.remove(&m);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -250,5 +417,53 @@ mod tests {
             true
         });
         assert_eq!(rest, [2, 3]);
+    }
+
+    fn entry(seq: u64) -> Pending {
+        Pending {
+            version: seq as i64,
+            seq,
+            payload: Arc::from(serde_json::value::to_raw_value(&seq).unwrap()),
+        }
+    }
+
+    #[test]
+    fn in_order_keeps_every_entry_in_order_and_drains_at_most_max() {
+        let mut o = Outbox::in_order(10);
+        for i in 1..=5 {
+            assert!(o.push(entry(i)));
+        }
+        let mut got = Vec::new();
+        assert_eq!(
+            o.drain(3, |p| {
+                got.push(p.seq);
+                true
+            }),
+            3
+        );
+        assert_eq!(got, [1, 2, 3]);
+        assert!(o.push(entry(6)));
+        let mut rest = Vec::new();
+        o.drain(10, |p| {
+            rest.push(p.seq);
+            p.seq != 5
+        });
+        assert_eq!(rest, [4, 5], "refused at 5: 5 stays first");
+        assert_eq!(o.len(), 2);
+    }
+
+    #[test]
+    fn in_order_overflow_drops_everything_and_owes_a_resync_first() {
+        let mut o = Outbox::in_order(2);
+        assert!(o.push(entry(1)) && o.push(entry(2)));
+        assert!(!o.push(entry(3)), "past the bound");
+        assert!(o.holds_nothing());
+        assert!(!o.is_empty(), "a resync waits");
+        assert!(!o.push(entry(4)), "nothing is kept while a resync is owed");
+        assert!(!o.take_resync(|| false), "refused: still owed");
+        assert!(o.take_resync(|| true));
+        assert!(o.is_empty());
+        assert!(o.push(entry(5)));
+        assert!(o.take_resync(|| panic!("nothing owed")));
     }
 }

@@ -13,8 +13,8 @@ pub(super) async fn fanout(
     viewer_gender: &str,
     batch: bool,
 ) -> Result<Value, String> {
-    let final_seq: Arc<Vec<AtomicU32>> =
-        Arc::new((0..changers).map(|_| AtomicU32::new(0)).collect());
+    // The changes the server accepted (a refused one reaches nobody).
+    let accepted = Arc::new(Accepted::new(changers));
     let received = Arc::new(AtomicU64::new(0));
     let frames = Arc::new(AtomicU64::new(0));
     let (stop, stop_rx) = watch::channel(false);
@@ -68,7 +68,7 @@ pub(super) async fn fanout(
                 }
             }
             client.close().await;
-            Some((seen.lat, seen.doubled, seen.gaps, seen.last, closed_early))
+            Some((seen, closed_early))
         }));
     }
     drop(ready_tx);
@@ -87,13 +87,12 @@ pub(super) async fn fanout(
 
     // Changers: each sets `live` with new details (a change every time) at its share of the rate.
     let period = Duration::from_secs_f64(changers as f64 / rate.max(0.001));
-    let accepted = Arc::new(AtomicU64::new(0));
     let mut ctasks = Vec::new();
     let t_start = Instant::now();
     for ch in 0..changers {
         let auth = json!({"token": token::mint(&c.secret, &format!("{prefix}{ch}"), "female")});
         let (target, source) = (c.target_for(ch + viewers), c.source(ch + viewers));
-        let (final_seq, accepted) = (final_seq.clone(), accepted.clone());
+        let accepted = accepted.clone();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(duration_s);
         ctasks.push(tokio::spawn(async move {
             let (mut client, _) = Client::connect(target, source, &auth).await?;
@@ -107,10 +106,9 @@ pub(super) async fn fanout(
                         seq += 1;
                         let d = json!({"status": "live", "details": {"c": ch, "s": seq, "t": now_us()}});
                         client.emit("presence:set-status", Some(&d), Some(seq as u64)).await?;
-                        final_seq[ch].store(seq, Ordering::Relaxed);
                     }
                     m = client.recv() => match m {
-                        Some(Incoming::Ack(v)) if v["ok"] == true => { accepted.fetch_add(1, Ordering::Relaxed); }
+                        Some(Incoming::Ack(a, v)) if v["ok"] == true => accepted.record(ch, a as u32),
                         None => break,
                         _ => {}
                     },
@@ -127,12 +125,13 @@ pub(super) async fn fanout(
         changes += t.await.map_err(|e| e.to_string())?? as u64;
     }
     let send_s = t_start.elapsed().as_secs_f64();
-    let expected = changes * viewers_up as u64;
-    // Drain: until everything expected arrived, or nothing more arrives for a second.
+    let expected = accepted.count() * viewers_up as u64;
+    // Drain: until everything expected arrived, or nothing more arrives for a while: a second,
+    // or with batches three (a batch may be a second late, and on a saturated machine later;
+    // batching viewers skip superseded versions, so the count is rarely reached).
+    let quiet = Duration::from_secs(if batch { 3 } else { 1 });
     let mut last_seen = (received.load(Ordering::Relaxed), Instant::now());
-    while received.load(Ordering::Relaxed) < expected
-        && last_seen.1.elapsed() < Duration::from_secs(1)
-    {
+    while received.load(Ordering::Relaxed) < expected && last_seen.1.elapsed() < quiet {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let r = received.load(Ordering::Relaxed);
         if r != last_seen.0 {
@@ -146,24 +145,28 @@ pub(super) async fn fanout(
     let (mut lat, mut doubled, mut missing) = (Latencies::default(), 0u64, 0u64);
     // Viewers closed by the server, and viewers connected throughout that received nothing.
     let (mut closed_early, mut deaf) = (0u64, 0u64);
-    for t in vtasks {
-        if let Ok(Some((l, d, g, last, closed))) = t.await {
+    let mut examples = Vec::new();
+    for (i, t) in vtasks.into_iter().enumerate() {
+        if let Ok(Some((seen, closed))) = t.await {
             closed_early += closed as u64;
-            deaf += (!closed && changes > 0 && last.is_empty()) as u64;
-            lat.merge(l);
-            doubled += d;
-            missing += g;
-            for (ch, fs) in final_seq.iter().enumerate() {
-                let got = last.get(&(ch as u64)).copied().unwrap_or(0);
-                missing += fs.load(Ordering::Relaxed).saturating_sub(got) as u64;
-            }
+            deaf += (!closed && changes > 0 && seen.last.is_empty()) as u64;
+            missing += missed(
+                &seen,
+                i as u64,
+                0..changers as u64,
+                &accepted,
+                &mut examples,
+            );
+            doubled += seen.doubled;
+            lat.merge(seen.lat);
         }
     }
     let got = received.load(Ordering::Relaxed);
     Ok(json!({
         "scenario": "fanout", "batch": batch, "viewers": viewers, "viewers_connected": viewers_up, "changers": changers,
-        "changes": changes, "changes_accepted": accepted.load(Ordering::Relaxed), "changes_per_s": changes as f64 / send_s,
+        "changes": changes, "changes_accepted": accepted.count(), "changes_per_s": changes as f64 / send_s,
         "deliveries": {"expected": expected, "received": got, "missing": missing, "doubled": doubled},
+        "missing_examples": examples,
         "viewers_closed_early": closed_early, "viewers_connected_but_deaf": deaf,
         "deliveries_per_s": got as f64 / send_s,
         // Messages the viewers received (a batch is one; without batching, one per update).

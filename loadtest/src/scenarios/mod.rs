@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -137,13 +137,15 @@ fn changes_in(p: &Value, prefix: &str) -> Vec<(u64, u32, u64)> {
 }
 
 /// What one client saw of the load generator's changes: the latest seq per changer, latencies,
-/// and changes seen twice or skipped (a batching client may skip superseded versions).
+/// changes seen twice, and the seqs it skipped (a batching client may skip superseded
+/// versions), kept as ranges so that changes the server refused can be told apart afterwards.
 #[derive(Default)]
 struct Seen {
     last: HashMap<u64, u32>,
     lat: Latencies,
     doubled: u64,
-    gaps: u64,
+    /// (changer, first skipped seq, last skipped seq).
+    skipped: Vec<(u64, u32, u32)>,
 }
 
 impl Seen {
@@ -153,12 +155,84 @@ impl Seen {
         if seq <= *l {
             self.doubled += 1;
         } else {
-            if !batch {
-                self.gaps += (seq - *l - 1) as u64;
+            if !batch && seq > *l + 1 {
+                self.skipped.push((ch, *l + 1, seq - 1));
             }
             *l = seq;
         }
     }
+}
+
+/// Which changes the server accepted (acked `ok`), per changer: a change it refused (say
+/// `unavailable` while the store is slow) reaches nobody, and is not missing.
+struct Accepted(Vec<std::sync::Mutex<Vec<u32>>>);
+
+impl Accepted {
+    fn new(changers: usize) -> Self {
+        Accepted((0..changers).map(|_| Default::default()).collect())
+    }
+
+    fn record(&self, ch: usize, seq: u32) {
+        self.0[ch].lock().unwrap().push(seq);
+    }
+
+    /// The latest accepted seq of `ch` (0 if none).
+    fn last(&self, ch: usize) -> u32 {
+        self.0[ch]
+            .lock()
+            .unwrap()
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn count(&self) -> u64 {
+        self.0.iter().map(|v| v.lock().unwrap().len() as u64).sum()
+    }
+
+    fn holds(&self, ch: usize, seq: u32) -> bool {
+        self.0[ch].lock().unwrap().contains(&seq)
+    }
+}
+
+/// What a client missed of accepted changes, with up to `keep` examples pushed to `examples`:
+/// every accepted change it skipped (not in batch mode, where superseded versions may be) and
+/// each watched changer's last accepted change if it did not get that far.
+fn missed(
+    seen: &Seen,
+    client: u64,
+    watched: impl IntoIterator<Item = u64>,
+    accepted: &Accepted,
+    examples: &mut Vec<Value>,
+) -> u64 {
+    let mut n = 0u64;
+    let mut note = |user: u64, seq: u32, why: &str| {
+        n += 1;
+        if examples.len() < 20 {
+            examples.push(json!({"client": client, "changer": user, "seq": seq, "why": why}));
+        }
+    };
+    for &(ch, from, to) in &seen.skipped {
+        for s in from..=to {
+            if accepted.holds(ch as usize, s) {
+                note(ch, s, "skipped");
+            }
+        }
+    }
+    for j in watched {
+        let last = accepted.last(j as usize);
+        let got = seen.last.get(&j).copied().unwrap_or(0);
+        if last > got {
+            // Every accepted change after the last one seen was missed.
+            for s in got + 1..=last {
+                if accepted.holds(j as usize, s) {
+                    note(j, s, "never arrived");
+                }
+            }
+        }
+    }
+    n
 }
 
 /// GET `path` and return the body (anonymous: health, metrics).

@@ -7,6 +7,9 @@
 //! every change, in order).
 use super::*;
 
+/// Ack ids of subscribe attempts, above any change's seq.
+const SUBSCRIBE_ACK: u64 = 1 << 32;
+
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn subs(
     c: &Common,
@@ -21,7 +24,9 @@ pub(super) async fn subs(
 ) -> Result<Value, String> {
     let n = subscribers;
     let watching = watching.min(n);
-    let final_seq: Arc<Vec<AtomicU32>> = Arc::new((0..n).map(|_| AtomicU32::new(0)).collect());
+    // The changes each client's server accepted (a refused one reaches nobody).
+    let accepted = Arc::new(Accepted::new(n));
+    let sent = Arc::new(AtomicU64::new(0));
     let received = Arc::new(AtomicU64::new(0));
     let frames = Arc::new(AtomicU64::new(0));
     // Updates of users a client never subscribed to (there must be none).
@@ -71,7 +76,7 @@ pub(super) async fn subs(
         };
         let (target, source) = (c.target_for(i), c.source(i));
         let unexpected = unexpected.clone();
-        let (sem, ready_tx, mut stop_rx, mut start_rx, received, frames, prefix, final_seq) = (
+        let (sem, ready_tx, mut stop_rx, mut start_rx, received, frames, prefix, accepted, sent) = (
             sem.clone(),
             ready_tx.clone(),
             stop_rx.clone(),
@@ -79,7 +84,8 @@ pub(super) async fn subs(
             received.clone(),
             frames.clone(),
             prefix.clone(),
-            final_seq.clone(),
+            accepted.clone(),
+            sent.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let permit = sem.acquire_owned().await.ok();
@@ -92,10 +98,12 @@ pub(super) async fn subs(
             // is tried again, a few times.
             let mut subscribed = false;
             for attempt in 0..5u64 {
-                subscribed = client.emit("presence:subscribe", Some(&body), Some(attempt + 1)).await.is_ok()
+                // Ack ids apart from the changes' (which are their seqs).
+                let id = SUBSCRIBE_ACK + attempt;
+                subscribed = client.emit("presence:subscribe", Some(&body), Some(id)).await.is_ok()
                     && loop {
                         match client.recv().await {
-                            Some(Incoming::Ack(v)) => break v["ok"] == true,
+                            Some(Incoming::Ack(a, v)) if a == id => break v["ok"] == true,
                             Some(_) => {}
                             None => break false,
                         }
@@ -134,13 +142,18 @@ pub(super) async fn subs(
                         }
                         seq += 1;
                         let d = json!({"status": "live", "details": {"c": i, "s": seq, "t": now_us()}});
-                        // With an ack id, as any client would (the answer is ignored).
+                        // With an ack id (its seq): only a change acked `ok` is expected.
                         if client.emit("presence:set-status", Some(&d), Some(seq as u64)).await.is_ok() {
-                            final_seq[i].store(seq, Ordering::Relaxed);
+                            sent.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     m = client.recv() => match m {
                         None => break,
+                        Some(Incoming::Ack(a, v)) => {
+                            if v["ok"] == true && a < SUBSCRIBE_ACK {
+                                accepted.record(i, a as u32);
+                            }
+                        }
                         Some(Incoming::Event(ev, p)) if ev == "presence-update" || ev == "presence-batch" => {
                             frames.fetch_add(1, Ordering::Relaxed);
                             for (ch, s, t) in changes_in(&p, &prefix) {
@@ -160,7 +173,7 @@ pub(super) async fn subs(
                 }
             }
             client.close().await;
-            Some((seen.lat, seen.doubled, seen.gaps, seen.last, watched))
+            Some((seen, watched))
         }));
     }
     drop(ready_tx);
@@ -184,14 +197,9 @@ pub(super) async fn subs(
     let own_before = measure::sum(&[std::process::id()]);
     // No change starts after the run; the last ones are sent within this.
     tokio::time::sleep_until(t0 + run_for + Duration::from_millis(500)).await;
-    let changes: u64 = final_seq
-        .iter()
-        .map(|s| s.load(Ordering::Relaxed) as u64)
-        .sum();
-    let expected: u64 = final_seq
-        .iter()
-        .zip(&audience)
-        .map(|(s, a)| s.load(Ordering::Relaxed) as u64 * a)
+    let changes = accepted.count();
+    let expected: u64 = (0..n)
+        .map(|j| accepted.0[j].lock().unwrap().len() as u64 * audience[j])
         .sum();
     // Drain: until everything expected arrived and then nothing more for half a second, or
     // nothing at all for two seconds (a count reached is not every watcher's last version).
@@ -212,15 +220,12 @@ pub(super) async fn subs(
     let rss_kib = measure::sum(&c.pids).rss_kib;
     let _ = stop.send(true);
     let (mut lat, mut doubled, mut missing) = (Latencies::default(), 0u64, 0u64);
-    for t in tasks {
-        if let Ok(Some((l, d, g, last, watched))) = t.await {
-            lat.merge(l);
-            doubled += d;
-            missing += g;
-            for j in watched {
-                let fs = final_seq[j as usize].load(Ordering::Relaxed);
-                missing += fs.saturating_sub(last.get(&j).copied().unwrap_or(0)) as u64;
-            }
+    let mut examples = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        if let Ok(Some((seen, watched))) = t.await {
+            missing += missed(&seen, i as u64, watched, &accepted, &mut examples);
+            doubled += seen.doubled;
+            lat.merge(seen.lat);
         }
     }
     let got = received.load(Ordering::Relaxed);
@@ -228,8 +233,10 @@ pub(super) async fn subs(
         "scenario": "subs", "batch": batch, "subscribers": n, "subscribed_ok": ready,
         "watching": watching, "per": per,
         "changes": changes, "changes_per_s": changes as f64 / duration_s.max(1) as f64,
+        "changes_refused": sent.load(Ordering::Relaxed).saturating_sub(changes),
         "started_late": start_at_ms.is_some() && wait.is_zero(),
         "deliveries": {"expected": expected, "received": got, "missing": missing, "doubled": doubled},
+        "missing_examples": examples,
         "frames": frames.load(Ordering::Relaxed),
         "unexpected_updates": unexpected.load(Ordering::Relaxed),
         "latency": lat.summary(),
