@@ -33,18 +33,28 @@ redis_calls() {
 
 # Three Redis-backed replicas; loadgen spreads clients over them. PEER=1: the Node peer
 # (../shared/peers/node-presence, `npm ci` there once) instead, started the same way.
+# PIN=1: the replicas and Redis on CPU 0, the load generator alone on CPU 1 (as if the clients
+# were on another machine; the servers then share one core, whichever they are).
 PEER_DIR=${PEER_DIR:-../shared/peers/node-presence}
+SRV_CPU=() LG_CPU=()
+if [ "${PIN:-0}" = 1 ]; then
+  SRV_CPU=(taskset -c 0) LG_CPU=(taskset -c 1)
+  for p in $REDIS_PORTS; do
+    taskset -a -p -c 0 "$(redis-cli -p "$p" info server | awk -F: '/^process_id:/ {print $2+0}')" >/dev/null
+  done
+  trap 'for p in $REDIS_PORTS; do taskset -a -p -c 0-1 "$(redis-cli -p "$p" info server | awk -F: "/^process_id:/ {print \$2+0}")" >/dev/null; done' EXIT
+fi
 run3() { # run3 <loadgen args...>
   local pids=() targets=() run=$RANDOM  # a key prefix per run: no run sees another's users
   for i in 0 1 2; do
     if [ "${PEER:-0}" = 1 ]; then
       (cd "$PEER_DIR" && REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX=peer$$-$run NODE_ID=peer-$i \
         APP_ENV=production RATE_LIMIT_PER_SEC=0 LOG_LEVEL=warn HOST=127.0.0.1 PORT=$((PORT + i)) \
-        ${EXTRA_ENV:-} exec node server.js) > /tmp/bench-peer$i.log 2>&1 &
+        ${EXTRA_ENV:-} exec "${SRV_CPU[@]}" node server.js) > /tmp/bench-peer$i.log 2>&1 &
     else
       env REDIS_URL=${BENCH_REDIS_URL:-redis://127.0.0.1:6379} REDIS_KEY_PREFIX=bench$$-$run NODE_ID=bench-$i RATE_LIMIT_PER_SEC=0 \
         HTTP_RATE_LIMIT_PER_SEC=0 MAX_CONNECTIONS_PER_USER=0 HANDSHAKE_RATE_PER_IP=0 \
-        HOST=127.0.0.1 PORT=$((PORT + i)) RUST_LOG=warn ${EXTRA_ENV:-} $GW > /tmp/bench-gw$i.log 2>&1 &
+        HOST=127.0.0.1 PORT=$((PORT + i)) RUST_LOG=warn ${EXTRA_ENV:-} "${SRV_CPU[@]}" $GW > /tmp/bench-gw$i.log 2>&1 &
     fi
     pids+=($!); targets+=(127.0.0.1:$((PORT + i)))
   done
@@ -62,7 +72,7 @@ run3() { # run3 <loadgen args...>
     wait $a || true
     cat /tmp/bench-lgA.json /tmp/bench-lgB.json
   else
-    $LG --target "$(IFS=,; echo "${targets[*]}")" --pids "$(IFS=,; echo "${pids[*]}")" --json "$@" || true
+    "${LG_CPU[@]}" $LG --target "$(IFS=,; echo "${targets[*]}")" --pids "$(IFS=,; echo "${pids[*]}")" --json "$@" || true
   fi
   echo "{\"server\": \"$([ "${PEER:-0}" = 1 ] && echo node-presence || echo presence-gateway)\", \"redis_commands\": $(( $(redis_calls) - before )), \"redis_publishes\": $(( $(redis_calls publish) + $(redis_calls spublish) - before_pub )), \"redis_cpu_s\": $(echo "$(redis_cpu) - $before_cpu" | bc)}"
   kill -TERM "${pids[@]}"; wait "${pids[@]}" || true
@@ -144,8 +154,11 @@ case "${1:-all}" in
   # changes/s) and at 10 changes/s.
   peer-fanout2) side fanout --viewers 10000 --changers 2 --rate 2 --duration-s 30 ;;&
   peer-fanout10) side fanout --viewers 10000 --changers 10 --rate 10 --duration-s 30 ;;&
-  # The same at 10 changes/s with batch:true, batches of 100 ms (the default) and of 1 s.
-  batch10) for r in 1 2 3; do for ms in 100 1000; do echo "round $r: PRESENCE_BATCH_MS=$ms"
+  # The same at 10 changes/s with batch:true, batches of 100 ms (the default) and of 1 s,
+  # each round beside the same without batching (what the CPU per update is compared with).
+  batch10) for r in 1 2 3; do echo "round $r: no batching"
+      run3 fanout --viewers 10000 --changers 10 --rate 10 --duration-s 30
+      for ms in 100 1000; do echo "round $r: PRESENCE_BATCH_MS=$ms"
       EXTRA_ENV="PRESENCE_BATCH_MS=$ms" run3 fanout --batch --viewers 10000 --changers 10 --rate 10 --duration-s 30; done; done ;;&
   # Subscriptions: 20,000 clients over three replicas (two load generators of 10,000), each
   # subscribed to 50 others, 200 changes/s in all; beside the peer.
@@ -167,9 +180,11 @@ case "${1:-all}" in
           run3 subs --subscribers 5000 --per 50 --rate $rate --duration-s 20
         cluster_down
       done; done ;;&
-  subs-cost) for r in 1 2 3; do
-      echo "round $r: 5,000 online"; EXTRA_ENV="PRESENCE_HEARTBEAT_TIMEOUT_MS=120000" run3 subs --subscribers 5000 --per 50 --rate 100 --duration-s 20 --heartbeat-ms 60000
-      echo "round $r: 20,000 online"; EXTRA_ENV="PRESENCE_HEARTBEAT_TIMEOUT_MS=120000" LOADGENS=2 run3 subs --subscribers 10000 --watching 2500 --per 50 --rate 50 --duration-s 20 --heartbeat-ms 60000; done ;;&
+  # Each also with no change at all over the same window: the difference is what the changes
+  # cost, apart from what the connected sockets cost anyway (pings, heartbeats).
+  subs-cost) for r in 1 2 3; do for rate in 100 0; do
+      echo "round $r: 5,000 online, $rate changes/s"; EXTRA_ENV="PRESENCE_HEARTBEAT_TIMEOUT_MS=120000" run3 subs --subscribers 5000 --per 50 --rate $rate --duration-s 20 --heartbeat-ms 60000
+      echo "round $r: 20,000 online, $rate changes/s"; EXTRA_ENV="PRESENCE_HEARTBEAT_TIMEOUT_MS=120000" LOADGENS=2 run3 subs --subscribers 10000 --watching 2500 --per 50 --rate $((rate / 2)) --duration-s 20 --heartbeat-ms 60000; done; done ;;&
   search|all)
     seeded pgw_bench_search users loadtest/seed-users.sql
     run DATABASE_URL=$PGURL/pgw_bench_search -- search --rounds 100 ;;&

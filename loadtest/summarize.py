@@ -4,8 +4,10 @@
 bench.sh prints `round N: <label>` before each run, then loadgen's JSON (one object per load
 generator) and a `{"server": ...}` line with the Redis figures. Runs are grouped by label and
 each figure is the median over the rounds; with two load generators in a run, latencies are the
-worse of the two, counts their sum.
+worse of the two, counts their sum. Labels "<what>, N changes/s" beside "<what>, 0 changes/s" also
+get the marginal replica CPU per change: the difference of the two runs' CPU over the changes.
 """
+import re
 import json
 import statistics
 import sys
@@ -35,6 +37,8 @@ def figures(gens, redis):
         "received": sum(x["received"] for x in d),
         "frames": sum(g.get("frames", 0) for g in gens),
         "changes": sum(g.get("changes", 0) for g in gens),
+        "server_cpu_s": gens[0].get("server_cpu_s"),
+        "window_s": gens[0].get("window_s"),
         "redis_cpu_s": redis.get("redis_cpu_s"),
         "redis_commands": redis.get("redis_commands"),
     }
@@ -64,6 +68,17 @@ def main():
         print(f"{label} ({len(rows)} runs): " + json.dumps(med))
         for r in rows:
             print("   run: p50 %(p50_ms)s p99 %(p99_ms)s missing %(missing)s doubled %(doubled)s" % r)
+    for label, rows in groups.items():
+        m = re.match(r"^(.*), (\d+) changes/s$", label)
+        idle = groups.get(f"{m.group(1)}, 0 changes/s") if m and m.group(2) != "0" else None
+        if not idle:
+            continue
+        med = lambda rs, k: statistics.median(r[k] for r in rs if r[k] is not None)
+        # The idle run's CPU scaled to the run's window (the drains differ by a second or so).
+        marginal = lambda r, i: (r["server_cpu_s"] - i["server_cpu_s"] * r["window_s"] / i["window_s"]) * 1e3 / r["changes"]
+        each = sorted(round(marginal(r, i), 3) for r, i in zip(rows, idle) if r["changes"] and r.get("window_s") and i.get("window_s"))
+        print(f"{m.group(1)}: marginal replica CPU per change, median {statistics.median(each) if each else None} ms, round by round {each}"
+              f" (CPU with changes {med(rows, 'server_cpu_s'):.2f} s, without {med(idle, 'server_cpu_s'):.2f} s; {med(rows, 'changes'):.0f} changes)")
 
 
 if __name__ == "__main__":

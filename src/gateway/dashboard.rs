@@ -170,39 +170,24 @@ pub fn drain(state: &AppState, sid: Sid) {
         return state.gateway.backlogged.remove(m);
     };
     let mut gone = false;
-    {
-        let mut o = h.lock();
-        let ready = o.take_resync(|| {
-            let body = json!({
-                "lastEventSeq": stats.delivered(),
-                "reason": "too many updates for this connection; refetch /api/stats",
-            });
-            match send(&s, "stats_resync", &body) {
-                Sent::Yes => true,
-                Sent::Full => false,
-                Sent::Gone => {
-                    gone = true;
-                    false
-                }
-            }
-        });
-        if ready {
-            o.drain(usize::MAX, |p| {
-                match send(&s, "stats_update", &*p.payload) {
-                    Sent::Yes => true,
-                    Sent::Full => false,
-                    Sent::Gone => {
-                        gone = true;
-                        false
-                    }
-                }
-            });
-        }
-        if gone {
-            o.clear();
-            o.take_resync(|| true);
-        }
+    // Whether the socket took it; a socket gone takes nothing more.
+    let mut took = |sent: Sent| {
+        gone |= sent == Sent::Gone;
+        sent == Sent::Yes
+    };
+    let mut o = h.lock();
+    let body = json!({
+        "lastEventSeq": stats.delivered(),
+        "reason": "too many updates for this connection; refetch /api/stats",
+    });
+    if o.take_resync(|| took(send(&s, "stats_resync", &body))) {
+        o.drain(usize::MAX, |p| took(send(&s, "stats_update", &*p.payload)));
     }
+    if gone {
+        o.clear();
+        o.take_resync(|| true);
+    }
+    drop(o);
     state.gateway.backlogged.leave_if(m, || h.lock().is_empty());
 }
 

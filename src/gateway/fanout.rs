@@ -557,4 +557,30 @@ mod tests {
         );
         assert_eq!(refused_as_closed(&h, t0.plus_millis(31_000)), Sent::Gone);
     }
+
+    fn change(seq: u64, body: &str) -> Pending {
+        Pending {
+            version: seq as i64,
+            seq,
+            payload: Arc::from(serde_json::value::RawValue::from_string(body.into()).unwrap()),
+        }
+    }
+
+    #[test]
+    fn sockets_with_the_same_batch_share_one_encoding_and_others_get_their_own() {
+        let (a, b, c) = (
+            change(1, r#"{"u":"a"}"#),
+            change(2, r#"{"u":"b"}"#),
+            change(3, "3"),
+        );
+        let mut frames = Frames::default();
+        let first = frames.encode(&[&a, &b]).unwrap();
+        assert_eq!(first.get(), r#"{"updates":[{"u":"a"},{"u":"b"}]}"#);
+        let again = frames.encode(&[&a, &b]).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "encoded once");
+        let other = frames.encode(&[&a, &c]).unwrap();
+        assert_eq!(other.get(), r#"{"updates":[{"u":"a"},3]}"#);
+        let shorter = frames.encode(&[&a]).unwrap();
+        assert_eq!(shorter.get(), r#"{"updates":[{"u":"a"}]}"#);
+    }
 }

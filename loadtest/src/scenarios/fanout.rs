@@ -115,14 +115,25 @@ pub(super) async fn fanout(
                 }
             }
             // Wait for the last acks, briefly.
-            let _ = tokio::time::timeout(Duration::from_millis(500), async { while client.recv().await.is_some() {} }).await;
-            client.close().await;
-            Ok::<u32, String>(seq)
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                while let Some(m) = client.recv().await {
+                    if let Incoming::Ack(a, v) = m && v["ok"] == true {
+                        accepted.record(ch, a as u32);
+                    }
+                }
+            })
+            .await;
+            // Still connected until the viewers are done: a changer leaving would be an
+            // offline update, which in a batch supersedes its last change.
+            Ok::<_, String>((seq, client))
         }));
     }
     let mut changes = 0u64;
+    let mut changer_clients = Vec::new();
     for t in ctasks {
-        changes += t.await.map_err(|e| e.to_string())?? as u64;
+        let (seq, client) = t.await.map_err(|e| e.to_string())??;
+        changes += seq as u64;
+        changer_clients.push(client);
     }
     let send_s = t_start.elapsed().as_secs_f64();
     let expected = accepted.count() * viewers_up as u64;
@@ -130,18 +141,31 @@ pub(super) async fn fanout(
     // or with batches three (a batch may be a second late, and on a saturated machine later;
     // batching viewers skip superseded versions, so the count is rarely reached).
     let quiet = Duration::from_secs(if batch { 3 } else { 1 });
+    // The CPU figures are taken when the last update arrived, not after the quiet wait: an
+    // idle second (heartbeats only) is not the cost of delivering.
+    let cpu_now = || {
+        (
+            measure::sum(&c.pids).cpu_s,
+            measure::sum(&[std::process::id()]).cpu_s,
+        )
+    };
+    let mut cpu_at_last = cpu_now();
     let mut last_seen = (received.load(Ordering::Relaxed), Instant::now());
     while received.load(Ordering::Relaxed) < expected && last_seen.1.elapsed() < quiet {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let r = received.load(Ordering::Relaxed);
         if r != last_seen.0 {
             last_seen = (r, Instant::now());
+            cpu_at_last = cpu_now();
         }
     }
     let server = histogram_summary(&server_before, &histogram(&c.target, FANOUT).await?);
-    let server_cpu_s = measure::sum(&c.pids).cpu_s - cpu_before.cpu_s;
-    let loadgen_cpu_s = measure::sum(&[std::process::id()]).cpu_s - own_before.cpu_s;
+    let server_cpu_s = cpu_at_last.0 - cpu_before.cpu_s;
+    let loadgen_cpu_s = cpu_at_last.1 - own_before.cpu_s;
     let _ = stop.send(true);
+    for c in changer_clients {
+        c.close().await;
+    }
     let (mut lat, mut doubled, mut missing) = (Latencies::default(), 0u64, 0u64);
     // Viewers closed by the server, and viewers connected throughout that received nothing.
     let (mut closed_early, mut deaf) = (0u64, 0u64);

@@ -195,6 +195,7 @@ pub(super) async fn subs(
     let server_before = histogram(&c.target, FANOUT).await?;
     let cpu_before = measure::sum(&c.pids);
     let own_before = measure::sum(&[std::process::id()]);
+    let window = Instant::now();
     // No change starts after the run; the last ones are sent within this.
     tokio::time::sleep_until(t0 + run_for + Duration::from_millis(500)).await;
     let changes = accepted.count();
@@ -217,6 +218,7 @@ pub(super) async fn subs(
     let server = histogram_summary(&server_before, &histogram(&c.target, FANOUT).await?);
     let server_cpu_s = measure::sum(&c.pids).cpu_s - cpu_before.cpu_s;
     let loadgen_cpu_s = measure::sum(&[std::process::id()]).cpu_s - own_before.cpu_s;
+    let window_s = window.elapsed().as_secs_f64();
     let rss_kib = measure::sum(&c.pids).rss_kib;
     let _ = stop.send(true);
     let (mut lat, mut doubled, mut missing) = (Latencies::default(), 0u64, 0u64);
@@ -242,6 +244,8 @@ pub(super) async fn subs(
         "latency": lat.summary(),
         "server_fanout_latency": server,
         "server_cpu_s": server_cpu_s,
+        // How long the CPU figures were counted (from the first change to the end of the drain).
+        "window_s": window_s,
         "loadgen_cpu_s": loadgen_cpu_s,
         "server_rss_kib": rss_kib,
         "server_cpu_ms_per_change": if changes > 0 { server_cpu_s * 1e3 / changes as f64 } else { 0.0 },
