@@ -176,11 +176,14 @@ pub fn drain(state: &AppState, sid: Sid) {
         sent == Sent::Yes
     };
     let mut o = h.lock();
-    let body = json!({
-        "lastEventSeq": stats.delivered(),
-        "reason": "too many updates for this connection; refetch /api/stats",
-    });
-    if o.take_resync(|| took(send(&s, "stats_resync", &body))) {
+    // The resync body is built only when one is owed (this runs every retry tick).
+    let resync = || {
+        json!({
+            "lastEventSeq": stats.delivered(),
+            "reason": "too many updates for this connection; refetch /api/stats",
+        })
+    };
+    if o.take_resync(|| took(send(&s, "stats_resync", &resync()))) {
         o.drain(usize::MAX, |p| took(send(&s, "stats_update", &*p.payload)));
     }
     if gone {
