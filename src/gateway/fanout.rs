@@ -15,6 +15,7 @@ use super::connection::{BACKLOG_MAX, BATCH_MAX, ConnHandle, Encoded, Mailbox, Pe
 use super::viewers::Viewer;
 use crate::domain::Timestamp;
 use crate::engine::{PresenceEvent, Resync};
+use crate::http::line::{Wrote, event_frame};
 use crate::state::AppState;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError};
@@ -82,9 +83,41 @@ fn refused_as_closed(h: &ConnHandle, now: Timestamp) -> Sent {
     }
 }
 
-/// Emit one update now: `Now`, `Deferred` (no room yet, or not connected yet) or `Gone`.
-fn emit(v: &Viewer, payload: &Encoded) -> Sent {
-    match v.socket.emit("presence-update", &**payload) {
+/// How long a WebSocket socket's presence frames may wait for the library to write its
+/// CONNECT before the library sends them instead (it should take milliseconds).
+const DIRECT_CONNECT_LIMIT_US: u64 = 5_000_000;
+
+/// Send one event now: `Now`, `Deferred` (no room yet, or not connected yet) or `Gone`.
+/// Written onto the socket's connection when it has one ([`crate::http::line`]; `frame` is
+/// the event's frame if already built), else through the library.
+fn send(v: &Viewer, event: &'static str, payload: &Encoded, frame: Option<&[u8]>) -> Sent {
+    let h = &v.handle;
+    if let Some((line, sid)) = h.direct() {
+        let built;
+        let frame = match frame {
+            Some(f) => f,
+            None => {
+                built = event_frame(event, payload.get());
+                &built[..]
+            }
+        };
+        return match line.write(sid, frame) {
+            Wrote::Sent => Sent::Now,
+            Wrote::Full => Sent::Deferred,
+            Wrote::NotConnected => {
+                let now = Timestamp::now();
+                if h.is_open() && now.micros_since(h.connected_at) > DIRECT_CONNECT_LIMIT_US {
+                    // Nothing went direct yet, so the library may take over in order.
+                    tracing::warn!(sid = %h.sid, "no CONNECT seen on the socket's connection; the library sends its updates");
+                    h.detach_line();
+                    return send(v, event, payload, None);
+                }
+                Sent::Deferred
+            }
+            Wrote::Closed => refused_as_closed(h, Timestamp::now()),
+        };
+    }
+    match v.socket.emit(event, &**payload) {
         Ok(()) => Sent::Now,
         Err(SendError::Socket(SocketError::InternalChannelFull)) => Sent::Deferred,
         Err(SendError::Socket(SocketError::Closed)) => {
@@ -96,7 +129,13 @@ fn emit(v: &Viewer, payload: &Encoded) -> Sent {
 
 /// Queue one update on one socket, or defer it. A batching socket's updates all wait in its
 /// outbox for their batch, which leaves when due ([`run_backlogs`]) or full (here).
-fn offer(state: &AppState, v: &Viewer, user: &crate::domain::UserId, p: &Pending) -> Sent {
+fn offer(
+    state: &AppState,
+    v: &Viewer,
+    user: &crate::domain::UserId,
+    p: &Pending,
+    frame: Option<&[u8]>,
+) -> Sent {
     let h = &v.handle;
     if h.mode.batch {
         let (kept, first, waiting) = h.gather(user, p.clone());
@@ -113,7 +152,7 @@ fn offer(state: &AppState, v: &Viewer, user: &crate::domain::UserId, p: &Pending
         return Sent::Deferred;
     }
     if !h.has_backlog() {
-        match emit(v, &p.payload) {
+        match send(v, "presence-update", &p.payload, frame) {
             Sent::Deferred => {}
             done => return done,
         }
@@ -132,10 +171,13 @@ fn offer(state: &AppState, v: &Viewer, user: &crate::domain::UserId, p: &Pending
 /// hold the same changes share one encoding: an audience's broadcast sockets got their first
 /// change in the same fan-out, so their batches are due together and alike.
 #[derive(Default)]
-pub struct Frames(std::collections::HashMap<u64, Vec<(Vec<u64>, Encoded)>>);
+pub struct Frames(std::collections::HashMap<u64, Vec<(Vec<u64>, Batch)>>);
+
+/// A `presence-batch` payload and its WebSocket frame.
+type Batch = (Encoded, Arc<[u8]>);
 
 impl Frames {
-    fn encode(&mut self, batch: &[&Pending]) -> Option<Encoded> {
+    fn encode(&mut self, batch: &[&Pending]) -> Option<Batch> {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         for p in batch {
@@ -146,7 +188,8 @@ impl Frames {
         if let Some((_, frame)) = alike.iter().find(|(seqs, _)| same(seqs)) {
             return Some(frame.clone());
         }
-        let frame = encode_batch(batch)?;
+        let raw = encode_batch(batch)?;
+        let frame = (raw.clone(), event_frame("presence-batch", raw.get()));
         alike.push((batch.iter().map(|p| p.seq).collect(), frame.clone()));
         Some(frame)
     }
@@ -179,20 +222,16 @@ fn encode_batch(batch: &[&Pending]) -> Option<Encoded> {
 fn send_batch(state: &AppState, v: &Viewer, frames: &mut Frames) -> Sent {
     let mut outcome = Sent::Deferred;
     let sent = v.handle.drain_batch(|batch| {
-        let Some(raw) = frames.encode(batch) else {
+        let Some((raw, frame)) = frames.encode(batch) else {
             return false;
         };
-        match v.socket.emit("presence-batch", &*raw) {
-            Ok(()) => {
+        match send(v, "presence-batch", &raw, Some(&frame)) {
+            Sent::Now => {
                 outcome = Sent::Now;
                 true
             }
-            Err(SendError::Socket(SocketError::InternalChannelFull)) => false,
-            Err(SendError::Socket(SocketError::Closed)) => {
-                outcome = refused_as_closed(&v.handle, Timestamp::now());
-                false
-            }
-            Err(_) => {
+            Sent::Deferred => false,
+            Sent::Gone => {
                 outcome = Sent::Gone;
                 false
             }
@@ -304,6 +343,8 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
         seq: SEQ.fetch_add(1, Ordering::Relaxed),
         payload,
     };
+    // Encoded once for every socket it is written to directly.
+    let frame = event_frame("presence-update", pending.payload.get());
     let mut sent = 0u64;
     for v in state
         .gateway
@@ -311,7 +352,7 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
         .for_change(policy, &p.user_id, p.gender)
     {
         v.handle.remember(p);
-        match offer(state, &v, &p.user_id, &pending) {
+        match offer(state, &v, &p.user_id, &pending, Some(&frame)) {
             Sent::Now => sent += 1,
             Sent::Deferred => {}
             // Closed for good: its disconnect takes it out too, if the library reports one
@@ -370,7 +411,7 @@ fn tell_gone(state: &AppState, p: &crate::domain::Presence, old: crate::domain::
         if v.handle.conn.user == p.user_id {
             continue;
         }
-        match offer(state, &v, &p.user_id, &pending) {
+        match offer(state, &v, &p.user_id, &pending, None) {
             Sent::Now => sent += 1,
             Sent::Deferred => {}
             Sent::Gone => state.gateway.viewers.leave(&v.handle),
@@ -483,12 +524,14 @@ fn drain_backlog(state: &AppState, sid: Sid) {
     }
     let per_tick = (state.config.socket_queue_packets / 2).max(1);
     let mut gone = false;
-    let sent = h.drain(per_tick, |p| match emit(&v, &p.payload) {
-        Sent::Now => true,
-        Sent::Deferred => false,
-        Sent::Gone => {
-            gone = true;
-            false
+    let sent = h.drain(per_tick, |p| {
+        match send(&v, "presence-update", &p.payload, None) {
+            Sent::Now => true,
+            Sent::Deferred => false,
+            Sent::Gone => {
+                gone = true;
+                false
+            }
         }
     });
     if gone {
@@ -574,13 +617,17 @@ mod tests {
             change(3, "3"),
         );
         let mut frames = Frames::default();
-        let first = frames.encode(&[&a, &b]).unwrap();
+        let (first, first_frame) = frames.encode(&[&a, &b]).unwrap();
         assert_eq!(first.get(), r#"{"updates":[{"u":"a"},{"u":"b"}]}"#);
-        let again = frames.encode(&[&a, &b]).unwrap();
+        assert!(
+            first_frame.ends_with(br#"42["presence-batch",{"updates":[{"u":"a"},{"u":"b"}]}]"#)
+        );
+        let (again, again_frame) = frames.encode(&[&a, &b]).unwrap();
         assert!(Arc::ptr_eq(&first, &again), "encoded once");
-        let other = frames.encode(&[&a, &c]).unwrap();
+        assert!(Arc::ptr_eq(&first_frame, &again_frame), "framed once");
+        let (other, _) = frames.encode(&[&a, &c]).unwrap();
         assert_eq!(other.get(), r#"{"updates":[{"u":"a"},3]}"#);
-        let shorter = frames.encode(&[&a]).unwrap();
+        let (shorter, _) = frames.encode(&[&a]).unwrap();
         assert_eq!(shorter.get(), r#"{"updates":[{"u":"a"}]}"#);
     }
 }

@@ -166,6 +166,13 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refus
             )
         }),
     ));
+    // A socket that connected over WebSocket (not upgraded from polling, whose request was
+    // another connection's) gets its presence frames written onto its connection.
+    if s.transport_type() == socketioxide::TransportType::Websocket
+        && let Some(line) = s.req_parts().extensions.get::<crate::http::line::LineRef>()
+    {
+        handle.attach_line(line.clone());
+    }
     s.extensions.insert(handle.clone());
     events::register(s);
     match state.engine.connect(&handle.conn, now).await {

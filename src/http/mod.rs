@@ -8,6 +8,7 @@ pub mod debug;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod line;
 pub mod openapi;
 pub mod presence;
 pub mod serve;

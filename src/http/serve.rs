@@ -5,6 +5,7 @@
 //! a client that sends half a request line ("slowloris") held its connection — a file
 //! descriptor and a task — for ever, and 20,000 of them would take a replica's every file.
 
+use super::line::LineIo;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -38,15 +39,19 @@ pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToke
         };
         let _ = stream.set_nodelay(true);
         let (router, stop) = (router.clone(), stop.clone());
+        // The fan-out writes presence frames straight onto a WebSocket's connection
+        // (`line`): every request carries a reference to its connection.
+        let (io, line) = LineIo::new(stream);
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(line.clone());
                 router.clone().call(req)
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
             tokio::pin!(conn);
             let r = tokio::select! {
