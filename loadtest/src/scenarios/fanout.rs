@@ -50,10 +50,13 @@ pub(super) async fn fanout(
             // Closed by the server before the run ended (a viewer that hears nothing because it
             // was disconnected is told apart from one that is connected and deaf).
             let mut closed_early = false;
+            // Made once, not per message: re-arming them for every delivery was a good part
+            // of this process's CPU, which the servers under test share.
+            let stop = stop_rx.changed();
+            tokio::pin!(stop);
             loop {
                 tokio::select! {
-                    _ = stop_rx.changed() => break,
-                    _ = tick.tick() => { let _ = client.emit("user:heartbeat", None, None).await; }
+                    biased;
                     m = client.recv() => match m {
                         None => { closed_early = true; break }
                         Some(Incoming::Event(ev, p)) if ev == "presence-update" || ev == "presence-batch" => {
@@ -65,6 +68,8 @@ pub(super) async fn fanout(
                         }
                         Some(_) => {}
                     },
+                    _ = &mut stop => break,
+                    _ = tick.tick() => { let _ = client.emit("user:heartbeat", None, None).await; }
                 }
             }
             client.close().await;
