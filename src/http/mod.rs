@@ -1,7 +1,8 @@
 //! The HTTP API: health, readiness, metrics, presence, admin views, and the web console.
 //!
 //! [`router`] builds the routes over an [`AppState`]; it knows nothing of listening or
-//! shutdown, so tests drive it directly with `tower::ServiceExt::oneshot`.
+//! shutdown, so tests drive it directly with `tower::ServiceExt::oneshot`. [`serve`] accepts
+//! connections; [`line`] is a connection's byte stream, which the fan-out also writes to.
 
 pub mod admin;
 pub mod debug;
