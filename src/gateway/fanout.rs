@@ -257,6 +257,9 @@ fn batch_tick(state: &AppState) -> Duration {
         .clamp(Duration::from_millis(2), BACKLOG_RETRY)
 }
 
+/// Sockets a fan-out sends to before it lets the worker's other tasks run.
+const YIELD_EVERY: usize = 1024;
+
 /// The place of each change in this replica's fan-out order (an outbox sends in it).
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -348,11 +351,17 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
     // Encoded once for every socket it is written to directly.
     let frame = event_frame("presence-update", pending.payload.get());
     let mut sent = 0u64;
-    for v in state
+    let viewers = state
         .gateway
         .viewers
-        .for_change(policy, &p.user_id, p.gender)
-    {
+        .for_change(policy, &p.user_id, p.gender);
+    for (i, v) in viewers.into_iter().enumerate() {
+        // The writes are made here, one per socket: a large audience would otherwise hold
+        // this worker thread for the whole fan-out, and the tasks queued behind it (acks,
+        // heartbeats) with it.
+        if i % YIELD_EVERY == YIELD_EVERY - 1 {
+            tokio::task::yield_now().await;
+        }
         v.handle.remember(p);
         match offer(state, &v, &p.user_id, &pending, Some(&frame)) {
             Sent::Now => sent += 1,

@@ -70,9 +70,18 @@ fn code_events() -> BTreeSet<String> {
         for (i, s) in literals(&src) {
             let before = src[..i].trim_end();
             let after = src[i + s.len() + 2..].trim_start();
-            let used_as_event = ["emit(", "on(", "send(&s,"]
-                .iter()
-                .any(|f| before.ends_with(f))
+            // (`send(v, …)` and `event_frame(…)`: the fan-out's frames written onto a
+            // connection, `gateway/fanout.rs`.)
+            let used_as_event = [
+                "emit(",
+                "on(",
+                "send(&s,",
+                "send(v,",
+                "send(&v,",
+                "event_frame(",
+            ]
+            .iter()
+            .any(|f| before.ends_with(f))
                 || after.starts_with("=>");
             if is_event(s) && used_as_event {
                 out.insert(s.to_string());
