@@ -4,8 +4,9 @@
 //! sends it to every local socket allowed to see the user ([`Viewers`](super::viewers):
 //! its audiences, plus the user's own sockets when needed): written straight onto the
 //! connection of a socket that connected over WebSocket ([`crate::http::line`]: one frame for
-//! all, one non-blocking write each), through the library's queue for the others. Emitting only locally is what
-//! keeps a cluster from delivering twice: every replica receives every change exactly once.
+//! all, one non-blocking write each), through the library's queue for the others. Emitting
+//! only locally is what keeps a cluster from delivering twice: every replica receives every
+//! change exactly once.
 //!
 //! A socket whose queue is full (a slow reader, or a burst such as N viewers connecting at
 //! once and each receiving N announcements) does not lose the change: it is *conflated* into
