@@ -115,13 +115,16 @@ pub(super) async fn subs(
             }
             drop(permit);
             let _ = ready_tx.send(subscribed);
-            // Everyone subscribed before the first change.
+            // Everyone subscribed before the first change. Reading meanwhile: a client that
+            // waits without answering Engine.IO pings is closed by the server after 45 s, and
+            // two load generators of 10,000 wait about that long for each other.
             let t0 = loop {
                 if let Some(t) = *start_rx.borrow_and_update() {
                     break t;
                 }
-                if start_rx.changed().await.is_err() {
-                    return None;
+                tokio::select! {
+                    r = start_rx.changed() => if r.is_err() { return None },
+                    m = client.recv() => if m.is_none() { return None },
                 }
             };
             let offset = Duration::from_secs_f64((i as f64 * step.as_secs_f64()) % period.as_secs_f64());
