@@ -124,7 +124,7 @@ pub(super) async fn subs(
                 }
                 tokio::select! {
                     r = start_rx.changed() => if r.is_err() { return None },
-                    m = client.recv() => if m.is_none() { return None },
+                    m = client.recv() => { m?; }
                 }
             };
             let offset = Duration::from_secs_f64((i as f64 * step.as_secs_f64()) % period.as_secs_f64());
