@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproducible benchmarks on this machine: builds release binaries, starts one gateway per
 # scenario (memory engine, production mode with a fixed secret), runs loadgen against it,
-# prints loadgen's JSON. Usage: loadtest/bench.sh [idle5k|idle10k|floor10k|idle15k|fanout|fanout5|storm|storm-db|churn|redis-idle10k|redis-fanout|redis-fanout10k|redis-fanout10k-slow|redis-deaf10k-x5|search|report|all]
+# prints loadgen's JSON. Usage: loadtest/bench.sh [idle5k|idle10k|floor10k|floor-fanout2|idle15k|fanout|fanout5|storm|storm-db|churn|redis-idle10k|redis-fanout|redis-fanout10k|redis-fanout10k-slow|redis-deaf10k-x5|search|report|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace -q
@@ -74,7 +74,7 @@ run3() { # run3 <loadgen args...>
   else
     "${LG_CPU[@]}" $LG --target "$(IFS=,; echo "${targets[*]}")" --pids "$(IFS=,; echo "${pids[*]}")" --json "$@" || true
   fi
-  echo "{\"server\": \"$([ "${PEER:-0}" = 1 ] && echo node-presence || echo presence-gateway)\", \"redis_commands\": $(( $(redis_calls) - before )), \"redis_publishes\": $(( $(redis_calls publish) + $(redis_calls spublish) - before_pub )), \"redis_cpu_s\": $(echo "$(redis_cpu) - $before_cpu" | bc)}"
+  echo "{\"server\": \"$([ "${PEER:-0}" = 1 ] && echo node-presence || echo presence-gateway)\", \"redis_commands\": $(( $(redis_calls) - before )), \"redis_publishes\": $(( $(redis_calls publish) + $(redis_calls spublish) - before_pub )), \"redis_cpu_s\": $(awk -v a="$(redis_cpu)" -v b="$before_cpu" 'BEGIN {printf "%.3f", a - b}')}"
   kill -TERM "${pids[@]}"; wait "${pids[@]}" || true
 }
 
@@ -153,6 +153,13 @@ case "${1:-all}" in
   # Issue 15: beside the Node peer, three replicas on Redis, 10,000 viewers, unsaturated (2
   # changes/s) and at 10 changes/s.
   peer-fanout2) side fanout --viewers 10000 --changers 2 --rate 2 --duration-s 30 ;;&
+  # The floor beside the peer: examples/write_floor.rs, one process that does nothing but one
+  # write per socket per change (both cores writing), against the Node peer, three rounds.
+  floor-fanout2) cargo build --release --example write_floor -q
+    for r in 1 2 3; do
+      echo "round $r: write floor"; SERVER=./target/release/examples/write_floor run X=1 -- fanout --viewers 10000 --changers 2 --rate 2 --duration-s 30
+      echo '{"server": "write-floor"}'
+      echo "round $r: node-presence"; PEER=1 run3 fanout --viewers 10000 --changers 2 --rate 2 --duration-s 30; done ;;&
   peer-fanout10) side fanout --viewers 10000 --changers 10 --rate 10 --duration-s 30 ;;&
   # The same at 10 changes/s with batch:true, batches of 100 ms (the default) and of 1 s,
   # each round beside the same without batching (what the CPU per update is compared with).

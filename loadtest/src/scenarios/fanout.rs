@@ -59,7 +59,7 @@ pub(super) async fn fanout(
                     biased;
                     m = client.recv() => match m {
                         None => { closed_early = true; break }
-                        Some(Incoming::Event(ev, p)) if ev == "presence-update" || ev == "presence-batch" => {
+                        Some(Incoming::Presence(p)) => {
                             frames.fetch_add(1, Ordering::Relaxed);
                             for (ch, seq, t) in changes_in(&p, &prefix) {
                                 received.fetch_add(1, Ordering::Relaxed);

@@ -119,21 +119,51 @@ pub async fn run(cli: Cli) -> Result<Value, String> {
 
 /// The load generator's changes carried by a `presence-update` or a `presence-batch` payload,
 /// as (changer, seq, sent at µs): what `fanout` and `subs` count. Other users' are left out.
-fn changes_in(p: &Value, prefix: &str) -> Vec<(u64, u32, u64)> {
-    let one = std::slice::from_ref(p);
-    let updates = p["updates"].as_array().map(Vec::as_slice).unwrap_or(one);
+fn changes_in(frame: &str, prefix: &str) -> Vec<(u64, u32, u64)> {
+    let Some(Frame(_, p)) = frame
+        .strip_prefix("42")
+        .and_then(|t| serde_json::from_str::<Frame>(t).ok())
+    else {
+        return Vec::new();
+    };
+    let one = std::slice::from_ref(&p);
+    let updates = p.updates.as_deref().unwrap_or(one);
     updates
         .iter()
         .filter(|u| {
-            u["userId"]
-                .as_str()
+            u.user_id
+                .as_deref()
                 .is_some_and(|id| id.starts_with(prefix))
         })
         .filter_map(|u| {
-            let d = &u["details"];
-            Some((d["c"].as_u64()?, d["s"].as_u64()? as u32, d["t"].as_u64()?))
+            let d = u.details.as_ref()?;
+            Some((d.c?, d.s? as u32, d.t?))
         })
         .collect()
+}
+
+/// `[event, payload]` of a presence frame, read without building a `Value` tree: only the
+/// fields a scenario checks, the rest skipped (a load generator's CPU is the servers' loss).
+#[derive(serde::Deserialize)]
+struct Frame<'a>(serde::de::IgnoredAny, #[serde(borrow)] Update<'a>);
+
+/// A `presence-update` payload, or a `presence-batch` one (`updates`).
+#[derive(serde::Deserialize)]
+struct Update<'a> {
+    #[serde(rename = "userId", borrow, default)]
+    user_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    details: Option<Mark>,
+    #[serde(borrow, default)]
+    updates: Option<Vec<Update<'a>>>,
+}
+
+/// What a load generator's change carries in `details`: changer, seq, sent at (µs).
+#[derive(serde::Deserialize)]
+struct Mark {
+    c: Option<u64>,
+    s: Option<u64>,
+    t: Option<u64>,
 }
 
 /// What one client saw of the load generator's changes: the latest seq per changer, latencies,
@@ -244,4 +274,24 @@ async fn http_text(addr: std::net::SocketAddr, path: &str) -> Result<String, Str
 async fn http_json(addr: std::net::SocketAddr, path: &str) -> Result<Value, String> {
     let body = http_text(addr, path).await?;
     serde_json::from_str(&body).map_err(|e| format!("{e}: {body:.80}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changes_in;
+
+    #[test]
+    fn reads_the_load_generators_changes_from_updates_and_batches() {
+        let update = r#"42["presence-update",{"userId":"r1-ch-3","status":"live","details":{"c":3,"s":7,"t":1234},"version":9}]"#;
+        assert_eq!(changes_in(update, "r1-ch-"), vec![(3, 7, 1234)]);
+        // Another run's users, and users that carry other details (or none), are not ours.
+        assert!(changes_in(update, "r2-ch-").is_empty());
+        let others =
+            r#"42["presence-update",{"userId":"r1-ch-1","status":"online","details":null}]"#;
+        assert!(changes_in(others, "r1-ch-").is_empty());
+        let batch = r#"42["presence-batch",{"updates":[{"userId":"r1-ch-1","details":{"c":1,"s":2,"t":5}},{"userId":"r1-v-0","details":{"x":"y"}},{"userId":"r1-ch-2","details":{"t":6,"s":1,"c":2}}]}]"#;
+        assert_eq!(changes_in(batch, "r1-ch-"), vec![(1, 2, 5), (2, 1, 6)]);
+        // Not a frame at all: nothing, and no panic.
+        assert!(changes_in("42[", "r1-ch-").is_empty());
+    }
 }

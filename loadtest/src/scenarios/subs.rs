@@ -157,7 +157,7 @@ pub(super) async fn subs(
                                 accepted.record(i, a as u32);
                             }
                         }
-                        Some(Incoming::Event(ev, p)) if ev == "presence-update" || ev == "presence-batch" => {
+                        Some(Incoming::Presence(p)) => {
                             frames.fetch_add(1, Ordering::Relaxed);
                             for (ch, s, t) in changes_in(&p, &prefix) {
                                 if ch == i as u64 {
