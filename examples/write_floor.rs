@@ -12,6 +12,7 @@
 //! Run alone: `cargo run --release --example write_floor` (`PORT`, default 3300).
 
 use base64::Engine as _;
+use presence_gateway::http::line::event_frame;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};
@@ -83,9 +84,10 @@ async fn serve(stream: Arc<TcpStream>, sockets: Sockets) {
                     let details = a.get(1).map(|d| d["details"].clone()).unwrap_or_default();
                     let update =
                         serde_json::json!({"userId": user, "status": "live", "details": details});
+                    // Framed as the gateway frames it, once for every socket.
                     broadcast(
                         &sockets,
-                        frame(&format!(r#"42["presence-update",{update}]"#)),
+                        event_frame("presence-update", &update.to_string()),
                     )
                     .await;
                 }
@@ -106,13 +108,12 @@ async fn serve(stream: Arc<TcpStream>, sockets: Sockets) {
 }
 
 /// One write per socket, half the sockets from another task (both cores write).
-async fn broadcast(sockets: &Sockets, frame: Vec<u8>) {
-    let all = sockets.lock().unwrap().clone();
-    let frame = Arc::new(frame);
-    let (a, b) = all.split_at(all.len() / 2);
-    let (b, f) = (b.to_vec(), frame.clone());
-    let other = tokio::spawn(async move { write_each(&b, &f) });
-    write_each(a, &frame);
+async fn broadcast(sockets: &Sockets, frame: Arc<[u8]>) {
+    let mut first = sockets.lock().unwrap().clone();
+    let second = first.split_off(first.len() / 2);
+    let f = frame.clone();
+    let other = tokio::spawn(async move { write_each(&second, &f) });
+    write_each(&first, &frame);
     let _ = other.await;
 }
 
@@ -162,7 +163,7 @@ async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> 
     Ok(())
 }
 
-/// An unmasked text frame (server to client).
+/// An unmasked text frame (server to client) for the few packets that are not events.
 fn frame(text: &str) -> Vec<u8> {
     let n = text.len();
     let mut f = Vec::with_capacity(n + 4);

@@ -26,7 +26,7 @@ pub(super) async fn churn(
                     _ = tick.tick() => { let _ = client.emit("user:heartbeat", None, None).await; }
                     m = client.recv() => match m {
                         None => break,
-                        Some(Incoming::Presence(t)) if t.starts_with("42[\"presence-update\"") => {
+                        Some(Incoming::Presence(t)) if t.starts_with(crate::sio::PRESENCE_UPDATE) => {
                             let p = crate::sio::payload(&t);
                             if let Some(u) = p["userId"].as_str().filter(|u| u.starts_with(&prefix)) {
                                 seen.entry(u.to_string()).or_default().push((p["online"] == true, p["version"].as_i64().unwrap_or(0)));
