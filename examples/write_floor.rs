@@ -12,7 +12,7 @@
 //! Run alone: `cargo run --release --example write_floor` (`PORT`, default 3300).
 
 use base64::Engine as _;
-use presence_gateway::http::line::event_frame;
+use presence_gateway::wire::event_frame;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};

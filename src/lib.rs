@@ -15,6 +15,8 @@
 //! - [`auth`]: JWTs in, an [`auth::Identity`] out.
 //! - [`gateway`]: Socket.IO — handshakes, client events, heartbeat batching, fan-out.
 //! - [`http`]: the HTTP API, health, readiness and `/metrics`.
+//! - [`wire`]: the direct path — presence frames written straight onto a WebSocket client's
+//!   connection, only while the bytes on it prove that is right.
 //! - [`server`]: wiring it all from a [`config::Config`], serving, and shutting down.
 //! - [`background`]: background work supervised as one thing (stop token, tracker, timer).
 //! - [`figures`]: the cluster figures and dependency states health, metrics and dashboards
@@ -41,5 +43,6 @@ pub mod server;
 pub mod state;
 pub mod stats;
 pub mod telemetry;
+pub mod wire;
 
 pub use server::{Gateway, run};

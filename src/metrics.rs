@@ -89,6 +89,10 @@ fn describe() {
         "Sockets disconnected because the backlogs of all sockets together exceeded SOCKET_BACKLOG_TOTAL"
     );
     describe_counter!(
+        "presence_direct_fallbacks_total",
+        "Sockets whose presence frames the library sends instead of the direct path, by reason"
+    );
+    describe_counter!(
         "presence_batches_sent_total",
         "presence-batch messages sent by this replica (section 9)"
     );
@@ -281,6 +285,10 @@ impl Metrics {
             counter!("gateway_rejected_requests_total", "node" => n.clone(), "code" => code)
                 .increment(0);
         }
+        for why in crate::wire::Fallback::ALL {
+            counter!("presence_direct_fallbacks_total", "node" => n.clone(), "reason" => why.as_str())
+                .increment(0);
+        }
         for reason in ["unauthorized", "forbidden", "unavailable"] {
             counter!("gateway_handshake_failures_total", "node" => n.clone(), "reason" => reason)
                 .increment(0);
@@ -314,6 +322,11 @@ impl Metrics {
 
     pub fn rejected(&self, code: &'static str) {
         counter!("gateway_rejected_requests_total", "node" => self.node.to_string(), "code" => code).increment(1);
+    }
+
+    /// A socket's presence frames go through the library (`presence_direct_fallbacks_total`).
+    pub fn direct_fallback(&self, why: crate::wire::Fallback) {
+        counter!("presence_direct_fallbacks_total", "node" => self.node.to_string(), "reason" => why.as_str()).increment(1);
     }
 
     pub fn handshake_failed(&self, reason: &'static str) {

@@ -4,7 +4,7 @@ use super::ratelimit::TokenBucket;
 use crate::auth::Identity;
 use crate::domain::{Audience, Timestamp, UserId};
 use crate::engine::Connection;
-use crate::http::line::LineRef;
+use crate::wire::Route;
 use socketioxide::socket::Sid;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -62,11 +62,9 @@ pub struct ConnHandle {
     /// The latest presence of this socket's own user that this replica saw: what to restore
     /// if the shared store comes back without it.
     last_known: Mutex<Option<crate::domain::Presence>>,
-    /// A socket that connected over WebSocket: its connection, which presence frames are
-    /// written to directly ([`crate::http::line`]), and its sid as the library writes it.
-    direct: OnceLock<(LineRef, Box<str>)>,
-    /// Set when the direct line never saw this socket's CONNECT: the library sends instead.
-    direct_off: AtomicBool,
+    /// How the socket's presence frames reach its client ([`crate::wire`]); unset, the
+    /// library sends them. Shared with the handles that replace this one.
+    route: OnceLock<Arc<Route>>,
 }
 
 impl ConnHandle {
@@ -95,29 +93,18 @@ impl ConnHandle {
             subscribed: Mutex::new(HashSet::new()),
             turns: Turns::default(),
             last_known: Mutex::new(None),
-            direct: OnceLock::new(),
-            direct_off: AtomicBool::new(false),
+            route: OnceLock::new(),
         }
     }
 
-    /// Write this socket's presence frames onto `line` from now on.
-    pub fn attach_line(&self, line: LineRef) {
-        let _ = self.direct.set((line, self.sid.to_string().into()));
+    /// Send this socket's presence frames along `route` from now on.
+    pub fn set_route(&self, route: Arc<Route>) {
+        let _ = self.route.set(route);
     }
 
-    /// The connection presence frames are written to, with the sid to write them for; `None`
-    /// when the library sends them.
-    pub fn direct(&self) -> Option<&(LineRef, Box<str>)> {
-        if self.direct_off.load(Ordering::Relaxed) {
-            return None;
-        }
-        self.direct.get()
-    }
-
-    /// The library sends this socket's frames from now on. Only before any frame went direct:
-    /// a frame of the library's could otherwise overtake or follow one of ours out of order.
-    pub fn detach_line(&self) {
-        self.direct_off.store(true, Ordering::Relaxed);
+    /// The route of this socket's presence frames; `None`: the library sends them.
+    pub fn route(&self) -> Option<&Arc<Route>> {
+        self.route.get()
     }
 
     /// Remember `p` if it is this socket's user and newer than what is remembered.

@@ -3,7 +3,7 @@
 //! One task per replica reads the engine's change stream, encodes each change once, and
 //! sends it to every local socket allowed to see the user ([`Viewers`](super::viewers):
 //! its audiences, plus the user's own sockets when needed): written straight onto the
-//! connection of a socket that connected over WebSocket ([`crate::http::line`]: one frame for
+//! connection of a socket that connected over WebSocket ([`crate::wire`]: one frame for
 //! all, one non-blocking write each), through the library's queue for the others. Emitting
 //! only locally is what keeps a cluster from delivering twice: every replica receives every
 //! change exactly once.
@@ -18,8 +18,8 @@ use super::connection::{BACKLOG_MAX, BATCH_MAX, ConnHandle, Encoded, Mailbox, Pe
 use super::viewers::Viewer;
 use crate::domain::Timestamp;
 use crate::engine::{PresenceEvent, Resync};
-use crate::http::line::{Wrote, event_frame};
 use crate::state::AppState;
+use crate::wire::{Via, event_frame};
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,39 +86,31 @@ fn refused_as_closed(h: &ConnHandle, now: Timestamp) -> Sent {
     }
 }
 
-/// How long a WebSocket socket's presence frames may wait for the library to write its
-/// CONNECT before the library sends them instead (it should take milliseconds).
-const DIRECT_CONNECT_LIMIT_US: u64 = 5_000_000;
-
 /// Send one event now: `Now`, `Deferred` (no room yet, or not connected yet) or `Gone`.
-/// Written onto the socket's connection when it has one ([`crate::http::line`]; `frame` is
-/// the event's frame if already built), else through the library.
-fn send(v: &Viewer, event: &'static str, payload: &Encoded, frame: Option<&[u8]>) -> Sent {
+/// The socket's route ([`crate::wire`]) writes it onto the connection while it can (`frame`
+/// is the event's frame if already built); else the library sends it.
+fn send(
+    state: &AppState,
+    v: &Viewer,
+    event: &'static str,
+    payload: &Encoded,
+    frame: Option<&Arc<[u8]>>,
+) -> Sent {
     let h = &v.handle;
-    if let Some((line, sid)) = h.direct() {
-        let built;
-        let frame = match frame {
-            Some(f) => f,
-            None => {
-                built = event_frame(event, payload.get());
-                &built[..]
-            }
+    if let Some(route) = h.route() {
+        let frame = || match frame {
+            Some(f) => f.clone(),
+            None => event_frame(event, payload.get()),
         };
-        return match line.write(sid, frame) {
-            Wrote::Sent => Sent::Now,
-            Wrote::Full => Sent::Deferred,
-            Wrote::NotConnected => {
-                let now = Timestamp::now();
-                if h.is_open() && now.micros_since(h.connected_at) > DIRECT_CONNECT_LIMIT_US {
-                    // Nothing went direct yet, so the library may take over in order.
-                    tracing::warn!(sid = %h.sid, "no CONNECT seen on the socket's connection; the library sends its updates");
-                    h.detach_line();
-                    return send(v, event, payload, None);
-                }
-                Sent::Deferred
+        match route.send(frame) {
+            Via::Sent => return Sent::Now,
+            Via::Later => return Sent::Deferred,
+            Via::Library(None) => {}
+            Via::Library(Some(why)) => {
+                tracing::debug!(sid = %h.sid, reason = why.as_str(), "the library sends this socket's updates from now on");
+                state.metrics.direct_fallback(why);
             }
-            Wrote::Closed => refused_as_closed(h, Timestamp::now()),
-        };
+        }
     }
     match v.socket.emit(event, &**payload) {
         Ok(()) => Sent::Now,
@@ -137,7 +129,7 @@ fn offer(
     v: &Viewer,
     user: &crate::domain::UserId,
     p: &Pending,
-    frame: Option<&[u8]>,
+    frame: Option<&Arc<[u8]>>,
 ) -> Sent {
     let h = &v.handle;
     if h.mode.batch {
@@ -155,7 +147,7 @@ fn offer(
         return Sent::Deferred;
     }
     if !h.has_backlog() {
-        match send(v, "presence-update", &p.payload, frame) {
+        match send(state, v, "presence-update", &p.payload, frame) {
             Sent::Deferred => {}
             done => return done,
         }
@@ -228,7 +220,7 @@ fn send_batch(state: &AppState, v: &Viewer, frames: &mut Frames) -> Sent {
         let Some((raw, frame)) = frames.encode(batch) else {
             return false;
         };
-        match send(v, "presence-batch", &raw, Some(&frame)) {
+        match send(state, v, "presence-batch", &raw, Some(&frame)) {
             Sent::Now => {
                 outcome = Sent::Now;
                 true
@@ -537,7 +529,7 @@ fn drain_backlog(state: &AppState, sid: Sid) {
     let per_tick = (state.config.socket_queue_packets / 2).max(1);
     let mut gone = false;
     let sent = h.drain(per_tick, |p| {
-        match send(&v, "presence-update", &p.payload, None) {
+        match send(state, &v, "presence-update", &p.payload, None) {
             Sent::Now => true,
             Sent::Deferred => false,
             Sent::Gone => {

@@ -50,6 +50,10 @@ pub async fn apply_database_gender(state: &AppState, user: &UserId) {
             old.budget(),
         ));
         new.open();
+        // Same socket, same connection: the frames keep their way (and their order).
+        if let Some(route) = old.route() {
+            new.set_route(route.clone());
+        }
         let r = old
             .while_open(state.engine.connect(&new.conn, Timestamp::now()))
             .await;

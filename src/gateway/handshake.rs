@@ -166,13 +166,12 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refus
             )
         }),
     ));
-    // A socket that connected over WebSocket (not upgraded from polling, whose request was
-    // another connection's) gets its presence frames written onto its connection.
-    if s.transport_type() == socketioxide::TransportType::Websocket
-        && let Some(line) = s.req_parts().extensions.get::<crate::http::line::LineRef>()
-    {
-        handle.attach_line(line.clone());
+    // Decided here, before the library writes the CONNECT this socket's frames wait for.
+    let (route, fallback) = crate::wire::Route::for_socket(s.req_parts(), s.id.as_str());
+    if let Some(why) = fallback {
+        state.metrics.direct_fallback(why);
     }
+    handle.set_route(Arc::new(route));
     s.extensions.insert(handle.clone());
     events::register(s);
     match state.engine.connect(&handle.conn, now).await {

@@ -86,6 +86,9 @@ pub async fn socket_status(
                 // (a socket cut off for being too far behind waits for its transport to close).
                 "backlog": h.backlog_len(),
                 "receivesUpdates": state.gateway.viewers.get(h.sid).is_some_and(|v| std::sync::Arc::ptr_eq(&v.handle, &h)),
+                // How its presence frames travel: straight onto its WebSocket, or through
+                // the library (see `presence_direct_fallbacks_total` for why).
+                "delivery": if h.route().is_some_and(|r| r.is_direct()) { "direct" } else { "library" },
             })
         })
         .collect();

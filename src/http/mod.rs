@@ -2,14 +2,13 @@
 //!
 //! [`router`] builds the routes over an [`AppState`]; it knows nothing of listening or
 //! shutdown, so tests drive it directly with `tower::ServiceExt::oneshot`. [`serve`] accepts
-//! connections; [`line`] is a connection's byte stream, which the fan-out also writes to.
+//! connections, each wrapped in a [`crate::wire::LineIo`], which the fan-out also writes to.
 
 pub mod admin;
 pub mod debug;
 pub mod error;
 pub mod extract;
 pub mod health;
-pub mod line;
 pub mod openapi;
 pub mod presence;
 pub mod serve;

@@ -5,7 +5,7 @@
 //! a client that sends half a request line ("slowloris") held its connection — a file
 //! descriptor and a task — for ever, and 20,000 of them would take a replica's every file.
 
-use super::line::LineIo;
+use crate::wire::LineIo;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -40,12 +40,15 @@ pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToke
         let _ = stream.set_nodelay(true);
         let (router, stop) = (router.clone(), stop.clone());
         // The fan-out writes presence frames straight onto a WebSocket's connection
-        // (`line`): every request carries a reference to its connection.
+        // (`crate::wire`): the line hears of every request, and a connection's first, when
+        // it asks for a WebSocket, carries a reference to it.
         let (io, line) = LineIo::new(stream);
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
-                req.extensions_mut().insert(line.clone());
+                if let Some(ws) = line.request(req.method(), req.headers()) {
+                    req.extensions_mut().insert(ws);
+                }
                 router.clone().call(req)
             });
             let conn = hyper::server::conn::http1::Builder::new()

@@ -70,14 +70,14 @@ fn code_events() -> BTreeSet<String> {
         for (i, s) in literals(&src) {
             let before = src[..i].trim_end();
             let after = src[i + s.len() + 2..].trim_start();
-            // (`send(v, …)` and `event_frame(…)`: the fan-out's frames written onto a
+            // (`send(state, v, …)` and `event_frame(…)`: the fan-out's frames written onto a
             // connection, `gateway/fanout.rs`.)
             let used_as_event = [
                 "emit(",
                 "on(",
                 "send(&s,",
-                "send(v,",
-                "send(&v,",
+                "send(state, v,",
+                "send(state, &v,",
                 "event_frame(",
             ]
             .iter()
