@@ -49,6 +49,20 @@ struct State {
     root: Root,
     /// CONNECTs of `/` the library wrote on this connection so far.
     connects: u64,
+    /// The client's requests about `/` read so far: CONNECTs and DISCONNECTs (and anything
+    /// that might be one). A socket may be written to only while no new one came after its
+    /// own CONNECT request: a CONNECT the library writes late, after the client already left
+    /// again, must not carry the old socket's frames into the client's next socket.
+    asks: u64,
+}
+
+/// Where a socket stands on its connection, taken in its middleware (see [`LineRef::bind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binding {
+    /// The socket is connected by the `nth` CONNECT of `/` on the connection.
+    nth: u64,
+    /// The client's requests about `/` by then, its own CONNECT request the last.
+    asks: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -110,6 +124,7 @@ impl LineIo {
                 outbound: Some(Stream::new(Side::Server)),
                 root: Root::NotConnected,
                 connects: 0,
+                asks: 0,
             }),
             gone: CancellationToken::new(),
             requests: AtomicU32::new(0),
@@ -143,7 +158,12 @@ impl State {
                     nth: self.connects,
                 }
             }
-            Seen::Connected(_) | Seen::NotConnected => Root::NotConnected,
+            Seen::Connected(_) | Seen::NotConnected => {
+                if side == Side::Client {
+                    self.asks += 1;
+                }
+                Root::NotConnected
+            }
             Seen::Closed => Root::Closed,
             Seen::Lost => Root::Unreadable,
         };
@@ -231,15 +251,23 @@ impl LineRef {
         Some(WebSocketLine(self.clone()))
     }
 
-    /// CONNECTs of `/` written on this connection so far: a socket whose middleware runs now
-    /// is connected by the next one (the library writes it only after the middleware).
-    pub fn connects(&self) -> u64 {
-        self.0.upgrade().map_or(0, |l| l.lock().connects)
+    /// Bind a `/` socket whose middleware runs now: it is connected by the next CONNECT of
+    /// `/` the library writes (it writes it only after the middleware), and the client's
+    /// CONNECT request that made it was read before the middleware ran.
+    pub fn bind(&self) -> Binding {
+        self.0.upgrade().map_or(Binding { nth: 1, asks: 0 }, |l| {
+            let st = l.lock();
+            Binding {
+                nth: st.connects + 1,
+                asks: st.asks,
+            }
+        })
     }
 
-    /// Write one WebSocket frame for the `/` socket `sid` connected by the `nth` CONNECT of
-    /// `/` on this connection, if that connection stands and the line has room. Never blocks.
-    pub fn write(&self, sid: &str, nth: u64, frame: &[u8]) -> Wrote {
+    /// Write one WebSocket frame for the `/` socket `sid` bound by `at`, if that socket is
+    /// connected on this connection now and the line has room. Never blocks.
+    pub fn write(&self, sid: &str, at: Binding, frame: &[u8]) -> Wrote {
+        let nth = at.nth;
         let Some(line) = self.0.upgrade() else {
             return Wrote::Closed;
         };
@@ -255,8 +283,13 @@ impl LineRef {
             // The socket's own CONNECT, for another sid, cannot be: the line misread.
             Root::Connected { nth: n, .. } if *n == nth => return Wrote::Unreadable,
             Root::Connected { .. } => return Wrote::Superseded,
-            Root::NotConnected if st.connects < nth => return Wrote::NotYet,
+            Root::NotConnected if st.connects < nth && st.asks == at.asks => {
+                return Wrote::NotYet;
+            }
             Root::NotConnected => return Wrote::Left,
+        }
+        if st.asks != at.asks {
+            return Wrote::Left;
         }
         if !st.outbound.as_ref().is_some_and(Stream::at_boundary) {
             return Wrote::Full;
@@ -408,6 +441,9 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpSocket};
 
+    /// The first socket of a connection on which the client's request was not read.
+    const FIRST: Binding = Binding { nth: 1, asks: 0 };
+
     const HEAD_101: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n";
 
     fn upgrade_request() -> http::HeaderMap {
@@ -486,26 +522,33 @@ mod tests {
     async fn nothing_is_written_directly_before_the_sockets_own_connect() {
         let (mut io, line, mut client) = websocket().await;
         let update = event_frame("presence-update", "1");
-        let nth = line.connects() + 1;
-        assert_eq!(line.write("abc", nth, &update), Wrote::NotYet);
+        let at = line.bind();
+        assert_eq!(line.write("abc", at, &update), Wrote::NotYet);
         io.write_all(&text("0{\"sid\":\"abc\"}")).await.unwrap();
         io.write_all(&text("40/dashboard,{\"sid\":\"abc\"}"))
             .await
             .unwrap();
         assert_eq!(
-            line.write("abc", nth, &update),
+            line.write("abc", at, &update),
             Wrote::NotYet,
             "another namespace's"
         );
         io.write_all(&text("40{\"sid\":\"abc\"}")).await.unwrap();
-        assert_eq!(line.write("abc", nth, &update), Wrote::Sent);
+        assert_eq!(line.write("abc", at, &update), Wrote::Sent);
         assert_eq!(
-            line.write("abc", nth + 1, &update),
+            line.write(
+                "abc",
+                Binding {
+                    nth: at.nth + 1,
+                    ..at
+                },
+                &update
+            ),
             Wrote::NotYet,
             "a later socket's"
         );
         drop(io);
-        assert_eq!(line.write("abc", nth, &update), Wrote::Closed);
+        assert_eq!(line.write("abc", at, &update), Wrote::Closed);
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
         assert_eq!(
@@ -519,6 +562,15 @@ mod tests {
         );
     }
 
+    /// What the library reads: `bytes` the client sent, through the line.
+    async fn library_reads(io: &mut LineIo, client: &mut TcpStream, bytes: &[u8]) {
+        client.write_all(bytes).await.unwrap();
+        let (mut read, mut n) = (vec![0; bytes.len()], 0);
+        while n < bytes.len() {
+            n += io.read(&mut read[n..]).await.unwrap();
+        }
+    }
+
     /// The client leaves `/` and connects it again on the same session (a token refresh):
     /// the socket id is the session's, so only the CONNECT's place tells the two apart. The
     /// old socket's frames stop when the client's leave is read; the new one's wait for the
@@ -527,34 +579,56 @@ mod tests {
     async fn a_rejoin_of_the_root_namespace_stops_the_old_socket_and_waits_for_the_new_connect() {
         let (mut io, line, mut client) = websocket().await;
         let update = event_frame("presence-update", "1");
+        library_reads(&mut io, &mut client, &masked("40{\"token\":\"a\"}")).await;
+        let old = line.bind();
         io.write_all(&text("40{\"sid\":\"s\"}")).await.unwrap();
-        assert_eq!(line.write("s", 1, &update), Wrote::Sent);
-        client.write_all(&masked("41")).await.unwrap();
-        client
-            .write_all(&masked("40{\"token\":\"t\"}"))
-            .await
-            .unwrap();
-        // What the library reads: both frames pass through the line first.
-        let (mut read, mut n) = (vec![0; 64], 0);
-        while n < 8 + 21 {
-            n += io.read(&mut read[n..]).await.unwrap();
-        }
-        assert_eq!(line.write("s", 1, &update), Wrote::Left, "the client left");
-        assert_eq!(line.write("s", 2, &update), Wrote::NotYet);
+        assert_eq!(line.write("s", old, &update), Wrote::Sent);
+        let rejoin = [masked("41"), masked("40{\"token\":\"b\"}")].concat();
+        library_reads(&mut io, &mut client, &rejoin).await;
+        assert_eq!(
+            line.write("s", old, &update),
+            Wrote::Left,
+            "the client left"
+        );
+        let new = line.bind();
+        assert_eq!(line.write("s", new, &update), Wrote::NotYet);
         io.write_all(&text("40{\"sid\":\"s\"}")).await.unwrap();
-        assert_eq!(line.write("s", 1, &update), Wrote::Superseded);
-        assert_eq!(line.write("s", 2, &update), Wrote::Sent);
+        assert_eq!(line.write("s", old, &update), Wrote::Superseded);
+        assert_eq!(line.write("s", new, &update), Wrote::Sent);
         io.write_all(&text("41")).await.unwrap();
         assert_eq!(
-            line.write("s", 2, &update),
+            line.write("s", new, &update),
             Wrote::Left,
             "the server disconnected it"
         );
         io.write_all(&[0x88, 0x02, 0x03, 0xE8]).await.unwrap();
         assert_eq!(
-            line.write("s", 2, &update),
+            line.write("s", new, &update),
             Wrote::Closed,
             "after the library's Close"
+        );
+    }
+
+    /// The client leaves and rejoins before the library wrote the old socket's CONNECT: that
+    /// CONNECT, written late, does not let the old socket write (its frames would land in the
+    /// client's new socket, which may see less).
+    #[tokio::test]
+    async fn a_connect_written_after_the_client_left_again_carries_nothing_of_the_old_socket() {
+        let (mut io, line, mut client) = websocket().await;
+        let update = event_frame("presence-update", "1");
+        library_reads(&mut io, &mut client, &masked("40{\"token\":\"a\"}")).await;
+        let old = line.bind();
+        let rejoin = [masked("41"), masked("40{\"token\":\"b\"}")].concat();
+        library_reads(&mut io, &mut client, &rejoin).await;
+        let new = line.bind();
+        io.write_all(&text("40{\"sid\":\"s\"}")).await.unwrap();
+        assert_eq!(line.write("s", old, &update), Wrote::Left);
+        io.write_all(&text("40{\"sid\":\"s\"}")).await.unwrap();
+        assert_eq!(line.write("s", old, &update), Wrote::Superseded);
+        assert_eq!(
+            line.write("s", new, &update),
+            Wrote::Superseded,
+            "it took the late one"
         );
     }
 
@@ -573,7 +647,7 @@ mod tests {
         io.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
         io.write_all(&text("40{\"sid\":\"s\"}")).await.unwrap();
         assert_eq!(
-            line.write("s", 1, &event_frame("e", "1")),
+            line.write("s", FIRST, &event_frame("e", "1")),
             Wrote::Unreadable
         );
         let (_io, line, _client) = connection().await;
@@ -594,7 +668,7 @@ mod tests {
         let mut n = 0;
         loop {
             let payload = format!("{{\"n\":{n},\"pad\":\"{big}\"}}");
-            match line.write("s", 1, &event_frame("presence-update", &payload)) {
+            match line.write("s", FIRST, &event_frame("presence-update", &payload)) {
                 Wrote::Sent => sent.push(format!("42[\"presence-update\",{payload}]")),
                 Wrote::Full => break,
                 other => panic!("{other:?}"),
@@ -615,7 +689,7 @@ mod tests {
         assert_eq!(frames(&got), sent);
         let io = library.await.unwrap();
         assert_eq!(
-            line.write("s", 1, &event_frame("e", "1")),
+            line.write("s", FIRST, &event_frame("e", "1")),
             Wrote::Sent,
             "room again"
         );
@@ -633,9 +707,9 @@ mod tests {
         io.write_all(&text("40{\"sid\":\"s\"}")).await.unwrap();
         let ack = text("43[\"ok\"]");
         io.write_all(&ack[..3]).await.unwrap();
-        assert_eq!(line.write("s", 1, &event_frame("e", "1")), Wrote::Full);
+        assert_eq!(line.write("s", FIRST, &event_frame("e", "1")), Wrote::Full);
         io.write_all(&ack[3..]).await.unwrap();
-        assert_eq!(line.write("s", 1, &event_frame("e", "1")), Wrote::Sent);
+        assert_eq!(line.write("s", FIRST, &event_frame("e", "1")), Wrote::Sent);
     }
 
     fn event_len(payload: &str) -> usize {

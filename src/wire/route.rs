@@ -9,7 +9,7 @@
 //! always in order, since whatever we wrote is on the connection before anything the library
 //! writes next. Every departure is named ([`Fallback`]) so that it can be counted.
 
-use super::line::{LineRef, WebSocketLine, Wrote};
+use super::line::{Binding, LineRef, WebSocketLine, Wrote};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -84,8 +84,8 @@ pub struct Route {
 struct Direct {
     line: LineRef,
     sid: Box<str>,
-    /// The socket is connected by the `nth` CONNECT of `/` on its connection.
-    nth: u64,
+    /// Which CONNECT of `/` on the connection is the socket's.
+    at: Binding,
 }
 
 impl Route {
@@ -113,11 +113,10 @@ impl Route {
                 Fallback::Polling
             });
         };
-        let nth = line.connects() + 1;
         let direct = Direct {
             line: line.clone(),
             sid: sid.into(),
-            nth,
+            at: line.bind(),
         };
         let r = Route {
             direct: Some(direct),
@@ -154,7 +153,7 @@ impl Route {
                 Via::Later
             }
         };
-        match d.line.write(&d.sid, d.nth, &frame()) {
+        match d.line.write(&d.sid, d.at, &frame()) {
             Wrote::Sent => {
                 self.waiting.store(0, Ordering::Relaxed);
                 Via::Sent
