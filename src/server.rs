@@ -367,6 +367,7 @@ pub async fn run(
     let server = tokio::spawn(crate::http::serve::serve(
         listener,
         gw.router,
+        state.upgrades.clone(),
         stop_accepting.clone(),
     ));
 

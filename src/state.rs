@@ -35,6 +35,8 @@ pub struct Shared {
     pub session_budgets: crate::limits::ParkedBudgets<(socketioxide::socket::Sid, &'static str)>,
     /// The cluster figures and dependency states, refreshed in the background.
     pub figures: crate::figures::Figures,
+    /// Connections that asked to carry an upgrading session (the direct path's candidates).
+    pub upgrades: crate::wire::Upgrades,
     pub started_at: Instant,
     /// `/readyz` answers 503 from the first shutdown signal on.
     draining: AtomicBool,
@@ -81,6 +83,7 @@ impl AppState {
             handshake_limits,
             session_budgets,
             figures: Default::default(),
+            upgrades: Default::default(),
             started_at: Instant::now(),
             draining: AtomicBool::new(false),
             closing: AtomicBool::new(false),

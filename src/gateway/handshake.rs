@@ -167,7 +167,11 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refus
         }),
     ));
     // Decided here, before the library writes the CONNECT this socket's frames wait for.
-    let (route, fallback) = crate::wire::Route::for_socket(s.req_parts(), s.id.as_str());
+    let sid = s.id.as_str();
+    let upgraded = (s.transport_type() == socketioxide::TransportType::Websocket)
+        .then(|| state.upgrades.line_of(sid))
+        .flatten();
+    let (route, fallback) = crate::wire::Route::for_socket(s.req_parts(), sid, upgraded);
     if let Some(why) = fallback {
         state.metrics.direct_fallback(why);
     }

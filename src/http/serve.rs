@@ -5,7 +5,7 @@
 //! a client that sends half a request line ("slowloris") held its connection — a file
 //! descriptor and a task — for ever, and 20,000 of them would take a replica's every file.
 
-use crate::wire::LineIo;
+use crate::wire::{LineIo, Upgrades};
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -22,7 +22,12 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serve `router` on `listener` until `stop` is cancelled; then stop accepting, let each
 /// connection finish the request it is in, and return once all have closed (WebSocket
 /// connections have left hyper by then: they belong to the Socket.IO layer).
-pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    upgrades: Upgrades,
+    stop: CancellationToken,
+) {
     let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -38,7 +43,7 @@ pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToke
             },
         };
         let _ = stream.set_nodelay(true);
-        let (router, stop) = (router.clone(), stop.clone());
+        let (router, stop, upgrades) = (router.clone(), stop.clone(), upgrades.clone());
         // The fan-out writes presence frames straight onto a WebSocket's connection
         // (`crate::wire`): the line hears of every request, and a connection's first, when
         // it asks for a WebSocket, carries a reference to it.
@@ -47,6 +52,7 @@ pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToke
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
                 if let Some(ws) = line.request(req.method(), req.headers()) {
+                    upgrades.note(req.uri(), &ws);
                     req.extensions_mut().insert(ws);
                 }
                 router.clone().call(req)

@@ -222,6 +222,48 @@ impl Line {
 #[derive(Clone)]
 pub struct WebSocketLine(pub LineRef);
 
+/// The connections that asked to carry an existing Engine.IO session (a long-polling session
+/// upgrading to WebSocket), by session id: where a `/` socket joined after its session
+/// upgraded looks for its connection. Only a candidate; a socket is written to on it only
+/// once the line has itself carried that socket's CONNECT.
+#[derive(Clone, Default)]
+pub struct Upgrades(Arc<Mutex<UpgradeLines>>);
+
+#[derive(Default)]
+struct UpgradeLines {
+    lines: std::collections::HashMap<Box<str>, LineRef>,
+    /// Closed connections are dropped from `lines` when it reaches this size.
+    prune_at: usize,
+}
+
+impl Upgrades {
+    fn lock(&self) -> MutexGuard<'_, UpgradeLines> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `ws`, the first request of its connection, asks to upgrade the session in its query.
+    pub fn note(&self, uri: &http::Uri, ws: &WebSocketLine) {
+        let Some(sid) = uri
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("sid=")))
+        else {
+            return;
+        };
+        let mut u = self.lock();
+        if u.lines.len() >= u.prune_at {
+            u.lines.retain(|_, l| l.0.strong_count() > 0);
+            u.prune_at = (u.lines.len() * 2).max(1024);
+        }
+        u.lines.insert(sid.into(), ws.0.clone());
+    }
+
+    /// The open connection that last asked to carry session `sid`.
+    pub fn line_of(&self, sid: &str) -> Option<LineRef> {
+        let u = self.lock();
+        u.lines.get(sid).filter(|l| l.0.strong_count() > 0).cloned()
+    }
+}
+
 impl LineRef {
     /// Called by the accept loop with each request before it is served. The connection's
     /// first request, if it asks for a WebSocket and carries no body, makes the line a
@@ -719,6 +761,27 @@ mod tests {
                 126..=0xFFFF => 4,
                 _ => 10,
             }
+    }
+
+    #[tokio::test]
+    async fn a_session_upgrading_onto_a_connection_finds_it_while_it_is_open() {
+        let upgrades = Upgrades::default();
+        let (io, line, _client) = connection().await;
+        let ws = line
+            .request(&http::Method::GET, &upgrade_request())
+            .unwrap();
+        let uri: http::Uri = "/socket.io/?EIO=4&transport=websocket&sid=abc"
+            .parse()
+            .unwrap();
+        upgrades.note(&uri, &ws);
+        upgrades.note(
+            &"/socket.io/?EIO=4&transport=websocket".parse().unwrap(),
+            &ws,
+        );
+        assert!(upgrades.line_of("abc").is_some());
+        assert!(upgrades.line_of("other").is_none());
+        drop(io);
+        assert!(upgrades.line_of("abc").is_none(), "closed");
     }
 
     #[test]

@@ -22,5 +22,5 @@ pub mod frames;
 pub mod line;
 pub mod route;
 
-pub use line::{LineIo, LineRef, WebSocketLine, event_frame};
+pub use line::{LineIo, LineRef, Upgrades, WebSocketLine, event_frame};
 pub use route::{Fallback, Route, Via};

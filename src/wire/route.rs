@@ -1,10 +1,13 @@
 //! How one `/` socket's presence frames reach its client: written onto its connection
 //! ([`super::line`]) while the line can prove that is right, else through the library.
 //!
-//! The direct way is taken only by a socket whose Engine.IO session was created over a
-//! WebSocket (its handshake request, which the library keeps, is then the connection's own
-//! upgrade request); a session that began on long-polling and upgraded is sent to by the
-//! library, which knows its transport. A route that leaves the direct way never comes back
+//! The direct way is taken by a socket whose Engine.IO session was created over a WebSocket
+//! (its handshake request, which the library keeps, is then the connection's own upgrade
+//! request), or that joined after its long-polling session upgraded (the connection that asked
+//! to carry the session); a socket that joined while its session was on long-polling is sent
+//! to by the library, which alone knows when its frames move. Either way the line writes
+//! nothing before it has itself carried the socket's CONNECT. A route that leaves the direct
+//! way never comes back
 //! to it: the library's queue could then hold frames that ours would overtake. Leaving it is
 //! always in order, since whatever we wrote is on the connection before anything the library
 //! writes next. Every departure is named ([`Fallback`]) so that it can be counted.
@@ -20,7 +23,7 @@ pub const WAIT_LIMIT: Duration = Duration::from_secs(5);
 /// Why a socket's frames go through the library (`presence_direct_fallbacks_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fallback {
-    /// The session began on long-polling (it may have upgraded since).
+    /// The session is on long-polling, or was when the socket joined (it upgrades later).
     Polling,
     /// The WebSocket was not its connection's first request, or the request carried a body.
     SharedConnection,
@@ -89,42 +92,45 @@ struct Direct {
 }
 
 impl Route {
-    /// The route of the `/` socket `sid`, from its session's handshake request (`parts`),
-    /// decided in its middleware, before the library writes its CONNECT. With the reason the
-    /// library sends, if it does from the start.
-    pub fn for_socket(parts: &http::request::Parts, sid: &str) -> (Route, Option<Fallback>) {
-        let library = |why| {
+    /// The route of the `/` socket `sid`, decided in its middleware, before the library
+    /// writes its CONNECT: onto the connection its session was created on (`parts`, the
+    /// session's handshake request, carries it), or, for a session that began on long-polling
+    /// and has upgraded, onto the connection that asked to carry it (`upgraded`). With the
+    /// reason the library sends, if it does from the start.
+    pub fn for_socket(
+        parts: &http::request::Parts,
+        sid: &str,
+        upgraded: Option<LineRef>,
+    ) -> (Route, Option<Fallback>) {
+        let route = |direct, fallback: Option<Fallback>| {
             let r = Route {
-                direct: None,
-                library: AtomicBool::new(true),
+                direct,
+                library: AtomicBool::new(fallback.is_some()),
                 waiting: AtomicU64::new(0),
                 born: Instant::now(),
             };
-            (r, Some(why))
+            (r, fallback)
         };
-        let Some(WebSocketLine(line)) = parts.extensions.get::<WebSocketLine>() else {
+        let created = parts.extensions.get::<WebSocketLine>().map(|w| w.0.clone());
+        let Some(line) = created.or(upgraded) else {
             let websocket = parts
                 .uri
                 .query()
                 .is_some_and(|q| q.split('&').any(|kv| kv == "transport=websocket"));
-            return library(if websocket {
+            let why = if websocket {
                 Fallback::SharedConnection
             } else {
                 Fallback::Polling
-            });
+            };
+            return route(None, Some(why));
         };
+        let at = line.bind();
         let direct = Direct {
-            line: line.clone(),
+            line,
             sid: sid.into(),
-            at: line.bind(),
+            at,
         };
-        let r = Route {
-            direct: Some(direct),
-            library: AtomicBool::new(false),
-            waiting: AtomicU64::new(0),
-            born: Instant::now(),
-        };
-        (r, None)
+        route(Some(direct), None)
     }
 
     /// Whether frames still go onto the connection.
