@@ -3,9 +3,15 @@
 //! batches, the admin API's questions and answers), read by one subscriber connection per
 //! replica. The engine owns it; dropping the engine stops its tasks.
 //!
-//! After every reconnect the subscriptions are made again (fred does not keep them), then a
-//! [`Resync::Resubscribed`] says that what was published meanwhile was missed; a reader that
-//! fell behind fred's buffer is a [`Resync::BusLagged`].
+//! After every reconnect the subscriptions are made again (fred does not keep them), retried
+//! until they hold, then a [`Resync::Resubscribed`] says that what was published meanwhile was
+//! missed; a reader that fell behind fred's buffer is a [`Resync::BusLagged`].
+//!
+//! On Redis Cluster a failover ends sharded subscriptions without closing any connection: the
+//! demoted master tells its subscribers `SUNSUBSCRIBE`, which fred drops, and no reconnect
+//! follows, so a replica would stop hearing a third of the changes for good. The bus therefore
+//! watches the cluster's slot map ([`TOPOLOGY_CHECK`]); when the masters of its channels'
+//! slots change, it subscribes again where they are now, and resyncs.
 
 use super::codec::decode_event;
 use super::keys::Keys;
@@ -13,8 +19,60 @@ use crate::engine::{EngineError, PresenceEvent, Resync, Topic};
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+
+/// How often, on Redis Cluster, the slot map is read again to notice a failover.
+pub const TOPOLOGY_CHECK: Duration = Duration::from_secs(1);
+
+/// The channels the bus reads: the topics' (classic pub/sub) and the buckets' (classic, or
+/// sharded on Redis Cluster).
+#[derive(Clone)]
+struct Channels {
+    topics: [String; 2],
+    events: Vec<String>,
+    sharded: bool,
+}
+
+impl Channels {
+    /// Subscribe to all of them (again: subscribing twice to a channel is harmless).
+    async fn subscribe(&self, subscriber: &SubscriberClient) -> Result<(), fred::error::Error> {
+        let mut classic = self.topics.to_vec();
+        if self.sharded {
+            // One slot per SSUBSCRIBE: each bucket's channel on its own, routed to the master
+            // that holds its slot now.
+            for c in &self.events {
+                subscriber.ssubscribe(c.clone()).await?;
+            }
+        } else {
+            classic.extend(self.events.iter().cloned());
+        }
+        subscriber.subscribe(classic).await
+    }
+
+    /// Subscribe until it holds (or the bus stops): each failure waits longer, up to 5 s.
+    async fn subscribe_until_done(
+        &self,
+        subscriber: &SubscriberClient,
+        stop: &CancellationToken,
+    ) -> bool {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.subscribe(subscriber).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "could not subscribe to Redis; retrying")
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+}
 
 pub struct Bus {
     subscriber: SubscriberClient,
@@ -45,23 +103,22 @@ impl Bus {
             resyncs: broadcast::channel(16).0,
             stop: CancellationToken::new(),
         };
-        bus.spawn_resubscriber();
         let topics = Topic::ALL.map(|t| keys.topic_channel(t));
-        bus.spawn_reader(topics.clone());
         // Every replica reads every bucket (docs/redis.md says why not only the watched ones).
-        let mut channels = topics.to_vec();
-        if sharded {
-            // One slot per SSUBSCRIBE: each bucket's channel on its own.
-            for c in keys.event_channels() {
-                bus.subscriber.ssubscribe(c).await.map_err(unavailable)?;
-            }
-        } else {
-            channels.extend(keys.event_channels());
-        }
-        bus.subscriber
-            .subscribe(channels)
+        let channels = Channels {
+            topics: topics.clone(),
+            events: keys.event_channels(),
+            sharded,
+        };
+        bus.spawn_resubscriber(channels.clone());
+        bus.spawn_reader(topics);
+        channels
+            .subscribe(&bus.subscriber)
             .await
             .map_err(unavailable)?;
+        if sharded {
+            bus.spawn_topology_watch(channels);
+        }
         Ok(bus)
     }
 
@@ -69,7 +126,7 @@ impl Bus {
         self.subscriber.is_connected()
     }
 
-    fn spawn_resubscriber(&self) {
+    fn spawn_resubscriber(&self, channels: Channels) {
         let (subscriber, resyncs, stop) = (
             self.subscriber.clone(),
             self.resyncs.clone(),
@@ -82,11 +139,51 @@ impl Bus {
                     _ = stop.cancelled() => break,
                     r = reconnects.recv() => if r.is_err() { break },
                 }
-                match subscriber.resubscribe_all().await {
-                    Ok(()) => {
-                        let _ = resyncs.send(Resync::Resubscribed);
+                // Not fred's `resubscribe_all`: on a cluster it sends an empty PSUBSCRIBE,
+                // which Redis refuses, and nothing tried again (a replica stayed deaf to the
+                // buckets of a failed-over master).
+                if channels.subscribe_until_done(&subscriber, &stop).await {
+                    let _ = resyncs.send(Resync::Resubscribed);
+                }
+            }
+        });
+    }
+
+    /// Redis Cluster: read the slot map every [`TOPOLOGY_CHECK`]; when the masters holding
+    /// the buckets' slots change, subscribe again (the new masters never had our sharded
+    /// subscriptions, and the demoted ones dropped them) and resync.
+    fn spawn_topology_watch(&self, channels: Channels) {
+        let (subscriber, resyncs, stop) = (
+            self.subscriber.clone(),
+            self.resyncs.clone(),
+            self.stop.clone(),
+        );
+        tokio::spawn(async move {
+            let mut known = masters(&subscriber);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(TOPOLOGY_CHECK) => {}
+                }
+                // A paused node must not stall the watch: it asks again next time.
+                match tokio::time::timeout(TOPOLOGY_CHECK * 5, subscriber.sync_cluster()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "could not read the cluster's slot map");
+                        continue;
                     }
-                    Err(e) => tracing::warn!(error = %e, "could not resubscribe to Redis"),
+                    Err(_) => continue,
+                }
+                let now = masters(&subscriber);
+                if now == known {
+                    continue;
+                }
+                tracing::warn!(
+                    "the Redis Cluster's masters changed; subscribing again where the buckets are now"
+                );
+                known = now;
+                if channels.subscribe_until_done(&subscriber, &stop).await {
+                    let _ = resyncs.send(Resync::Resubscribed);
                 }
             }
         });
@@ -136,6 +233,20 @@ impl Bus {
             }
         });
     }
+}
+
+/// Which master holds which slots, as fred last read the cluster (empty when not known).
+fn masters(subscriber: &SubscriberClient) -> Vec<(u16, u16, String)> {
+    subscriber
+        .cached_cluster_state()
+        .map(|routing| {
+            routing
+                .slots()
+                .iter()
+                .map(|r| (r.start, r.end, r.primary.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Drop for Bus {
