@@ -121,6 +121,11 @@ fn describe() {
         metrics::Unit::Seconds,
         "From a change's commit (committing side's clock) to its emission on this replica"
     );
+    describe_histogram!(
+        "presence_fanout_stage_seconds",
+        metrics::Unit::Seconds,
+        "From a change's commit to each stage of its fan-out on this replica: start (it reached the fan-out), first_write and last_write (the first and the last socket it was written or handed to)"
+    );
     describe_counter!("stats_events_total", "Statistics events recorded, by type");
     describe_counter!(
         "stats_report_cache_hits_total",
@@ -170,6 +175,8 @@ pub struct Metrics {
     pub batches_sent: Counter,
     pub subscriptions: Gauge,
     pub fanout_latency: Histogram,
+    /// `presence_fanout_stage_seconds{stage}`: start, first_write, last_write.
+    pub fanout_stages: [Histogram; 3],
     pub sockets_root: Gauge,
     pub sockets_widget: Gauge,
     pub sockets_dashboard: Gauge,
@@ -249,6 +256,9 @@ impl Metrics {
             batches_sent: counter!("presence_batches_sent_total", "node" => n.clone()),
             subscriptions: gauge!("presence_subscriptions", "node" => n.clone()),
             fanout_latency: histogram!("presence_fanout_latency_seconds", "node" => n.clone()),
+            fanout_stages: ["start", "first_write", "last_write"].map(|stage| {
+                histogram!("presence_fanout_stage_seconds", "node" => n.clone(), "stage" => stage)
+            }),
             sockets_root: gauge!("gateway_connected_sockets", "node" => n.clone(), "namespace" => "/"),
             sockets_widget: gauge!("gateway_connected_sockets", "node" => n.clone(), "namespace" => "/widget"),
             sockets_dashboard: gauge!("gateway_connected_sockets", "node" => n.clone(), "namespace" => "/dashboard"),

@@ -329,6 +329,9 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
         state.metrics.published.increment(1);
         state.metrics.activity.published();
     }
+    let since_commit = || Timestamp::now().micros_since(ev.committed_at) as f64 / 1e6;
+    let [started, first_write, last_write] = &state.metrics.fanout_stages;
+    started.record(since_commit());
     let payload = match serde_json::value::to_raw_value(p) {
         Ok(raw) => Arc::from(raw),
         Err(e) => {
@@ -357,12 +360,20 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
         }
         v.handle.remember(p);
         match offer(state, &v, &p.user_id, &pending, Some(&frame)) {
-            Sent::Now => sent += 1,
+            Sent::Now => {
+                if sent == 0 {
+                    first_write.record(since_commit());
+                }
+                sent += 1;
+            }
             Sent::Deferred => {}
             // Closed for good: its disconnect takes it out too, if the library reports one
             // (it does not for a connect that never completed).
             Sent::Gone => state.gateway.viewers.leave(&v.handle),
         }
+    }
+    if sent > 0 {
+        last_write.record(since_commit());
     }
     if let Some(old) = ev.was_online_as {
         sent += tell_gone(state, p, old);
