@@ -3,7 +3,9 @@
 //! Scenarios: `idle` (clients heartbeating), `fanout` (changers set statuses, viewers measure
 //! delivery latency and count missing or doubled updates), `storm` (connect as fast as
 //! possible until `/api/health` shows everyone online), `churn` (clients come and go while
-//! viewers check that announcements alternate, once each). Connections are spread over
+//! viewers check that announcements alternate, once each), `audit` (thousands of viewers of
+//! every shape check delivery under faults: nothing lost, out of order, doubled, leaked, or
+//! deaf; `loadtest/audit.sh` injects the faults). Connections are spread over
 //! 127.0.0.x source addresses and over every `--url`; `--procs K` splits the clients over K
 //! processes (one process holds about 19,000 sockets here). Given the server's pids, it reports
 //! RSS per connection and CPU.
@@ -154,6 +156,12 @@ pub enum Scenario {
         #[arg(long)]
         windows: String,
     },
+    /// Delivery you can prove: viewers of every shape (broadcast, subscriptions, batches; men,
+    /// women, others) over the replicas record every update while changers connect, leave,
+    /// set statuses and come back as another gender; then each viewer's last view is checked
+    /// against the truth. Counts lost, out of order, doubled, leaked and deaf (run it under
+    /// faults with `loadtest/audit.sh`).
+    Audit(AuditArgs),
     /// Clients connect and disconnect repeatedly; viewers check each announcement comes once.
     Churn {
         #[arg(long, default_value_t = 200)]
@@ -163,6 +171,52 @@ pub enum Scenario {
         #[arg(long, default_value_t = 20)]
         duration_s: u64,
     },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AuditArgs {
+    /// Viewer sockets (a mix of broadcast, subscription and batching sockets, of men, women
+    /// and others).
+    #[arg(long, default_value_t = 3000)]
+    pub viewers: usize,
+    /// Users who change (at most 500).
+    #[arg(long, default_value_t = 100)]
+    pub changers: usize,
+    /// How long the changers change (after every viewer connected).
+    #[arg(long, default_value_t = 600)]
+    pub secs: u64,
+    /// Changers' actions per second, all together (connect, leave, set a status, heartbeat,
+    /// come back as another gender).
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Viewers that leave and come back (a new record), per second, all together.
+    #[arg(long, default_value_t = 0.5)]
+    pub viewer_reconnects: f64,
+    /// Each subscription socket subscribes to or unsubscribes from one changer about this
+    /// often (seconds).
+    #[arg(long, default_value_t = 30.0)]
+    pub resubscribe_s: f64,
+    /// How often every socket sends `user:heartbeat` (keep it under the replicas'
+    /// PRESENCE_HEARTBEAT_TIMEOUT_MS).
+    #[arg(long, default_value_t = 3000)]
+    pub heartbeat_ms: u64,
+    /// After the changes stop, wait at least this long (sweeps and graces of connections
+    /// lost in faults end within it) ...
+    #[arg(long, default_value_t = 15)]
+    pub settle_s: u64,
+    /// ... and then until no update arrived for this long ...
+    #[arg(long, default_value_t = 3)]
+    pub quiet_s: u64,
+    /// ... but no longer than this in all.
+    #[arg(long, default_value_t = 90)]
+    pub drain_max_s: u64,
+    /// The fault injector's log (`<epoch ms> <what>` per line, as `audit.sh` writes it): the
+    /// last fault in it counts for the deaf check, and the schedule is echoed in the report.
+    #[arg(long)]
+    pub fault_log: Option<String>,
+    /// Seed of the viewers' shapes and the changers' choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 impl Common {

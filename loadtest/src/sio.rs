@@ -24,6 +24,9 @@ pub enum Incoming {
     Presence(String),
     /// An ack: its id and the first argument.
     Ack(u64, Value),
+    /// Any other Socket.IO packet (another event such as `presence:resync`, or `41`, the
+    /// server's namespace disconnect), as received: only the auditor reads these.
+    Event(String),
     Other,
 }
 
@@ -275,6 +278,9 @@ fn decode(t: String) -> Incoming {
             };
             return Incoming::Ack(id, v);
         }
+    }
+    if t.starts_with('4') {
+        return Incoming::Event(t);
     }
     Incoming::Other
 }

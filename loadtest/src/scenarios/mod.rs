@@ -1,7 +1,8 @@
 //! The scenarios, one file each (`hold`: idle and storm; `fanout`; `subs`; `churn`; `queries`:
-//! search and report), over the pieces they share: `fleet` (clients held in this process or
+//! search and report; `audit`: delivery checked under faults), over the pieces they share: `fleet` (clients held in this process or
 //! in workers), `prom` (reading the gateway's metrics), and the HTTP client in `crate::http`.
 
+mod audit;
 mod churn;
 mod fanout;
 mod fleet;
@@ -10,6 +11,7 @@ mod prom;
 mod queries;
 mod subs;
 
+use audit::audit;
 use churn::churn;
 use fanout::fanout;
 use fleet::*;
@@ -112,6 +114,7 @@ pub async fn run(cli: Cli) -> Result<Value, String> {
             viewers,
             duration_s,
         } => churn(c, clients, viewers, duration_s).await,
+        Scenario::Audit(args) => audit(c, args).await,
         Scenario::Search { rounds } => search(c, rounds).await,
         Scenario::Report { rounds, windows } => report(c, rounds, &windows).await,
     }
