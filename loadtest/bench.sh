@@ -160,6 +160,9 @@ case "${1:-all}" in
       echo "round $r: write floor"; SERVER=./target/release/examples/write_floor run X=1 -- fanout --viewers 10000 --changers 2 --rate 2 --duration-s 30
       echo '{"server": "write-floor"}'
       echo "round $r: node-presence"; PEER=1 run3 fanout --viewers 10000 --changers 2 --rate 2 --duration-s 30; done ;;&
+  # Issue 24's scenario (the independent load generator's): 20 changers, 2 changes/s in all.
+  # READERS=0 reads the viewers with one task each (the instrument before session 10).
+  peer-fanout2x20) side fanout --viewers 10000 --changers 20 --rate 2 --duration-s 30 --readers "${READERS:-1}" ;;&
   peer-fanout10) side fanout --viewers 10000 --changers 10 --rate 10 --duration-s 30 ;;&
   # The same at 10 changes/s with batch:true, batches of 100 ms (the default) and of 1 s,
   # each round beside the same without batching (what the CPU per update is compared with).

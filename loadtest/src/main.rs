@@ -108,6 +108,11 @@ pub enum Scenario {
         /// Viewers ask for `presence-batch` frames (`auth.batch`).
         #[arg(long)]
         batch: bool,
+        /// Threads that read the viewers, each polling thousands of sockets (the default, and
+        /// the instrument of BENCHMARKS.md from session 10 on); 0: one tokio task per viewer,
+        /// the instrument of the sessions before, kept to compare the two.
+        #[arg(long, default_value_t = 1)]
+        readers: usize,
     },
     /// Subscription sockets (section 9): each client is a user who subscribes to `per` other
     /// clients (the first `watching`; the rest to users who never change) and changes status

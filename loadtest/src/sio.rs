@@ -246,6 +246,14 @@ impl Client {
         Some(decode(t))
     }
 
+    /// The connection as a plain socket (non-blocking, off tokio's reactor) and the bytes
+    /// received and not consumed yet: for a reader that polls many sockets itself.
+    pub fn into_parts(self) -> Result<(std::net::TcpStream, Vec<u8>), String> {
+        let rest = self.buf[self.start..].to_vec();
+        let stream = self.stream.into_std().map_err(|e| e.to_string())?;
+        Ok((stream, rest))
+    }
+
     pub async fn close(mut self) {
         let _ = self.write_frame(0x8, &[]).await;
         let _ = self.stream.shutdown().await;

@@ -1,7 +1,10 @@
 //! `fanout`: changers set statuses at a rate, viewers measure delivery latency, and every
 //! viewer must receive every change once, in order. With `batch`, viewers ask for
 //! `presence-batch` frames (section 9): a viewer may then skip a changer's superseded
-//! versions, never its latest; frames are counted as well as updates.
+//! versions, never its latest; frames are counted as well as updates. The viewers are read by
+//! `readers` threads polling thousands of sockets each ([`super::mux`]), or with `readers` 0 by
+//! one task each (the instrument before session 10, kept to compare the two).
+use super::mux::Mux;
 use super::*;
 
 pub(super) async fn fanout(
@@ -12,6 +15,7 @@ pub(super) async fn fanout(
     duration_s: u64,
     viewer_gender: &str,
     batch: bool,
+    readers: usize,
 ) -> Result<Value, String> {
     // The changes the server accepted (a refused one reaches nobody).
     let accepted = Arc::new(Accepted::new(changers));
@@ -22,6 +26,14 @@ pub(super) async fn fanout(
     let prefix = format!("{}-ch-", c.prefix);
 
     // Viewers first, so they see every change.
+    let mux = if readers > 0 {
+        let m = Mux::start(readers, &prefix, batch, received.clone(), frames.clone())
+            .map_err(|e| e.to_string())?;
+        Some(m)
+    } else {
+        None
+    };
+    let mux = Arc::new(std::sync::Mutex::new(mux));
     let mut vtasks = Vec::new();
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<bool>();
     for i in 0..viewers {
@@ -39,10 +51,19 @@ pub(super) async fn fanout(
             frames.clone(),
             prefix.clone(),
         );
+        let (mux, polled) = (mux.clone(), readers > 0);
         vtasks.push(tokio::spawn(async move {
             let permit = sem.acquire_owned().await.ok();
             let r = Client::connect(target, source, &auth).await;
             drop(permit);
+            let r = match r {
+                Ok((client, _)) if polled => {
+                    let added = mux.lock().unwrap().as_mut().map(|m| m.add(i, client));
+                    let _ = ready_tx.send(matches!(added, Some(Ok(()))));
+                    return None;
+                }
+                r => r,
+            };
             let _ = ready_tx.send(r.is_ok());
             let Ok((mut client, _)) = r else { return None };
             let mut seen = Seen::default();
@@ -175,8 +196,17 @@ pub(super) async fn fanout(
     // Viewers closed by the server, and viewers connected throughout that received nothing.
     let (mut closed_early, mut deaf) = (0u64, 0u64);
     let mut examples = Vec::new();
+    let mut outcomes: Vec<(usize, Seen, bool)> = Vec::new();
     for (i, t) in vtasks.into_iter().enumerate() {
         if let Ok(Some((seen, closed))) = t.await {
+            outcomes.push((i, seen, closed));
+        }
+    }
+    if let Some(m) = mux.lock().unwrap().take() {
+        outcomes.extend(m.finish().into_iter().map(|o| (o.id, o.seen, o.closed)));
+    }
+    for (i, seen, closed) in outcomes {
+        {
             closed_early += closed as u64;
             deaf += (!closed && changes > 0 && seen.last.is_empty()) as u64;
             missing += missed(
@@ -192,7 +222,7 @@ pub(super) async fn fanout(
     }
     let got = received.load(Ordering::Relaxed);
     Ok(json!({
-        "scenario": "fanout", "batch": batch, "viewers": viewers, "viewers_connected": viewers_up, "changers": changers,
+        "scenario": "fanout", "batch": batch, "readers": readers, "viewers": viewers, "viewers_connected": viewers_up, "changers": changers,
         "changes": changes, "changes_accepted": accepted.count(), "changes_per_s": changes as f64 / send_s,
         "deliveries": {"expected": expected, "received": got, "missing": missing, "doubled": doubled},
         "missing_examples": examples,

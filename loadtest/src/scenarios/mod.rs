@@ -7,6 +7,7 @@ mod churn;
 mod fanout;
 mod fleet;
 mod hold;
+mod mux;
 mod prom;
 mod queries;
 mod subs;
@@ -73,6 +74,7 @@ pub async fn run(cli: Cli) -> Result<Value, String> {
             duration_s,
             viewer_gender,
             batch,
+            readers,
         } => {
             fanout(
                 c,
@@ -82,6 +84,7 @@ pub async fn run(cli: Cli) -> Result<Value, String> {
                 duration_s,
                 &viewer_gender,
                 batch,
+                readers,
             )
             .await
         }
@@ -183,7 +186,12 @@ struct Seen {
 
 impl Seen {
     fn count(&mut self, ch: u64, seq: u32, sent_us: u64, batch: bool) {
-        self.lat.push(now_us().saturating_sub(sent_us));
+        self.count_at(ch, seq, sent_us, now_us(), batch);
+    }
+
+    /// A change read at `at_us` (the mux times each read, not each count).
+    fn count_at(&mut self, ch: u64, seq: u32, sent_us: u64, at_us: u64, batch: bool) {
+        self.lat.push(at_us.saturating_sub(sent_us));
         let l = self.last.entry(ch).or_insert(0);
         if seq <= *l {
             self.doubled += 1;
