@@ -12,7 +12,9 @@
 //! reconnected with backoff (elsewhere when its replica is down); a reconnected viewer starts
 //! a new record and re-syncs with `presence:get` (subscription sockets: their subscriptions'
 //! snapshot); `presence:resync` makes it refetch what it shows. A view is the newest version
-//! among what was pushed and what was read, as a client that drops what is not newer keeps.
+//! among what was pushed and what was read, as a client that drops what is not newer keeps;
+//! a read that leaves someone out (the viewer may not see them now) takes them off the view,
+//! unless something of theirs was pushed since it was asked.
 //!
 //! Visibility is judged against what the auditor itself did, not against what a payload
 //! says. A version is the committing replica's clock in µs (`max(previous + 1, now)`, and the
@@ -568,8 +570,9 @@ impl Record {
 
 #[derive(Clone, Copy, Default)]
 struct View {
-    /// The last version pushed (versions pushed must only grow).
+    /// The last version pushed (versions pushed must only grow), and when (0: never).
     pushed: i64,
+    pushed_at: i64,
     /// What the viewer shows: the newest version pushed or read, and its status.
     version: i64,
     status: Status,
@@ -593,8 +596,8 @@ enum Sub {
 
 enum Req {
     Beat(i64),
-    /// `presence:get`: when asked, and whether it is the record's initial sync.
-    Get(i64, bool),
+    /// `presence:get`: when asked, of whom, and whether it is the record's initial sync.
+    Get(i64, Vec<usize>, bool),
     Subscribe(i64, Vec<usize>, bool),
     Unsubscribe(Vec<usize>),
 }
@@ -797,7 +800,7 @@ impl Viewer {
     async fn get(&mut self, client: &mut Client, ids: &[usize], t: i64, sync: bool) {
         let body =
             json!({"userIds": ids.iter().map(|&j| self.sh.changer_id(j)).collect::<Vec<_>>()});
-        let id = self.ack_id(Req::Get(t, sync));
+        let id = self.ack_id(Req::Get(t, ids.to_vec(), sync));
         let _ = client.emit("presence:get", Some(&body), Some(id)).await;
     }
 
@@ -936,9 +939,9 @@ impl Viewer {
         let t = now();
         match req {
             Req::Beat(_) => {}
-            Req::Get(asked, sync) => {
+            Req::Get(asked, ids, sync) => {
                 if ok {
-                    self.apply_reads(rec, &v["presences"], asked, t);
+                    self.apply_reads(rec, &ids, &v["presences"], asked, t);
                     if sync {
                         self.sync_left = self.sync_left.saturating_sub(1);
                         rec.synced |= self.sync_left == 0;
@@ -950,13 +953,13 @@ impl Viewer {
                 }
             }
             Req::Subscribe(asked, ids, sync) => {
-                for j in ids {
+                for &j in &ids {
                     if let Sub::Asked(_) = rec.subs[j] {
                         rec.subs[j] = if ok { Sub::Yes(t) } else { Sub::Left(t) };
                     }
                 }
                 if ok {
-                    self.apply_reads(rec, &v["presences"], asked, t);
+                    self.apply_reads(rec, &ids, &v["presences"], asked, t);
                     rec.synced |= sync;
                 } else {
                     // As a client would: ask again at the next tick.
@@ -976,15 +979,32 @@ impl Viewer {
         }
     }
 
-    /// Presences read (asked at `asked`, answered at `t`): what the viewer shows, unless it
-    /// already shows newer; and nothing the viewer may not see.
-    fn apply_reads(&mut self, rec: &mut Record, presences: &Value, asked: i64, t: i64) {
+    /// Presences of `ids` read (asked at `asked`, answered at `t`): what the viewer shows,
+    /// unless it already shows newer; and nothing the viewer may not see.
+    ///
+    /// A read leaves out whom the viewer may not see, and nothing tells them from ids never
+    /// seen (section 9), so a client shows nothing of someone left out, unless something of
+    /// theirs was pushed since it asked (a change after the read). The audit once kept what
+    /// the view showed before, and counted as `lost` every man who stopped following a woman,
+    /// followed her again after she had come back as another gender (no "gone" reached him:
+    /// he did not follow her then; the snapshot that leaves her out is all he is told), and
+    /// so "still showed her online".
+    fn apply_reads(
+        &mut self,
+        rec: &mut Record,
+        ids: &[usize],
+        presences: &Value,
+        asked: i64,
+        t: i64,
+    ) {
         let sh = &self.sh;
         sh.active();
+        let mut read = vec![false; rec.views.len()];
         for p in presences.as_array().into_iter().flatten() {
             let Some(User::Changer(j)) = p["userId"].as_str().and_then(|u| sh.user_of(u)) else {
                 continue;
             };
+            read[j] = true;
             inc(&sh.n.reads);
             let version = p["version"].as_i64().unwrap_or(0);
             let status = Status::parse(p["status"].as_str());
@@ -1010,6 +1030,26 @@ impl Viewer {
                 view.version = version;
                 view.status = status;
             }
+        }
+        for &j in ids.iter().filter(|&&j| !read[j]) {
+            let view = rec.views[j];
+            if view.pushed_at >= asked {
+                continue;
+            }
+            if !matches!(view.status, Status::Unknown | Status::Offline) {
+                // Shown online until this read said he may not see them: he was not told
+                // they were gone (not following them then, or a change missed before a resync).
+                sh.notes.note("taken_off_by_a_read", || {
+                    let mut e = self.example(rec, &sh.changer_id(j));
+                    e["shown_status"] = json!(view.status.as_str());
+                    e["shown_version_s"] = json!(sh.t_s(view.version));
+                    e["asked_s"] = json!(sh.t_s(asked));
+                    e["user_pushed_s"] = json!(sh.t_opt(view.pushed_at));
+                    e
+                });
+            }
+            rec.views[j].version = 0;
+            rec.views[j].status = Status::Unknown;
         }
     }
 
@@ -1154,6 +1194,7 @@ impl Viewer {
             rec.views[j].pushed = version;
         }
         let view = &mut rec.views[j];
+        view.pushed_at = t;
         if version > view.version {
             view.version = version;
             view.status = status;
@@ -1431,6 +1472,10 @@ fn check_end(
             e["truth_gender"] = json!(gender.map(Gender::as_str));
             e["synced"] = json!(rec.synced);
             e["last_update_s"] = json!(sh.t_opt(rec.last_push));
+            e["user_pushed_s"] = json!(sh.t_opt(view.pushed_at));
+            if let Some(Sub::Yes(since)) = rec.subs.get(j) {
+                e["subscribed_since_s"] = json!(sh.t_s(*since));
+            }
             e
         };
         checked += 1;
@@ -1884,7 +1929,7 @@ mod tests {
         assert_eq!(count(&sh, "leaked"), 4);
         // Reads: she is read as what she is now (a man) by a man.
         let p = json!([{"userId": sh.changer_id(0), "version": t + 20 * S, "status": "online"}]);
-        late.apply_reads(&mut rec, &p, t + 30 * S, t + 30 * S + 1000);
+        late.apply_reads(&mut rec, &[0], &p, t + 30 * S, t + 30 * S + 1000);
         assert_eq!(count(&sh, "leaked"), 5);
     }
 
@@ -1921,6 +1966,92 @@ mod tests {
         );
         v.on_push(&mut rec, &update(&sh, "v1", t, "online"));
         assert_eq!(count(&sh, "unexpected"), 3, "another viewer");
+    }
+
+    /// The run's 8 `lost` (all men, all subscription sockets): he followed her while she was
+    /// a woman, stopped following her, she came back as another gender meanwhile (nothing is
+    /// said to a socket that does not follow her), and he followed her again. The snapshot
+    /// leaves her out, as it must (section 9: nothing tells an id he may not see from one never
+    /// seen), so a client shows nothing of her; the audit kept showing what he saw of her
+    /// before he stopped following her.
+    #[test]
+    fn a_man_who_follows_again_someone_he_may_no_longer_see_shows_nothing_of_them() {
+        let sh = setup(&[(Shape::Subscriptions, Gender::Male)], 1);
+        let t = now();
+        handshake(&sh, 0, Gender::Female, t - 100 * S, true);
+        let mut v = Viewer::new(sh.clone(), 0);
+        let mut rec = record(&sh, 0, t - 99 * S);
+        let ack = |v: &mut Viewer, rec: &mut Record, req: Req, presences: Value| {
+            let id = v.ack_id(req);
+            v.on_ack(
+                rec,
+                id,
+                &json!({"ok": true, "presences": presences, "subscribed": 1}),
+            );
+        };
+        // Followed while she is a woman, in a call.
+        rec.subs[0] = Sub::Asked(t - 98 * S);
+        let her = json!([{"userId": sh.changer_id(0), "version": t - 98 * S, "status": "in_call"}]);
+        ack(
+            &mut v,
+            &mut rec,
+            Req::Subscribe(t - 98 * S, vec![0], true),
+            her,
+        );
+        assert_eq!(rec.views[0].status, Status::InCall);
+        // Unfollowed; then she leaves and comes back at once as another gender.
+        rec.subs[0] = Sub::Leaving(t - 98 * S);
+        let id = v.ack_id(Req::Unsubscribe(vec![0]));
+        v.on_ack(&mut rec, id, &json!({"ok": true, "subscribed": 0}));
+        handshake(&sh, 0, Gender::Other, t - 50 * S, true);
+        // Followed again: the snapshot leaves her out, and nothing is pushed of her.
+        rec.subs[0] = Sub::Asked(t - 40 * S);
+        ack(
+            &mut v,
+            &mut rec,
+            Req::Subscribe(t - 40 * S, vec![0], false),
+            json!([]),
+        );
+        assert!(matches!(rec.subs[0], Sub::Yes(_)));
+        let truth: Vec<Truth> = vec![Some((t - 30 * S, Status::Live, Some(Gender::Other)))];
+        check_end(&sh, &v, &rec, &truth, 0);
+        assert_eq!(
+            count(&sh, "lost"),
+            0,
+            "he shows nothing of her: {:?}",
+            sh.anomalies.examples()
+        );
+        assert_eq!(
+            (rec.views[0].version, rec.views[0].status),
+            (0, Status::Unknown)
+        );
+    }
+
+    /// A read that leaves someone out takes them off the view, but not what was pushed of
+    /// them since it was asked (a change after the read, e.g. her coming back as a woman).
+    #[test]
+    fn a_read_that_leaves_someone_out_keeps_what_was_pushed_since_it_was_asked() {
+        let sh = setup(&[(Shape::Broadcast, Gender::Male)], 2);
+        let t = now();
+        for j in 0..2 {
+            handshake(&sh, j, Gender::Female, t - 100 * S, true);
+        }
+        let mut v = Viewer::new(sh.clone(), 0);
+        let mut rec = record(&sh, 0, t - 99 * S);
+        v.on_push(&mut rec, &update(&sh, "c0", t - 90 * S, "live"));
+        v.on_push(&mut rec, &update(&sh, "c1", t - 90 * S, "live"));
+        // A refetch (after a presence:resync) asked now; c1's new change is pushed before the
+        // answer, which leaves both out (it was read before that change).
+        let asked = now();
+        v.on_push(&mut rec, &update(&sh, "c1", t + S, "online"));
+        let id = v.ack_id(Req::Get(asked, vec![0, 1], false));
+        v.on_ack(&mut rec, id, &json!({"ok": true, "presences": []}));
+        assert_eq!(rec.views[0].status, Status::Unknown, "left out: not shown");
+        assert_eq!(
+            (rec.views[1].version, rec.views[1].status),
+            (t + S, Status::Online),
+            "pushed since the question: kept"
+        );
     }
 
     #[test]

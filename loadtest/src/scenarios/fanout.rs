@@ -7,6 +7,7 @@
 use super::mux::Mux;
 use super::*;
 
+#[allow(clippy::too_many_arguments)] // the scenario's flags, passed as they are parsed
 pub(super) async fn fanout(
     c: &Common,
     viewers: usize,

@@ -32,9 +32,12 @@ pub struct Outcome {
     pub closed: bool,
 }
 
+/// A viewer handed to a reader: its index, its socket, and the bytes already read from it.
+type Handover = (usize, std::net::TcpStream, Vec<u8>);
+
 pub struct Mux {
     threads: Vec<std::thread::JoinHandle<Vec<Outcome>>>,
-    to: Vec<(mpsc::Sender<(usize, std::net::TcpStream, Vec<u8>)>, Arc<Waker>)>,
+    to: Vec<(mpsc::Sender<Handover>, Arc<Waker>)>,
     stop: Arc<AtomicBool>,
     next: usize,
 }
@@ -111,7 +114,7 @@ impl Mux {
 
 struct Reader {
     poll: Poll,
-    rx: mpsc::Receiver<(usize, std::net::TcpStream, Vec<u8>)>,
+    rx: mpsc::Receiver<Handover>,
     viewers: Vec<Viewer>,
     prefix: String,
     batch: bool,
@@ -127,7 +130,11 @@ impl Reader {
         let mut scratch = vec![0u8; 64 * 1024];
         let mut beat = Instant::now() + HEARTBEAT;
         while !self.stop.load(Ordering::Relaxed) {
-            if self.poll.poll(&mut events, Some(Duration::from_millis(100))).is_err() {
+            if self
+                .poll
+                .poll(&mut events, Some(Duration::from_millis(100)))
+                .is_err()
+            {
                 continue;
             }
             for (id, std, rest) in self.rx.try_iter().collect::<Vec<_>>() {
