@@ -44,6 +44,11 @@ def figures(gens, redis):
     }
     # Every load generator measured the replicas' CPU over (nearly) the same window: one.
     cpu = gens[0].get("server_cpu_s", 0)
+    own = sum(g.get("loadgen_cpu_s", 0) for g in gens)
+    # The load generator's own CPU per delivery: it must be far below the servers' for the
+    # latency to be theirs (loadtest/README.md, "How fanout reads its viewers").
+    out["loadgen_cpu_us_per_update"] = own * 1e6 / out["received"] if out["received"] else None
+    out["max_ms"] = max(x.get("max_ms", 0) for x in lat)
     out["server_cpu_us_per_update"] = cpu * 1e6 / out["received"] if out["received"] else None
     out["server_cpu_ms_per_change"] = cpu * 1e3 / out["changes"] if out["changes"] else None
     out["redis_cpu_ms_per_change"] = (
@@ -67,7 +72,8 @@ def main():
             med[k] = round(statistics.median(vals), 2) if vals else None
         print(f"{label} ({len(rows)} runs): " + json.dumps(med))
         for r in rows:
-            print("   run: p50 %(p50_ms)s p99 %(p99_ms)s missing %(missing)s doubled %(doubled)s" % r)
+            print("   run: p50 %(p50_ms)s p99 %(p99_ms)s max %(max_ms)s missing %(missing)s doubled %(doubled)s"
+                  " server %(server_cpu_us_per_update)s µs/update, load generator %(loadgen_cpu_us_per_update)s" % r)
     for label, rows in groups.items():
         m = re.match(r"^(.*), (\d+) changes/s$", label)
         idle = groups.get(f"{m.group(1)}, 0 changes/s") if m and m.group(2) != "0" else None
