@@ -104,6 +104,24 @@ pub(super) async fn fanout(
         viewers_up += ready_rx.recv().await.unwrap_or(false) as usize;
     }
 
+    // The changers connect first, and their "online" reaches every viewer (changers × viewers
+    // announcements) before any change is timed: a change sent behind that backlog measured
+    // the backlog, and set the p99 of every server.
+    let mut connected = Vec::new();
+    for ch in 0..changers {
+        let auth = json!({"token": token::mint(&c.secret, &format!("{prefix}{ch}"), "female")});
+        let (target, source) = (c.target_for(ch + viewers), c.source(ch + viewers));
+        connected.push(Client::connect(target, source, &auth).await?.0);
+    }
+    let settle_until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let before = frames.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if frames.load(Ordering::Relaxed) == before || Instant::now() > settle_until {
+            break;
+        }
+    }
+
     // The replicas' own fan-out histogram (commit → emitted on every local socket), from here
     // on: the viewers' connects are not part of it.
     const FANOUT: &str = "presence_fanout_latency_seconds";
@@ -116,13 +134,10 @@ pub(super) async fn fanout(
     let period = Duration::from_secs_f64(changers as f64 / rate.max(0.001));
     let mut ctasks = Vec::new();
     let t_start = Instant::now();
-    for ch in 0..changers {
-        let auth = json!({"token": token::mint(&c.secret, &format!("{prefix}{ch}"), "female")});
-        let (target, source) = (c.target_for(ch + viewers), c.source(ch + viewers));
+    for (ch, mut client) in connected.into_iter().enumerate() {
         let accepted = accepted.clone();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(duration_s);
         ctasks.push(tokio::spawn(async move {
-            let (mut client, _) = Client::connect(target, source, &auth).await?;
             let offset = period.mul_f64(ch as f64 / changers as f64);
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
             let mut seq = 0u32;
