@@ -348,7 +348,7 @@ async function problemsOf(v) {
     // Where each side thinks the socket is: the first thing to look at for a deaf one.
     const server = await v.connections().catch(() => []);
     const seenBy = server.map((c) => `${c.node} ${c.transport}`).join(", ") || "no / connection";
-    problems.push(`(/ joined over ${v.joinedOn}; client engine now on ${v.manager.engine?.transport?.name}; server: ${seenBy})`);
+    problems.push(`(socket ${v.root.id}: / joined over ${v.joinedOn}; client engine now on ${v.manager.engine?.transport?.name}; server: ${seenBy})`);
   }
   return problems;
 }

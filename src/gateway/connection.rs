@@ -89,7 +89,11 @@ impl ConnHandle {
             opened: AtomicBool::new(false),
             gate: tokio::sync::Mutex::new(false),
             bucket: Mutex::new(bucket),
-            backlog: Mutex::new(Outbox::default()),
+            backlog: Mutex::new(if mode.batch {
+                Outbox::newest_per_user()
+            } else {
+                Outbox::every_change()
+            }),
             subscribed: Mutex::new(HashSet::new()),
             turns: Turns::default(),
             last_known: Mutex::new(None),

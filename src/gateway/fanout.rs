@@ -8,11 +8,13 @@
 //! only locally is what keeps a cluster from delivering twice: every replica receives every
 //! change exactly once.
 //!
-//! A socket whose queue is full (a slow reader, or a burst such as N viewers connecting at
-//! once and each receiving N announcements) does not lose the change: it is *conflated* into
-//! the socket's backlog, newest per user, and delivered as soon as the queue has room. A
-//! socket with a backlog gets new changes through the backlog too, so it converges on the
-//! latest state of every user it may see, with memory bounded per socket.
+//! A socket that cannot take the change now (its queue or connection full, a burst such as N
+//! viewers connecting at once and each receiving N announcements, or its CONNECT not written
+//! yet) does not lose it: it waits in the socket's backlog, every change in order, and is
+//! delivered as soon as there is room ([`super::outbox`]). A socket with a backlog gets new
+//! changes through the backlog too. Only one that falls far behind has its backlog folded
+//! into each user's newest, so it still converges on the latest state of every user it may
+//! see, with memory bounded per socket.
 
 use super::connection::{BACKLOG_MAX, BATCH_MAX, ConnHandle, Encoded, Mailbox, Pending};
 use super::viewers::Viewer;

@@ -1,12 +1,16 @@
 //! A socket's outbox: what it has not been sent yet, with one of two policies, and the
 //! retry loop's set of sockets whose outbox waits ([`Waiting`]).
 //!
-//! - **Newest per user** (`/` sockets): presence is state, not a log, so only each user's
-//!   latest change matters; a change replaces an older one of that user at the new change's
-//!   place. A socket that gets one `presence-update` per change keeps here what its queue had
-//!   no room for and sends it as room comes ([`drain`](Outbox::drain)); a batching socket
-//!   keeps every change here and sends them together when the batch is due
-//!   ([`drain_batch`](Outbox::drain_batch)).
+//! - **Every change, then newest per user** (`/` sockets sent one `presence-update` per
+//!   change): what the socket's queue or connection had no room for, or what waits for its
+//!   CONNECT to be written, is kept here *change by change*, in order, and sent as room comes
+//!   ([`drain`](Outbox::drain)): a short wait loses nothing (section 3: broadcast sends every
+//!   change). Only a socket that falls [`EVERY_MAX`] changes behind has them folded into its
+//!   users' newest (presence is state, not a log, so it still converges on the truth with
+//!   memory bounded); it keeps every change again once it has caught up.
+//! - **Newest per user** (batching `/` sockets): a change replaces an older one of that user at
+//!   the new change's place, and the batch leaves when due ([`drain_batch`](Outbox::drain_batch));
+//!   section 9 lets a batch skip a user's intermediate versions.
 //! - **In order** (`/dashboard` sockets): statistics events are a log the page folds, so each
 //!   is kept, in order, up to a bound; past it the socket is too slow to follow, what it held
 //!   is dropped and a resync is owed before anything else ([`take_resync`](Outbox::take_resync)).
@@ -40,7 +44,15 @@ pub struct Pending {
 /// which the client reconnects and refreshes.
 pub const BACKLOG_MAX: usize = 65_536;
 
+/// Changes a per-change socket's outbox keeps one by one before it folds them into each
+/// user's newest. A socket waits here for milliseconds (its CONNECT not yet written, a frame
+/// of the library's half written) far more often than it falls behind for good: this many
+/// covers such a wait in any burst a test or a storm makes, at ~100 bytes an entry.
+pub const EVERY_MAX: usize = 1024;
+
 enum Held {
+    /// Every change in order, while at most [`EVERY_MAX`] wait.
+    Every(VecDeque<(UserId, Pending)>),
     Newest(HashMap<UserId, Pending>),
     InOrder {
         queue: VecDeque<Pending>,
@@ -55,20 +67,27 @@ pub struct Outbox {
     since: Option<Instant>,
     /// In order: the outbox overflowed, and a resync is owed before anything else.
     resync: bool,
-}
-
-impl Default for Outbox {
-    fn default() -> Self {
-        Outbox::newest_per_user()
-    }
+    /// Every change while few wait (a per-change socket); newest per user otherwise.
+    per_change: bool,
 }
 
 impl Outbox {
+    /// Every change, folded into each user's newest only past [`EVERY_MAX`].
+    pub fn every_change() -> Self {
+        Outbox {
+            held: Held::Every(VecDeque::new()),
+            since: None,
+            resync: false,
+            per_change: true,
+        }
+    }
+
     pub fn newest_per_user() -> Self {
         Outbox {
             held: Held::Newest(HashMap::new()),
             since: None,
             resync: false,
+            per_change: false,
         }
     }
 
@@ -81,11 +100,13 @@ impl Outbox {
             },
             since: None,
             resync: false,
+            per_change: false,
         }
     }
 
     pub fn len(&self) -> usize {
         match &self.held {
+            Held::Every(q) => q.len(),
             Held::Newest(m) => m.len(),
             Held::InOrder { queue, .. } => queue.len(),
         }
@@ -93,6 +114,7 @@ impl Outbox {
 
     fn holds_nothing(&self) -> bool {
         match &self.held {
+            Held::Every(q) => q.is_empty(),
             Held::Newest(m) => m.is_empty(),
             Held::InOrder { queue, .. } => queue.is_empty(),
         }
@@ -105,6 +127,8 @@ impl Outbox {
 
     pub fn clear(&mut self) {
         match &mut self.held {
+            Held::Every(q) => q.clear(),
+            Held::Newest(_) if self.per_change => self.held = Held::Every(VecDeque::new()),
             Held::Newest(m) => m.clear(),
             Held::InOrder { queue, .. } => queue.clear(),
         }
@@ -117,9 +141,23 @@ impl Outbox {
         }
     }
 
-    /// Newest per user: keep `p` for later, in place of an older change of that user (at the
-    /// new change's place). Returns false when the outbox is full (the update is dropped).
+    /// Keep `p` for later: after what waits (every change), or in place of an older change of
+    /// that user, at the new change's place (newest per user). Returns false when the outbox
+    /// is full (the update is dropped).
     pub fn defer(&mut self, user: &UserId, p: Pending) -> bool {
+        if let Held::Every(queue) = &mut self.held {
+            if queue.len() < EVERY_MAX {
+                queue.push_back((user.clone(), p));
+                self.joined();
+                return true;
+            }
+            // Too far behind to be sent every change: from here on, each user's newest.
+            let mut newest: HashMap<UserId, Pending> = HashMap::with_capacity(queue.len());
+            for (u, q) in queue.drain(..) {
+                newest.insert(u, q);
+            }
+            self.held = Held::Newest(newest);
+        }
         let Held::Newest(pending) = &mut self.held else {
             debug_assert!(false, "defer on an in-order outbox");
             return self.push(p);
@@ -188,6 +226,15 @@ impl Outbox {
     pub fn drain(&mut self, max: usize, mut send: impl FnMut(&Pending) -> bool) -> u64 {
         let mut sent = 0;
         match &mut self.held {
+            Held::Every(queue) => {
+                while let Some((_, p)) = queue.front() {
+                    if sent as usize >= max || !send(p) {
+                        break;
+                    }
+                    queue.pop_front();
+                    sent += 1;
+                }
+            }
             Held::Newest(pending) => {
                 for user in in_change_order(pending, max) {
                     if !send(&pending[&user]) {
@@ -209,6 +256,10 @@ impl Outbox {
         }
         if self.holds_nothing() {
             self.since = None;
+            if self.per_change && matches!(self.held, Held::Newest(_)) {
+                // Caught up: every change again.
+                self.held = Held::Every(VecDeque::new());
+            }
         }
         sent
     }
@@ -319,7 +370,7 @@ mod tests {
 
     #[test]
     fn a_batch_holds_each_user_once_newest_at_the_place_of_the_latest_change() {
-        let mut h = Outbox::default();
+        let mut h = Outbox::newest_per_user();
         h.defer(&uid("a"), pending(1));
         h.defer(&uid("b"), pending(2));
         h.defer(&uid("a"), pending(3));
@@ -338,7 +389,7 @@ mod tests {
 
     #[test]
     fn a_batch_refused_for_want_of_room_stays_whole_and_merges_newer_changes() {
-        let mut h = Outbox::default();
+        let mut h = Outbox::newest_per_user();
         h.defer(&uid("a"), pending(1));
         h.defer(&uid("b"), pending(2));
         let since = h.waiting_since();
@@ -359,7 +410,7 @@ mod tests {
 
     #[test]
     fn a_batch_carries_at_most_500_users_the_oldest_first_and_the_rest_is_due_at_once() {
-        let mut h = Outbox::default();
+        let mut h = Outbox::newest_per_user();
         for i in 0..1200 {
             h.defer(&uid(&format!("u{i}")), pending(1200 - i));
         }
@@ -378,10 +429,65 @@ mod tests {
         assert!(h.waiting_since().is_none());
     }
 
+    fn drained(h: &mut Outbox) -> Vec<i64> {
+        let mut got = Vec::new();
+        h.drain(usize::MAX, |p| {
+            got.push(p.version);
+            true
+        });
+        got
+    }
+
     #[test]
-    fn the_backlog_keeps_the_newest_change_per_user_oldest_first() {
-        let mut h = Outbox::default();
-        let (a, b) = (UserId::parse("a").unwrap(), UserId::parse("b").unwrap());
+    fn a_per_change_backlog_keeps_every_change_in_order() {
+        let mut h = Outbox::every_change();
+        let (a, b) = (uid("a"), uid("b"));
+        for (u, v) in [(&a, 1), (&b, 2), (&a, 3), (&a, 4)] {
+            assert!(h.defer(u, pending(v)));
+        }
+        assert_eq!(
+            drained(&mut h),
+            [1, 2, 3, 4],
+            "a short wait loses no change"
+        );
+        assert!(h.is_empty() && h.waiting_since().is_none());
+    }
+
+    #[test]
+    fn a_per_change_backlog_far_behind_folds_into_each_users_newest_then_keeps_every_change_again()
+    {
+        let mut h = Outbox::every_change();
+        let (a, b) = (uid("a"), uid("b"));
+        for v in 1..=EVERY_MAX as i64 {
+            assert!(h.defer(if v % 2 == 0 { &a } else { &b }, pending(v)));
+        }
+        assert_eq!(h.len(), EVERY_MAX);
+        assert!(h.defer(&a, pending(EVERY_MAX as i64 + 1)));
+        assert_eq!(h.len(), 2, "folded: a and b, each its newest");
+        assert!(h.defer(&a, pending(EVERY_MAX as i64 + 2)));
+        assert_eq!(
+            drained(&mut h),
+            [EVERY_MAX as i64 - 1, EVERY_MAX as i64 + 2]
+        );
+        assert!(h.defer(&a, pending(2000)) && h.defer(&a, pending(2001)));
+        assert_eq!(
+            drained(&mut h),
+            [2000, 2001],
+            "caught up: every change again"
+        );
+        assert!(h.defer(&a, pending(3000)));
+        for _ in 0..EVERY_MAX {
+            h.defer(&b, pending(3001));
+        }
+        h.clear();
+        assert!(h.defer(&a, pending(4000)) && h.defer(&a, pending(4001)));
+        assert_eq!(drained(&mut h), [4000, 4001], "cleared: every change again");
+    }
+
+    #[test]
+    fn a_batching_backlog_keeps_the_newest_change_per_user_oldest_first() {
+        let mut h = Outbox::newest_per_user();
+        let (a, b) = (uid("a"), uid("b"));
         assert!(h.defer(&a, pending(5)));
         assert!(h.defer(&b, pending(3)));
         assert!(
@@ -389,19 +495,13 @@ mod tests {
             "an older change never replaces a newer one"
         );
         assert!(h.defer(&a, pending(7)));
-        let mut got = Vec::new();
-        let mut take = |p: &Pending| {
-            got.push(p.version);
-            true
-        };
-        assert_eq!(h.drain(10, &mut take), 2);
-        assert_eq!(got, [3, 7]);
+        assert_eq!(drained(&mut h), [3, 7]);
         assert!(h.is_empty());
     }
 
     #[test]
     fn a_refused_drain_keeps_the_rest_in_order() {
-        let mut h = Outbox::default();
+        let mut h = Outbox::newest_per_user();
         for (u, v) in [("a", 1), ("b", 2), ("c", 3)] {
             h.defer(&UserId::parse(u).unwrap(), pending(v));
         }

@@ -161,7 +161,10 @@ impl Route {
         };
         match d.line.write(&d.sid, d.at, &frame()) {
             Wrote::Sent => {
-                self.waiting.store(0, Ordering::Relaxed);
+                // Read first: a store on every write would bounce the line between cores.
+                if self.waiting.load(Ordering::Relaxed) != 0 {
+                    self.waiting.store(0, Ordering::Relaxed);
+                }
                 Via::Sent
             }
             Wrote::Full => Via::Later,
