@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace -q
 export JWT_SECRET=loadtest-secret-0123456789abcdef-0123
-GW=./target/release/presence-gateway
+GW=${GW:-./target/release/presence-gateway}
 LG=./target/release/loadgen
 PORT=${PORT:-3300}
 
@@ -50,7 +50,7 @@ run3() { # run3 <loadgen args...>
     if [ "${PEER:-0}" = 1 ]; then
       (cd "$PEER_DIR" && REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX=peer$$-$run NODE_ID=peer-$i \
         APP_ENV=production RATE_LIMIT_PER_SEC=0 LOG_LEVEL=warn HOST=127.0.0.1 PORT=$((PORT + i)) \
-        ${EXTRA_ENV:-} exec "${SRV_CPU[@]}" node server.js) > /tmp/bench-peer$i.log 2>&1 &
+        exec env ${EXTRA_ENV:-} "${SRV_CPU[@]}" node server.js) > /tmp/bench-peer$i.log 2>&1 &
     else
       env REDIS_URL=${BENCH_REDIS_URL:-redis://127.0.0.1:6379} REDIS_KEY_PREFIX=bench$$-$run NODE_ID=bench-$i RATE_LIMIT_PER_SEC=0 \
         HTTP_RATE_LIMIT_PER_SEC=0 MAX_CONNECTIONS_PER_USER=0 HANDSHAKE_RATE_PER_IP=0 \
@@ -86,10 +86,14 @@ redis_cpu() {
 
 # side <loadgen args...>: the gateway and the Node peer, alternately, three times each, in one
 # run (the machine's noise falls on both; BENCHMARKS.md quotes the medians).
+# ROUNDS=n rounds instead of three; ONLY=gateway or ONLY=peer runs just that side (to try the
+# instrument, not to compare). OLD_GW=<binary>: an earlier build of the gateway too, in each
+# round ("presence-gateway (old)"), to show a change gave no ground.
 side() {
-  for r in 1 2 3; do
-    echo "round $r: presence-gateway"; run3 "$@"
-    echo "round $r: node-presence"; PEER=1 run3 "$@"
+  for r in $(seq 1 "${ROUNDS:-3}"); do
+    if [ -n "${OLD_GW:-}" ]; then echo "round $r: presence-gateway (old)"; GW=$OLD_GW run3 "$@"; fi
+    if [ "${ONLY:-gateway}" = gateway ]; then echo "round $r: presence-gateway"; run3 "$@"; fi
+    if [ "${ONLY:-peer}" = peer ]; then echo "round $r: node-presence"; PEER=1 run3 "$@"; fi
   done
 }
 

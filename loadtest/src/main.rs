@@ -113,6 +113,12 @@ pub enum Scenario {
         /// the instrument of the sessions before, kept to compare the two.
         #[arg(long, default_value_t = 1)]
         readers: usize,
+        /// After a poll that found bytes, a reader sleeps this long before it looks again, so
+        /// that a burst's deliveries wait for it in the sockets instead of each waking it: a
+        /// server writing to a sleeping reader on loopback pays for that wake-up, which a
+        /// client on another machine never costs it. Latency is overstated by at most this.
+        #[arg(long, default_value_t = 500)]
+        nap_us: u64,
     },
     /// Subscription sockets (section 9): each client is a user who subscribes to `per` other
     /// clients (the first `watching`; the rest to users who never change) and changes status

@@ -16,7 +16,7 @@ pub(super) async fn fanout(
     duration_s: u64,
     viewer_gender: &str,
     batch: bool,
-    readers: usize,
+    (readers, nap): (usize, Duration),
 ) -> Result<Value, String> {
     // The changes the server accepted (a refused one reaches nobody).
     let accepted = Arc::new(Accepted::new(changers));
@@ -28,7 +28,7 @@ pub(super) async fn fanout(
 
     // Viewers first, so they see every change.
     let mux = if readers > 0 {
-        let m = Mux::start(readers, &prefix, batch, received.clone(), frames.clone())
+        let m = Mux::start(readers, nap, &prefix, batch, received.clone(), frames.clone())
             .map_err(|e| e.to_string())?;
         Some(m)
     } else {
@@ -238,7 +238,7 @@ pub(super) async fn fanout(
     }
     let got = received.load(Ordering::Relaxed);
     Ok(json!({
-        "scenario": "fanout", "batch": batch, "readers": readers, "viewers": viewers, "viewers_connected": viewers_up, "changers": changers,
+        "scenario": "fanout", "batch": batch, "readers": readers, "reader_nap_us": nap.as_micros() as u64, "viewers": viewers, "viewers_connected": viewers_up, "changers": changers,
         "changes": changes, "changes_accepted": accepted.count(), "changes_per_s": changes as f64 / send_s,
         "deliveries": {"expected": expected, "received": got, "missing": missing, "doubled": doubled},
         "missing_examples": examples,

@@ -75,6 +75,7 @@ pub async fn run(cli: Cli) -> Result<Value, String> {
             viewer_gender,
             batch,
             readers,
+            nap_us,
         } => {
             fanout(
                 c,
@@ -84,7 +85,7 @@ pub async fn run(cli: Cli) -> Result<Value, String> {
                 duration_s,
                 &viewer_gender,
                 batch,
-                readers,
+                (readers, Duration::from_micros(nap_us)),
             )
             .await
         }
