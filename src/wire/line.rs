@@ -17,7 +17,7 @@
 use super::frames::{Seen, Side, Stream};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -32,6 +32,8 @@ pub struct Line {
     state: Mutex<State>,
     /// Cancelled when hyper or the library let go of the connection.
     gone: CancellationToken,
+    /// The same, read by every write: a token's own check takes a lock.
+    let_go: AtomicBool,
     /// Requests hyper read on this connection.
     requests: AtomicU32,
 }
@@ -127,6 +129,7 @@ impl LineIo {
                 asks: 0,
             }),
             gone: CancellationToken::new(),
+            let_go: AtomicBool::new(false),
             requests: AtomicU32::new(0),
         });
         let weak = LineRef(Arc::downgrade(&line));
@@ -141,6 +144,7 @@ impl LineIo {
 
 impl Drop for LineIo {
     fn drop(&mut self) {
+        self.line.let_go.store(true, Ordering::Release);
         self.line.gone.cancel();
     }
 }
@@ -313,7 +317,7 @@ impl LineRef {
         let Some(line) = self.0.upgrade() else {
             return Wrote::Closed;
         };
-        if line.gone.is_cancelled() {
+        if line.let_go.load(Ordering::Acquire) {
             return Wrote::Closed;
         }
         let mut st = line.lock();

@@ -5,11 +5,13 @@
 //! two cores shared with the servers those add up to more than the servers' own work: with a
 //! task per socket the load generator put the Node peer's broadcast median at 70 ms where an
 //! independent one measured 13 ms. Here each thread owns an epoll set of thousands of sockets
-//! (mio): one `epoll_wait` hands it every socket that has bytes, it reads each until it would
-//! block, takes the time right after each read (the latency is that instant minus the change's
-//! send time, carried in its `details`), and parses the frames in place, borrowing, without
-//! a task, a channel or an allocation per delivery. It answers Engine.IO pings and sends each
-//! viewer's heartbeat itself.
+//! (mio): one `epoll_wait` hands it every socket that has bytes, it reads each once (a short
+//! read emptied it), takes the time right after each read (the latency is that instant minus
+//! the change's send time, carried in its `details`), and reads the frames in place, without a
+//! task, a channel or an allocation per delivery. After a poll that found bytes it naps (see
+//! `loadgen fanout --nap-us`): a server writing to a reader asleep in `epoll_wait` on loopback
+//! pays for waking it, which a client on another machine never costs it. It answers Engine.IO
+//! pings and sends each viewer's heartbeat itself.
 
 use super::{Seen, changes_in, now_us};
 use crate::sio::Client;
