@@ -260,14 +260,15 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 
 pub async fn run(state: AppState, mut rx: Receiver<PresenceEvent>) {
     let mut resyncs = state.engine.subscribe_resyncs();
+    let scheduled = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         let event = tokio::select! {
             _ = state.background.stop.cancelled() => break,
             r = rx.recv() => r,
             r = resyncs.recv() => {
                 match r {
-                    Ok(cause) => schedule_resync(&state, cause),
-                    Err(RecvError::Lagged(_)) => schedule_resync(&state, Resync::BusLagged),
+                    Ok(cause) => schedule_resync(&state, cause, &scheduled),
+                    Err(RecvError::Lagged(_)) => resync_all(&state, Resync::BusLagged),
                     Err(RecvError::Closed) => {}
                 }
                 continue;
@@ -290,18 +291,33 @@ pub async fn run(state: AppState, mut rx: Receiver<PresenceEvent>) {
 
 /// After a resubscription, wait until every replica has had a sweep and a heartbeat flush to
 /// notice the store is back and restore its connections (it may have come back empty), so
-/// that what the sockets refetch is whole.
-fn schedule_resync(state: &AppState, cause: Resync) {
+/// that what the sockets refetch is whole. One such resync waits at a time: resubscriptions
+/// that come while it waits (a failover is noticed both by the reconnect and by the slot map's
+/// watch) are covered by it, since it goes out after them. Each resync makes every viewer
+/// refetch what it shows: two in a row after a failover doubled the reads that kept two
+/// replicas overloaded in a cluster audit (RELIABILITY.md, session 11).
+fn schedule_resync(
+    state: &AppState,
+    cause: Resync,
+    scheduled: &Arc<std::sync::atomic::AtomicBool>,
+) {
     if cause != Resync::Resubscribed {
         return resync_all(state, cause);
     }
+    if scheduled.swap(true, Ordering::AcqRel) {
+        return;
+    }
     let settle = Duration::from_millis(state.config.sweep_interval_ms)
         + super::heartbeats::flush_interval(state.config.heartbeat_timeout_ms) * 2;
-    let state2 = state.clone();
+    let (state2, scheduled) = (state.clone(), scheduled.clone());
     state.background.tasks.spawn(async move {
         tokio::select! {
             _ = state2.background.stop.cancelled() => {}
-            _ = tokio::time::sleep(settle) => resync_all(&state2, cause),
+            _ = tokio::time::sleep(settle) => {
+                // Cleared first: a resubscription after this resync gets one of its own.
+                scheduled.store(false, Ordering::Release);
+                resync_all(&state2, cause);
+            }
         }
     });
 }

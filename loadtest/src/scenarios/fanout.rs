@@ -28,8 +28,15 @@ pub(super) async fn fanout(
 
     // Viewers first, so they see every change.
     let mux = if readers > 0 {
-        let m = Mux::start(readers, nap, &prefix, batch, received.clone(), frames.clone())
-            .map_err(|e| e.to_string())?;
+        let m = Mux::start(
+            readers,
+            nap,
+            &prefix,
+            batch,
+            received.clone(),
+            frames.clone(),
+        )
+        .map_err(|e| e.to_string())?;
         Some(m)
     } else {
         None

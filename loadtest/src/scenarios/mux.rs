@@ -367,7 +367,11 @@ mod tests {
             assert_eq!(one_change(f, "other-"), Some(None));
         }
         let batch = r#"42["presence-batch",{"updates":[]}]"#;
-        assert_eq!(one_change(batch, "fx-"), None, "a batch: the parser reads it");
+        assert_eq!(
+            one_change(batch, "fx-"),
+            None,
+            "a batch: the parser reads it"
+        );
         let escaped = r#"42["presence-update",{"userId":"fx-\"3","details":{"c":1,"s":1,"t":1}}]"#;
         assert_eq!(one_change(escaped, "fx-"), None);
         let no_mark = r#"42["presence-update",{"userId":"fx-3","status":"online","details":{}}]"#;

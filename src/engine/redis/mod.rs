@@ -74,7 +74,19 @@ pub struct RedisEngine {
     scripts: Scripts,
     /// `MAX_CONNECTIONS_PER_USER` (0: no limit).
     max_conns: u32,
+    /// Pipelines of reads in flight at once (see [`READS_IN_FLIGHT`]).
+    reads: tokio::sync::Semaphore,
 }
+
+/// Pipelines of reads (`presence:get`, subscription snapshots, refetches) one replica has in
+/// flight at once; a read that finds no room within [`READ_ADMISSION`] is refused
+/// `unavailable` before it costs Redis anything. After a failover every viewer refetches at
+/// once: unbounded, those reads queued in the client past its command timeout, every one timed
+/// out while Redis still did its work, clients asked again, and two replicas stayed in that
+/// state for the rest of a 600 s audit (RELIABILITY.md, session 11). Bounded, the reads let in
+/// finish in time and the others are turned away cheaply and come back later.
+const READS_IN_FLIGHT: usize = 32;
+const READ_ADMISSION: std::time::Duration = std::time::Duration::from_millis(1000);
 
 fn unavailable(e: impl std::fmt::Display) -> EngineError {
     EngineError::Unavailable(e.to_string())
@@ -131,6 +143,7 @@ impl RedisEngine {
                 claim: Script::from_lua(include_str!("claim.lua")),
             },
             max_conns: 0,
+            reads: tokio::sync::Semaphore::new(READS_IN_FLIGHT),
         };
         engine.sadd_node().await?;
         Ok(engine)
@@ -212,6 +225,10 @@ impl RedisEngine {
         if cmds.is_empty() {
             return Ok(vec![]);
         }
+        let _admitted = tokio::time::timeout(READ_ADMISSION, self.reads.acquire())
+            .await
+            .map_err(|_| unavailable("too many reads in flight on this replica"))?
+            .map_err(unavailable)?;
         let pipeline = self.client.pipeline();
         for (name, args) in cmds {
             let _: () = pipeline
