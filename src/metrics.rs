@@ -77,6 +77,10 @@ fn describe() {
         "Presence changes this replica's fan-out missed by falling behind"
     );
     describe_counter!(
+        "presence_updates_repeated_total",
+        "Presence changes this replica received again (a version not above the last one it sent for the user) and did not send"
+    );
+    describe_counter!(
         "presence_updates_deferred_total",
         "presence-update messages that found a socket's queue full and waited in its backlog"
     );
@@ -168,6 +172,7 @@ pub struct Metrics {
     pub published: Counter,
     pub delivered: Counter,
     pub lagged: Counter,
+    pub repeated: Counter,
     pub deferred: Counter,
     pub dropped: Counter,
     pub resyncs: Counter,
@@ -249,6 +254,7 @@ impl Metrics {
             published: counter!("presence_updates_published_total", "node" => n.clone()),
             delivered: counter!("presence_updates_delivered_total", "node" => n.clone()),
             lagged: counter!("presence_updates_lagged_total", "node" => n.clone()),
+            repeated: counter!("presence_updates_repeated_total", "node" => n.clone()),
             deferred: counter!("presence_updates_deferred_total", "node" => n.clone()),
             dropped: counter!("presence_updates_dropped_total", "node" => n.clone()),
             resyncs: counter!("presence_resyncs_total", "node" => n.clone()),

@@ -261,6 +261,7 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 pub async fn run(state: AppState, mut rx: Receiver<PresenceEvent>) {
     let mut resyncs = state.engine.subscribe_resyncs();
     let scheduled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut sent = LastSent::default();
     loop {
         let event = tokio::select! {
             _ = state.background.stop.cancelled() => break,
@@ -275,7 +276,13 @@ pub async fn run(state: AppState, mut rx: Receiver<PresenceEvent>) {
             }
         };
         match event {
-            Ok(ev) => deliver(&state, ev).await,
+            Ok(ev) => {
+                if sent.is_new(&ev.presence) {
+                    deliver(&state, ev).await;
+                } else {
+                    state.metrics.repeated.increment(1);
+                }
+            }
             Err(RecvError::Lagged(n)) => {
                 state.metrics.lagged.increment(n);
                 tracing::warn!(
@@ -286,6 +293,43 @@ pub async fn run(state: AppState, mut rx: Receiver<PresenceEvent>) {
             }
             Err(RecvError::Closed) => break,
         }
+    }
+}
+
+/// The version of each user's last change this replica fanned out, for the changes of the
+/// last [`RECENT`]. A change can reach the stream twice: on Redis Cluster, a script whose
+/// reply was lost in a failover is run again by the client on the promoted replica, which
+/// never received the first run's write, and publishes the same change (same version) again;
+/// viewers got it twice (728 sockets in a 600 s audit, RELIABILITY.md session 11). A version
+/// not above the last one sent is no change to a viewer (section 2), so it is not sent.
+#[derive(Default)]
+struct LastSent {
+    last: std::collections::HashMap<crate::domain::UserId, (i64, std::time::Instant)>,
+    /// Entries older than [`RECENT`] are dropped when `last` reaches this size.
+    prune_at: usize,
+}
+
+/// How long a user's last version is remembered (a repeat comes within seconds).
+const RECENT: Duration = Duration::from_secs(600);
+
+impl LastSent {
+    fn is_new(&mut self, p: &crate::domain::Presence) -> bool {
+        let now = std::time::Instant::now();
+        if let Some((v, at)) = self.last.get_mut(&p.user_id) {
+            if p.version <= *v {
+                return false;
+            }
+            *v = p.version;
+            *at = now;
+            return true;
+        }
+        if self.last.len() >= self.prune_at {
+            self.last
+                .retain(|_, (_, at)| now.duration_since(*at) < RECENT);
+            self.prune_at = (self.last.len() * 2).max(4096);
+        }
+        self.last.insert(p.user_id.clone(), (p.version, now));
+        true
     }
 }
 
