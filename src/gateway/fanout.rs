@@ -654,6 +654,28 @@ mod tests {
     /// judged. It must still be judged "not connected yet" (the update waits, the socket
     /// stays a viewer) until our connect handler ran.
     #[test]
+    fn a_change_received_again_with_the_same_version_is_not_sent_again() {
+        let user = UserId::parse("u").unwrap();
+        let at = |version| {
+            let mut r = crate::domain::PresenceRecord::new(Gender::Female);
+            r.version = version;
+            r.to_presence(user.clone())
+        };
+        let mut sent = LastSent::default();
+        assert!(sent.is_new(&at(10)));
+        assert!(
+            !sent.is_new(&at(10)),
+            "the failover's repeat of the same change"
+        );
+        assert!(!sent.is_new(&at(9)), "an older one");
+        assert!(sent.is_new(&at(11)));
+        let other = UserId::parse("v").unwrap();
+        let mut p = at(5);
+        p.user_id = other;
+        assert!(sent.is_new(&p), "versions are per user");
+    }
+
+    #[test]
     fn a_refusal_just_before_the_connect_completes_waits_instead_of_dropping_the_viewer() {
         let t0 = Timestamp::now();
         let h = connecting(t0);
