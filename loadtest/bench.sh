@@ -88,11 +88,15 @@ redis_cpu() {
 # run (the machine's noise falls on both; BENCHMARKS.md quotes the medians).
 # ROUNDS=n rounds instead of three; ONLY=gateway or ONLY=peer runs just that side (to try the
 # instrument, not to compare). OLD_GW=<binary>: an earlier build of the gateway too, in each
-# round ("presence-gateway (old)"), to show a change gave no ground.
+# round ("presence-gateway (old)"), to show a change gave no ground (use six rounds or more:
+# the same binary twice in a row differs by up to 10 % in one round).
 side() {
   for r in $(seq 1 "${ROUNDS:-3}"); do
-    if [ -n "${OLD_GW:-}" ]; then echo "round $r: presence-gateway (old)"; GW=$OLD_GW run3 "$@"; fi
+    # The old build first in odd rounds, second in even ones: which of two runs in a row comes
+    # first moved the same binary's figures by 10 % here (an A/A run, BENCHMARKS.md session 12).
+    if [ -n "${OLD_GW:-}" ] && [ $((r % 2)) = 1 ]; then echo "round $r: presence-gateway (old)"; GW=$OLD_GW run3 "$@"; fi
     if [ "${ONLY:-gateway}" = gateway ]; then echo "round $r: presence-gateway"; run3 "$@"; fi
+    if [ -n "${OLD_GW:-}" ] && [ $((r % 2)) = 0 ]; then echo "round $r: presence-gateway (old)"; GW=$OLD_GW run3 "$@"; fi
     if [ "${ONLY:-peer}" = peer ]; then echo "round $r: node-presence"; PEER=1 run3 "$@"; fi
   done
 }
@@ -164,6 +168,13 @@ case "${1:-all}" in
       echo "round $r: write floor"; SERVER=./target/release/examples/write_floor run X=1 -- fanout --viewers 10000 --changers 2 --rate 2 --duration-s 30
       echo '{"server": "write-floor"}'
       echo "round $r: node-presence"; PEER=1 run3 fanout --viewers 10000 --changers 2 --rate 2 --duration-s 30; done ;;&
+  # The same floor in issue 24's scenario, read by the load generator's readers (a floor found
+  # with the task-per-socket reader was the reader's own); ONLY=floor skips the peer.
+  floor-fanout2x20) cargo build --release --example write_floor -q
+    for r in $(seq 1 "${ROUNDS:-3}"); do
+      echo "round $r: write floor"; SERVER=./target/release/examples/write_floor run X=1 -- fanout --viewers 10000 --changers 20 --rate 2 --duration-s 30 --readers 1
+      echo '{"server": "write-floor"}'
+      if [ "${ONLY:-peer}" = peer ]; then echo "round $r: node-presence"; PEER=1 run3 fanout --viewers 10000 --changers 20 --rate 2 --duration-s 30 --readers 1; fi; done ;;&
   # Issue 24's scenario (the independent load generator's): 20 changers, 2 changes/s in all.
   # READERS=0 reads the viewers with one task each (the instrument before session 10).
   peer-fanout2x20) side fanout --viewers 10000 --changers 20 --rate 2 --duration-s 30 --readers "${READERS:-1}" ;;&

@@ -89,6 +89,8 @@ struct Direct {
     sid: Box<str>,
     /// Which CONNECT of `/` on the connection is the socket's.
     at: Binding,
+    /// A write was sent: the line has seen `at`'s CONNECT carry `sid` (it needs no asking again).
+    proven: AtomicBool,
 }
 
 impl Route {
@@ -129,6 +131,7 @@ impl Route {
             line,
             sid: sid.into(),
             at,
+            proven: AtomicBool::new(false),
         };
         route(Some(direct), None)
     }
@@ -159,8 +162,15 @@ impl Route {
                 Via::Later
             }
         };
-        match d.line.write(&d.sid, d.at, &frame()) {
+        let proven = d.proven.load(Ordering::Relaxed);
+        match d
+            .line
+            .write_as((!proven).then_some(&*d.sid), d.at, &frame())
+        {
             Wrote::Sent => {
+                if !proven {
+                    d.proven.store(true, Ordering::Relaxed);
+                }
                 // Read first: a store on every write would bounce the line between cores.
                 if self.waiting.load(Ordering::Relaxed) != 0 {
                     self.waiting.store(0, Ordering::Relaxed);
