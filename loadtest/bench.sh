@@ -179,6 +179,8 @@ case "${1:-all}" in
   # READERS=0 reads the viewers with one task each (the instrument before session 10).
   peer-fanout2x20) side fanout --viewers 10000 --changers 20 --rate 2 --duration-s 30 --readers "${READERS:-1}" ;;&
   peer-fanout10) side fanout --viewers 10000 --changers 10 --rate 10 --duration-s 30 ;;&
+  # The same with batch:true beside the peer, both at their default batch period (100 ms).
+  peer-batch10) side fanout --batch --viewers 10000 --changers 10 --rate 10 --duration-s 30 ;;&
   # The same at 10 changes/s with batch:true, batches of 100 ms (the default) and of 1 s,
   # each round beside the same without batching (what the CPU per update is compared with).
   batch10) for r in 1 2 3; do echo "round $r: no batching"

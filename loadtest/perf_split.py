@@ -5,7 +5,9 @@ Record with `perf record -a -g -F 499 -o perf.data -- sleep 12` during a run (BE
 "Session 9: the floor under the broadcast median"). Prints, per process, its samples and their
 share in the kernel, under `tcp_sendmsg` (a socket write and, on loopback, the receiving
 socket's side the kernel runs inline) and in user space. Samples × (1 / frequency) / deliveries
-in the window is CPU per delivery.
+in the window is CPU per delivery. A second argument, `start,end` (seconds of perf's clock, as
+`perf report --header-only` prints them), keeps only the samples between: the changes' burst
+of a run recorded whole.
 """
 import collections
 import subprocess
@@ -13,7 +15,8 @@ import sys
 
 
 def main():
-    out = subprocess.run(["perf", "script", "-i", sys.argv[1], "-F", "comm,pid,tid,ip,sym,dso"],
+    window = ["--time", sys.argv[2]] if len(sys.argv) > 2 else []
+    out = subprocess.run(["perf", "script", "-i", sys.argv[1], *window, "-F", "comm,pid,tid,ip,sym,dso"],
                          capture_output=True, text=True, check=True).stdout
     stats = collections.defaultdict(lambda: [0, 0, 0])
     for block in out.split("\n\n"):

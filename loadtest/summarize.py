@@ -54,6 +54,9 @@ def figures(gens, redis):
     out["redis_cpu_ms_per_change"] = (
         redis["redis_cpu_s"] * 1e3 / out["changes"] if out["changes"] and redis.get("redis_cpu_s") is not None else None
     )
+    # Latency through the run (fanout): p50 of the changes sent in each 5 s, as "p50@s".
+    through = gens[0].get("latency_by_5s")
+    out["p50_by_5s"] = " ".join("%g@%d" % (w["p50_ms"], w["from_s"]) for w in through) if through else None
     rss = [g["server_rss_kib"] for g in gens if "server_rss_kib" in g]
     if rss:
         out["server_rss_mib"] = rss[0] / 1024
@@ -68,12 +71,16 @@ def main():
     for label, rows in groups.items():
         med = {}
         for k in rows[0]:
+            if k == "p50_by_5s":
+                continue
             vals = [r[k] for r in rows if r[k] is not None]
             med[k] = round(statistics.median(vals), 2) if vals else None
         print(f"{label} ({len(rows)} runs): " + json.dumps(med))
         for r in rows:
             print("   run: p50 %(p50_ms)s p99 %(p99_ms)s max %(max_ms)s missing %(missing)s doubled %(doubled)s"
                   " server %(server_cpu_us_per_update)s µs/update, load generator %(loadgen_cpu_us_per_update)s" % r)
+            if r.get("p50_by_5s"):
+                print("        p50 ms @ s since the first change: " + r["p50_by_5s"])
     for label, rows in groups.items():
         m = re.match(r"^(.*), (\d+) changes/s$", label)
         idle = groups.get(f"{m.group(1)}, 0 changes/s") if m and m.group(2) != "0" else None

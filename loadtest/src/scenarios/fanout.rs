@@ -216,6 +216,8 @@ pub(super) async fn fanout(
         c.close().await;
     }
     let (mut lat, mut doubled, mut missing) = (Latencies::default(), 0u64, 0u64);
+    // (send time, latency) of every delivery, for the latency through the run.
+    let mut through: Vec<(u64, u64)> = Vec::new();
     // Viewers closed by the server, and viewers connected throughout that received nothing.
     let (mut closed_early, mut deaf) = (0u64, 0u64);
     let mut examples = Vec::new();
@@ -240,11 +242,13 @@ pub(super) async fn fanout(
                 &mut examples,
             );
             doubled += seen.doubled;
+            through.extend(seen.sent.iter().copied().zip(seen.lat.0.iter().copied()));
             lat.merge(seen.lat);
         }
     }
     let got = received.load(Ordering::Relaxed);
     Ok(json!({
+        "latency_by_5s": by_window(&through, Duration::from_secs(5)),
         "scenario": "fanout", "batch": batch, "readers": readers, "reader_nap_us": nap.as_micros() as u64, "viewers": viewers, "viewers_connected": viewers_up, "changers": changers,
         "changes": changes, "changes_accepted": accepted.count(), "changes_per_s": changes as f64 / send_s,
         "deliveries": {"expected": expected, "received": got, "missing": missing, "doubled": doubled},

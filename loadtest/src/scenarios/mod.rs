@@ -180,6 +180,8 @@ struct Mark {
 struct Seen {
     last: HashMap<u64, u32>,
     lat: Latencies,
+    /// The send time (µs) of each latency in `lat`, in the same order: latency through the run.
+    sent: Vec<u64>,
     doubled: u64,
     /// (changer, first skipped seq, last skipped seq).
     skipped: Vec<(u64, u32, u32)>,
@@ -193,6 +195,7 @@ impl Seen {
     /// A change read at `at_us` (the mux times each read, not each count).
     fn count_at(&mut self, ch: u64, seq: u32, sent_us: u64, at_us: u64, batch: bool) {
         self.lat.push(at_us.saturating_sub(sent_us));
+        self.sent.push(sent_us);
         let l = self.last.entry(ch).or_insert(0);
         if seq <= *l {
             self.doubled += 1;
@@ -288,9 +291,32 @@ async fn http_json(addr: std::net::SocketAddr, path: &str) -> Result<Value, Stri
     serde_json::from_str(&body).map_err(|e| format!("{e}: {body:.80}"))
 }
 
+/// Latency through the run: p50 and p99 of the changes sent in each `window` since the first,
+/// so that a server falling behind (its latency growing while the changes keep coming) shows.
+pub(super) fn by_window(samples: &[(u64, u64)], window: Duration) -> Value {
+    let Some(first) = samples.iter().map(|(sent, _)| *sent).min() else {
+        return json!([]);
+    };
+    let w = window.as_micros().max(1) as u64;
+    let mut windows: std::collections::BTreeMap<u64, Latencies> = Default::default();
+    for (sent, lat) in samples {
+        windows.entry((sent - first) / w).or_default().push(*lat);
+    }
+    let out: Vec<Value> = windows
+        .into_iter()
+        .map(|(k, l)| {
+            let mut v = l.summary();
+            v["from_s"] = json!(k * w / 1_000_000);
+            v
+        })
+        .collect();
+    json!(out)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::changes_in;
+    use super::{by_window, changes_in};
+    use std::time::Duration;
 
     #[test]
     fn reads_the_load_generators_changes_from_updates_and_batches() {
@@ -305,5 +331,18 @@ mod tests {
         assert_eq!(changes_in(batch, "r1-ch-"), vec![(1, 2, 5), (2, 1, 6)]);
         // Not a frame at all: nothing, and no panic.
         assert!(changes_in("42[", "r1-ch-").is_empty());
+    }
+
+    #[test]
+    fn latency_through_the_run_is_grouped_by_when_the_change_was_sent() {
+        let s = 1_000_000;
+        let w = by_window(
+            &[(10 * s, 1_000), (11 * s, 3_000), (16 * s, 50_000)],
+            Duration::from_secs(5),
+        );
+        assert_eq!(w[0]["from_s"], 0);
+        assert_eq!(w[0]["count"], 2);
+        assert_eq!(w[1]["from_s"], 5);
+        assert_eq!(w[1]["p50_ms"], 50.0);
     }
 }
