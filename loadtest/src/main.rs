@@ -145,6 +145,14 @@ pub enum Scenario {
         /// Start the changes at this wall-clock time (ms since the epoch), once connected.
         #[arg(long)]
         start_at_ms: Option<u64>,
+        /// Threads that read the clients and send their changes and heartbeats, each polling
+        /// thousands of sockets (as `fanout --readers`); 0: one tokio task per client, the
+        /// instrument before session 12.
+        #[arg(long, default_value_t = 1)]
+        readers: usize,
+        /// As `fanout --nap-us`: latency is overstated by at most this.
+        #[arg(long, default_value_t = 500)]
+        nap_us: u64,
     },
     /// Connect N clients as fast as possible; time until /api/health shows them online.
     Storm {

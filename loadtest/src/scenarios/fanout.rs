@@ -35,6 +35,8 @@ pub(super) async fn fanout(
             batch,
             received.clone(),
             frames.clone(),
+            super::mux::HEARTBEAT,
+            None,
         )
         .map_err(|e| e.to_string())?;
         Some(m)

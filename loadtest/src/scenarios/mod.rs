@@ -98,6 +98,8 @@ pub async fn run(cli: Cli) -> Result<Value, String> {
             batch,
             heartbeat_ms,
             start_at_ms,
+            readers,
+            nap_us,
         } => {
             let watching = watching.unwrap_or(subscribers).min(subscribers);
             subs(
@@ -110,6 +112,7 @@ pub async fn run(cli: Cli) -> Result<Value, String> {
                 batch,
                 heartbeat_ms,
                 start_at_ms,
+                (readers, Duration::from_micros(nap_us)),
             )
             .await
         }

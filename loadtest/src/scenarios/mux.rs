@@ -11,12 +11,16 @@
 //! task, a channel or an allocation per delivery. After a poll that found bytes it naps (see
 //! `loadgen fanout --nap-us`): a server writing to a reader asleep in `epoll_wait` on loopback
 //! pays for waking it, which a client on another machine never costs it. It answers Engine.IO
-//! pings and sends each viewer's heartbeat itself.
+//! pings and sends each viewer's heartbeat itself. For the `subs` scenario ([`Plan`],
+//! [`Changes`]) it also sends each client's changes on their schedule, records their acks, and
+//! counts only updates of the users a client watches (any other of the run's is unexpected).
 
-use super::{Seen, changes_in, now_us};
+use super::{Accepted, Seen, changes_in, now_us};
 use crate::sio::Client;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io::{ErrorKind, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,7 +29,7 @@ use std::time::{Duration, Instant};
 
 const WAKE: Token = Token(usize::MAX);
 /// How often each viewer says `user:heartbeat`, as the task-per-viewer reader did.
-const HEARTBEAT: Duration = Duration::from_secs(5);
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
 /// The heartbeat period is cut into this many slices, each with its share of the viewers.
 const SLICES: usize = 50;
 
@@ -36,8 +40,29 @@ pub struct Outcome {
     pub closed: bool,
 }
 
-/// A viewer handed to a reader: its index, its socket, and the bytes already read from it.
-type Handover = (usize, std::net::TcpStream, Vec<u8>);
+/// A viewer handed to a reader: its index, its socket, the bytes already read from it, and
+/// what else it does (`subs`).
+type Handover = (usize, std::net::TcpStream, Vec<u8>, Option<Plan>);
+
+/// What a subscription client does besides reading (the `subs` scenario): the users it watches
+/// (an update of any other user of the run is unexpected) and, if it changes too, when its
+/// first change is due after the start.
+pub struct Plan {
+    pub watched: Vec<u64>,
+    pub changes_at: Option<Duration>,
+}
+
+/// The changes of the `subs` scenario, made by the readers: each changing client sets `live`
+/// every `period` from the start (wall-clock µs, 0 until everyone subscribed) for `run_for`,
+/// with its seq as the ack id; an `ok` ack is recorded in `accepted`.
+pub struct Changes {
+    pub accepted: Arc<Accepted>,
+    pub sent: Arc<AtomicU64>,
+    pub unexpected: Arc<AtomicU64>,
+    pub start_us: Arc<AtomicU64>,
+    pub period: Duration,
+    pub run_for: Duration,
+}
 
 pub struct Mux {
     threads: Vec<std::thread::JoinHandle<Vec<Outcome>>>,
@@ -53,12 +78,16 @@ struct Viewer {
     partial: Vec<u8>,
     seen: Seen,
     closed: bool,
+    plan: Option<Plan>,
+    /// The seq of its last change.
+    seq: u32,
 }
 
 impl Mux {
     /// `threads` readers, each napping `nap` after a poll that found bytes; each change of a user whose id starts with `prefix` is counted in
     /// its viewer's [`Seen`] (`batch`: viewers may skip superseded versions); `received` and
     /// `frames` count changes and presence frames as they come.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         threads: usize,
         nap: Duration,
@@ -66,6 +95,8 @@ impl Mux {
         batch: bool,
         received: Arc<AtomicU64>,
         frames: Arc<AtomicU64>,
+        heartbeat: Duration,
+        changes: Option<Arc<Changes>>,
     ) -> std::io::Result<Mux> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut mux = Mux {
@@ -89,6 +120,10 @@ impl Mux {
                 stop: stop.clone(),
                 mask: 0x2545_F491,
                 nap,
+                heartbeat,
+                changes: changes.clone(),
+                due: BinaryHeap::new(),
+                scheduled: false,
             };
             mux.threads.push(std::thread::spawn(move || r.run()));
             mux.to.push((tx, waker));
@@ -98,10 +133,21 @@ impl Mux {
 
     /// Viewer `id`, connected and joined: its socket is read by one of the threads from now on.
     pub fn add(&mut self, id: usize, client: Client) -> Result<(), String> {
+        self.add_planned(id, client, None)
+    }
+
+    /// [`add`](Self::add), for a client that watches `plan.watched` and may change too.
+    pub fn add_planned(
+        &mut self,
+        id: usize,
+        client: Client,
+        plan: Option<Plan>,
+    ) -> Result<(), String> {
         let (stream, rest) = client.into_parts()?;
         let (tx, waker) = &self.to[self.next % self.to.len()];
         self.next += 1;
-        tx.send((id, stream, rest)).map_err(|e| e.to_string())?;
+        tx.send((id, stream, rest, plan))
+            .map_err(|e| e.to_string())?;
         waker.wake().map_err(|e| e.to_string())
     }
 
@@ -130,13 +176,19 @@ struct Reader {
     mask: u32,
     /// See `loadgen fanout --nap-us`.
     nap: Duration,
+    heartbeat: Duration,
+    changes: Option<Arc<Changes>>,
+    /// When each changing viewer's next change is due (wall-clock µs), by slot.
+    due: BinaryHeap<Reverse<(u64, usize)>>,
+    /// The first changes are in `due` (the start is known).
+    scheduled: bool,
 }
 
 impl Reader {
     fn run(mut self) -> Vec<Outcome> {
         let mut events = Events::with_capacity(4096);
         let mut scratch = vec![0u8; 64 * 1024];
-        let mut beat = Instant::now() + HEARTBEAT / SLICES as u32;
+        let mut beat = Instant::now() + self.heartbeat / SLICES as u32;
         let mut slice = 0;
         let mut busy = false;
         while !self.stop.load(Ordering::Relaxed) {
@@ -148,13 +200,13 @@ impl Reader {
             let wait = if napping {
                 Duration::ZERO
             } else {
-                Duration::from_millis(100)
+                self.until_next_change().min(Duration::from_millis(100))
             };
             if self.poll.poll(&mut events, Some(wait)).is_err() {
                 continue;
             }
             busy = !events.is_empty();
-            for (id, std, rest) in self.rx.try_iter().collect::<Vec<_>>() {
+            for (id, std, rest, plan) in self.rx.try_iter().collect::<Vec<_>>() {
                 let mut stream = TcpStream::from_std(std);
                 let slot = self.viewers.len();
                 if self
@@ -171,6 +223,8 @@ impl Reader {
                     partial: Vec::new(),
                     seen: Seen::default(),
                     closed: false,
+                    plan,
+                    seq: 0,
                 });
                 // What arrived with the join, and whatever came since.
                 let at = now_us();
@@ -194,8 +248,9 @@ impl Reader {
                     self.send(slot, b"42[\"user:heartbeat\"]");
                 }
                 slice = (slice + 1) % SLICES;
-                beat = now + HEARTBEAT / SLICES as u32;
+                beat = now + self.heartbeat / SLICES as u32;
             }
+            self.change();
         }
         self.viewers
             .into_iter()
@@ -254,6 +309,7 @@ impl Reader {
             at_byte += len;
             match op {
                 0x1 if payload == b"2" => pong = true,
+                0x1 if payload.starts_with(b"43") => self.ack(slot, &payload[2..]),
                 0x1 => self.count(slot, payload, at),
                 0x8 => self.viewers[slot].closed = true,
                 _ => {}
@@ -275,8 +331,29 @@ impl Reader {
         {
             return;
         }
-        self.frames.fetch_add(1, Ordering::Relaxed);
+        // `subs` counts the frames from the first change on, as its task per client did.
+        if self
+            .changes
+            .as_ref()
+            .is_none_or(|c| c.start_us.load(Ordering::Relaxed) != 0)
+        {
+            self.frames.fetch_add(1, Ordering::Relaxed);
+        }
         let v = &mut self.viewers[slot];
+        if let (Some(plan), Some(c)) = (&v.plan, &self.changes) {
+            for (ch, seq, sent) in changes_in(text, &self.prefix) {
+                if ch == v.id as u64 {
+                    continue; // its own change, delivered to itself
+                }
+                if !plan.watched.contains(&ch) {
+                    c.unexpected.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                self.received.fetch_add(1, Ordering::Relaxed);
+                v.seen.count_at(ch, seq, sent, at, self.batch);
+            }
+            return;
+        }
         match one_change(text, &self.prefix) {
             Some(None) => {}
             Some(Some((ch, seq, sent))) => {
@@ -292,6 +369,76 @@ impl Reader {
         }
     }
 
+    /// An ack (`43<id>[…]`) to viewer `slot`: a change of its accepted if it says `ok`.
+    fn ack(&mut self, slot: usize, rest: &[u8]) {
+        let (Some(c), Ok(text)) = (&self.changes, std::str::from_utf8(rest)) else {
+            return;
+        };
+        let digits = text.len()
+            - text
+                .trim_start_matches(|ch: char| ch.is_ascii_digit())
+                .len();
+        let Ok(seq) = text[..digits].parse::<u32>() else {
+            return;
+        };
+        let ok = serde_json::from_str::<serde_json::Value>(&text[digits..])
+            .is_ok_and(|v| v[0]["ok"] == true);
+        if ok {
+            c.accepted.record(self.viewers[slot].id, seq);
+        }
+    }
+
+    /// How long until the next change is due (long if none is).
+    fn until_next_change(&self) -> Duration {
+        match self.due.peek() {
+            Some(Reverse((at, _))) => Duration::from_micros(at.saturating_sub(now_us())),
+            None if self.changes.is_some() && !self.scheduled => Duration::from_millis(1),
+            None => Duration::from_secs(1),
+        }
+    }
+
+    /// Send every change that is due; schedule the first ones once the start is known.
+    fn change(&mut self) {
+        let Some(c) = self.changes.clone() else {
+            return;
+        };
+        let start = c.start_us.load(Ordering::Relaxed);
+        if start == 0 {
+            return;
+        }
+        if !self.scheduled {
+            self.scheduled = true;
+            for (slot, v) in self.viewers.iter().enumerate() {
+                if let Some(offset) = v.plan.as_ref().and_then(|p| p.changes_at) {
+                    self.due
+                        .push(Reverse((start + offset.as_micros() as u64, slot)));
+                }
+            }
+        }
+        let end = start + c.run_for.as_micros() as u64;
+        let now = now_us();
+        while let Some(&Reverse((at, slot))) = self.due.peek() {
+            if at > now {
+                break;
+            }
+            self.due.pop();
+            if at >= end {
+                continue;
+            }
+            let v = &mut self.viewers[slot];
+            v.seq += 1;
+            let (id, seq) = (v.id, v.seq);
+            let event = format!(
+                "42{seq}[\"presence:set-status\",{{\"status\":\"live\",\"details\":{{\"c\":{id},\"s\":{seq},\"t\":{}}}}}]",
+                now_us()
+            );
+            self.send(slot, event.as_bytes());
+            c.sent.fetch_add(1, Ordering::Relaxed);
+            self.due
+                .push(Reverse((at + c.period.as_micros() as u64, slot)));
+        }
+    }
+
     /// A masked text frame to viewer `slot`; a viewer whose socket is full skips it (pongs and
     /// heartbeats are tiny and a socket that is full is one the server has stopped reading).
     fn send(&mut self, slot: usize, payload: &[u8]) {
@@ -299,8 +446,13 @@ impl Reader {
         self.mask ^= self.mask >> 17;
         self.mask ^= self.mask << 5;
         let key = self.mask.to_be_bytes();
-        let mut f = Vec::with_capacity(payload.len() + 6);
-        f.extend_from_slice(&[0x81, 0x80 | payload.len() as u8]);
+        let mut f = Vec::with_capacity(payload.len() + 8);
+        if payload.len() < 126 {
+            f.extend_from_slice(&[0x81, 0x80 | payload.len() as u8]);
+        } else {
+            f.extend_from_slice(&[0x81, 0x80 | 126]);
+            f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
         f.extend_from_slice(&key);
         f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
         let v = &mut self.viewers[slot];

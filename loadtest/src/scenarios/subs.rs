@@ -5,6 +5,12 @@
 //! who never change (what is online but watches nothing that moves), which a change must not
 //! cost anything. Every watcher must reach each watched user's last change (without batching:
 //! every change, in order).
+//!
+//! Once subscribed, a client's socket is handed to the readers of [`super::mux`], which read
+//! it, send its heartbeats and changes, and time each read (`--readers`, default 1); with
+//! `--readers 0` each client stays a tokio task, the instrument before session 12, which cost
+//! about as much per delivery as the servers.
+use super::mux::{Changes, Mux, Plan};
 use super::*;
 
 /// Ack ids of subscribe attempts, above any change's seq.
@@ -21,6 +27,7 @@ pub(super) async fn subs(
     batch: bool,
     heartbeat_ms: u64,
     start_at_ms: Option<u64>,
+    (readers, nap): (usize, Duration),
 ) -> Result<Value, String> {
     let n = subscribers;
     let watching = watching.min(n);
@@ -56,6 +63,36 @@ pub(super) async fn subs(
     let period = Duration::from_secs_f64(watching.max(1) as f64 / rate.max(0.001));
     let step = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let run_for = Duration::from_secs(duration_s);
+    let heartbeat = Duration::from_millis(heartbeat_ms.max(100));
+    // With readers (the default), the clients' sockets leave tokio once subscribed: the readers
+    // of [`super::mux`] read them, answer pings, send their heartbeats and their changes.
+    let start_us = Arc::new(AtomicU64::new(0));
+    let mux = if readers > 0 {
+        let changes = Arc::new(Changes {
+            accepted: accepted.clone(),
+            sent: sent.clone(),
+            unexpected: unexpected.clone(),
+            start_us: start_us.clone(),
+            period,
+            run_for,
+        });
+        let m = Mux::start(
+            readers,
+            nap,
+            &prefix,
+            batch,
+            received.clone(),
+            frames.clone(),
+            heartbeat,
+            Some(changes),
+        )
+        .map_err(|e| e.to_string())?;
+        Some(m)
+    } else {
+        None
+    };
+    let mux = Arc::new(std::sync::Mutex::new(mux));
+    let watched_of = plans.clone();
 
     let mut tasks = Vec::new();
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<bool>();
@@ -76,6 +113,9 @@ pub(super) async fn subs(
         };
         let (target, source) = (c.target_for(i), c.source(i));
         let unexpected = unexpected.clone();
+        let (mux, polled) = (mux.clone(), readers > 0);
+        let offset =
+            Duration::from_secs_f64((i as f64 * step.as_secs_f64()) % period.as_secs_f64());
         let (sem, ready_tx, mut stop_rx, mut start_rx, received, frames, prefix, accepted, sent) = (
             sem.clone(),
             ready_tx.clone(),
@@ -114,6 +154,15 @@ pub(super) async fn subs(
                 tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
             }
             drop(permit);
+            if polled {
+                let plan = Plan {
+                    watched: watched.clone(),
+                    changes_at: (i < watching).then_some(offset),
+                };
+                let added = mux.lock().unwrap().as_mut().map(|m| m.add_planned(i, client, Some(plan)));
+                let _ = ready_tx.send(subscribed && matches!(added, Some(Ok(()))));
+                return None;
+            }
             let _ = ready_tx.send(subscribed);
             // Everyone subscribed before the first change. Reading meanwhile: a client that
             // waits without answering Engine.IO pings is closed by the server after 45 s, and
@@ -127,7 +176,6 @@ pub(super) async fn subs(
                     m = client.recv() => { m?; }
                 }
             };
-            let offset = Duration::from_secs_f64((i as f64 * step.as_secs_f64()) % period.as_secs_f64());
             let mut change = tokio::time::interval_at(t0 + offset, period);
             // Only the watching clients change.
             let end = if i < watching { t0 + run_for } else { t0 };
@@ -191,7 +239,9 @@ pub(super) async fn subs(
     let wait = start_at_ms
         .map(|at| Duration::from_millis(at.saturating_sub(now_us() / 1000)))
         .unwrap_or_default();
-    let t0 = tokio::time::Instant::now() + wait.max(Duration::from_millis(200));
+    let lead = wait.max(Duration::from_millis(200));
+    let t0 = tokio::time::Instant::now() + lead;
+    start_us.store(now_us() + lead.as_micros() as u64, Ordering::Relaxed);
     let _ = start.send(Some(t0));
     // What the replicas spend from the first change on (not while anyone still connects).
     tokio::time::sleep_until(t0).await;
@@ -226,16 +276,29 @@ pub(super) async fn subs(
     let _ = stop.send(true);
     let (mut lat, mut doubled, mut missing) = (Latencies::default(), 0u64, 0u64);
     let mut examples = Vec::new();
+    let mut outcomes = Vec::new();
     for (i, t) in tasks.into_iter().enumerate() {
-        if let Ok(Some((seen, watched))) = t.await {
-            missing += missed(&seen, i as u64, watched, &accepted, &mut examples);
-            doubled += seen.doubled;
-            lat.merge(seen.lat);
+        if let Ok(Some((seen, _))) = t.await {
+            outcomes.push((i, seen));
         }
+    }
+    if let Some(m) = mux.lock().unwrap().take() {
+        outcomes.extend(m.finish().into_iter().map(|o| (o.id, o.seen)));
+    }
+    for (i, seen) in outcomes {
+        missing += missed(
+            &seen,
+            i as u64,
+            watched_of[i].clone(),
+            &accepted,
+            &mut examples,
+        );
+        doubled += seen.doubled;
+        lat.merge(seen.lat);
     }
     let got = received.load(Ordering::Relaxed);
     Ok(json!({
-        "scenario": "subs", "batch": batch, "subscribers": n, "subscribed_ok": ready,
+        "scenario": "subs", "readers": readers, "reader_nap_us": nap.as_micros() as u64, "batch": batch, "subscribers": n, "subscribed_ok": ready,
         "watching": watching, "per": per,
         "changes": changes, "changes_per_s": changes as f64 / duration_s.max(1) as f64,
         "changes_refused": sent.load(Ordering::Relaxed).saturating_sub(changes),
