@@ -4,7 +4,7 @@
 //! versions, never its latest; frames are counted as well as updates. The viewers are read by
 //! `readers` threads polling thousands of sockets each ([`super::mux`]), or with `readers` 0 by
 //! one task each (the instrument before session 10, kept to compare the two).
-use super::mux::Mux;
+use super::mux::{HEARTBEAT, Mux, Setup};
 use super::*;
 
 #[allow(clippy::too_many_arguments)] // the scenario's flags, passed as they are parsed
@@ -28,16 +28,16 @@ pub(super) async fn fanout(
 
     // Viewers first, so they see every change.
     let mux = if readers > 0 {
-        let m = Mux::start(
-            readers,
+        let m = Mux::start(Setup {
+            threads: readers,
             nap,
-            &prefix,
+            heartbeat: HEARTBEAT,
+            prefix: prefix.clone(),
             batch,
-            received.clone(),
-            frames.clone(),
-            super::mux::HEARTBEAT,
-            None,
-        )
+            received: received.clone(),
+            frames: frames.clone(),
+            changes: None,
+        })
         .map_err(|e| e.to_string())?;
         Some(m)
     } else {

@@ -44,6 +44,25 @@ pub struct Outcome {
 /// what else it does (`subs`).
 type Handover = (usize, std::net::TcpStream, Vec<u8>, Option<Plan>);
 
+/// How the readers read, and what they count.
+pub struct Setup {
+    /// Reader threads.
+    pub threads: usize,
+    /// See `loadgen fanout --nap-us`.
+    pub nap: Duration,
+    /// Each viewer's heartbeat period.
+    pub heartbeat: Duration,
+    /// The changes of users whose id starts with this are counted in their viewer's [`Seen`].
+    pub prefix: String,
+    /// Viewers may skip superseded versions.
+    pub batch: bool,
+    /// Changes and presence frames, counted as they come.
+    pub received: Arc<AtomicU64>,
+    pub frames: Arc<AtomicU64>,
+    /// The `subs` scenario's changes, made by the readers.
+    pub changes: Option<Arc<Changes>>,
+}
+
 /// What a subscription client does besides reading (the `subs` scenario): the users it watches
 /// (an update of any other user of the run is unexpected) and, if it changes too, when its
 /// first change is due after the start.
@@ -84,20 +103,18 @@ struct Viewer {
 }
 
 impl Mux {
-    /// `threads` readers, each napping `nap` after a poll that found bytes; each change of a user whose id starts with `prefix` is counted in
-    /// its viewer's [`Seen`] (`batch`: viewers may skip superseded versions); `received` and
-    /// `frames` count changes and presence frames as they come.
-    #[allow(clippy::too_many_arguments)]
-    pub fn start(
-        threads: usize,
-        nap: Duration,
-        prefix: &str,
-        batch: bool,
-        received: Arc<AtomicU64>,
-        frames: Arc<AtomicU64>,
-        heartbeat: Duration,
-        changes: Option<Arc<Changes>>,
-    ) -> std::io::Result<Mux> {
+    /// Start the readers ([`Setup`]); viewers are handed to them with [`add`](Self::add).
+    pub fn start(setup: Setup) -> std::io::Result<Mux> {
+        let Setup {
+            threads,
+            nap,
+            heartbeat,
+            prefix,
+            batch,
+            received,
+            frames,
+            changes,
+        } = setup;
         let stop = Arc::new(AtomicBool::new(false));
         let mut mux = Mux {
             threads: Vec::new(),
@@ -113,7 +130,7 @@ impl Mux {
                 poll,
                 rx,
                 viewers: Vec::new(),
-                prefix: prefix.to_string(),
+                prefix: prefix.clone(),
                 batch,
                 received: received.clone(),
                 frames: frames.clone(),

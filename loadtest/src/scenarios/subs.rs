@@ -10,7 +10,7 @@
 //! it, send its heartbeats and changes, and time each read (`--readers`, default 1); with
 //! `--readers 0` each client stays a tokio task, the instrument before session 12, which cost
 //! about as much per delivery as the servers.
-use super::mux::{Changes, Mux, Plan};
+use super::mux::{Changes, Mux, Plan, Setup};
 use super::*;
 
 /// Ack ids of subscribe attempts, above any change's seq.
@@ -76,16 +76,16 @@ pub(super) async fn subs(
             period,
             run_for,
         });
-        let m = Mux::start(
-            readers,
+        let m = Mux::start(Setup {
+            threads: readers,
             nap,
-            &prefix,
-            batch,
-            received.clone(),
-            frames.clone(),
             heartbeat,
-            Some(changes),
-        )
+            prefix: prefix.clone(),
+            batch,
+            received: received.clone(),
+            frames: frames.clone(),
+            changes: Some(changes),
+        })
         .map_err(|e| e.to_string())?;
         Some(m)
     } else {
