@@ -92,8 +92,9 @@ redis_cpu() {
 # the same binary twice in a row differs by up to 10 % in one round).
 side() {
   for r in $(seq 1 "${ROUNDS:-3}"); do
-    # The old build first in odd rounds, second in even ones: which of two runs in a row comes
-    # first moved the same binary's figures by 10 % here (an A/A run, BENCHMARKS.md session 12).
+    # The old build first in odd rounds, second in even ones, so that neither always meets the
+    # same minutes: the same binary under two labels differed by 13-15 % over three rounds here
+    # (an A/A run, BENCHMARKS.md session 12).
     if [ -n "${OLD_GW:-}" ] && [ $((r % 2)) = 1 ]; then echo "round $r: presence-gateway (old)"; GW=$OLD_GW run3 "$@"; fi
     if [ "${ONLY:-gateway}" = gateway ]; then echo "round $r: presence-gateway"; run3 "$@"; fi
     if [ -n "${OLD_GW:-}" ] && [ $((r % 2)) = 0 ]; then echo "round $r: presence-gateway (old)"; GW=$OLD_GW run3 "$@"; fi
