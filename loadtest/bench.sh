@@ -115,6 +115,10 @@ cluster_up() {
 }
 cluster_down() { for p in 7101 7102 7103; do redis-cli -p $p shutdown nosave >/dev/null 2>&1 || true; done; }
 
+# How the load generator reads its viewers in issue 24's scenarios (`loadgen fanout --help`):
+# READERS threads, NAP_US between looks in a burst, STAMP=kernel (arrival at the socket) or read.
+READING=(--readers "${READERS:-1}" --nap-us "${NAP_US:-500}" --stamp "${STAMP:-kernel}")
+
 PGURL=${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432}
 
 # seeded <database> <table> <seed.sql>: a migrated database whose <table> holds at least
@@ -173,12 +177,12 @@ case "${1:-all}" in
   # with the task-per-socket reader was the reader's own); ONLY=floor skips the peer.
   floor-fanout2x20) cargo build --release --example write_floor -q
     for r in $(seq 1 "${ROUNDS:-3}"); do
-      echo "round $r: write floor"; SERVER=./target/release/examples/write_floor run X=1 -- fanout --viewers 10000 --changers 20 --rate 2 --duration-s 30 --readers 1
+      echo "round $r: write floor"; SERVER=./target/release/examples/write_floor run X=1 -- fanout --viewers 10000 --changers 20 --rate 2 --duration-s 30 "${READING[@]}"
       echo '{"server": "write-floor"}'
-      if [ "${ONLY:-peer}" = peer ]; then echo "round $r: node-presence"; PEER=1 run3 fanout --viewers 10000 --changers 20 --rate 2 --duration-s 30 --readers 1; fi; done ;;&
+      if [ "${ONLY:-peer}" = peer ]; then echo "round $r: node-presence"; PEER=1 run3 fanout --viewers 10000 --changers 20 --rate 2 --duration-s 30 "${READING[@]}"; fi; done ;;&
   # Issue 24's scenario (the independent load generator's): 20 changers, 2 changes/s in all.
   # READERS=0 reads the viewers with one task each (the instrument before session 10).
-  peer-fanout2x20) side fanout --viewers 10000 --changers 20 --rate 2 --duration-s 30 --readers "${READERS:-1}" ;;&
+  peer-fanout2x20) side fanout --viewers 10000 --changers 20 --rate 2 --duration-s 30 "${READING[@]}" ;;&
   peer-fanout10) side fanout --viewers 10000 --changers 10 --rate 10 --duration-s 30 ;;&
   # The same with batch:true beside the peer, both at their default batch period (100 ms).
   peer-batch10) side fanout --batch --viewers 10000 --changers 10 --rate 10 --duration-s 30 ;;&

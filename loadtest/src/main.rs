@@ -16,7 +16,7 @@ mod scenarios;
 mod sio;
 mod token;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 #[derive(Parser, Debug, Clone)]
@@ -108,17 +108,8 @@ pub enum Scenario {
         /// Viewers ask for `presence-batch` frames (`auth.batch`).
         #[arg(long)]
         batch: bool,
-        /// Threads that read the viewers, each polling thousands of sockets (the default, and
-        /// the instrument of BENCHMARKS.md from session 10 on); 0: one tokio task per viewer,
-        /// the instrument of the sessions before, kept to compare the two.
-        #[arg(long, default_value_t = 1)]
-        readers: usize,
-        /// After a poll that found bytes, a reader sleeps this long before it looks again, so
-        /// that a burst's deliveries wait for it in the sockets instead of each waking it: a
-        /// server writing to a sleeping reader on loopback pays for that wake-up, which a
-        /// client on another machine never costs it. Latency is overstated by at most this.
-        #[arg(long, default_value_t = 500)]
-        nap_us: u64,
+        #[command(flatten)]
+        reading: Reading,
     },
     /// Subscription sockets (section 9): each client is a user who subscribes to `per` other
     /// clients (the first `watching`; the rest to users who never change) and changes status
@@ -145,14 +136,8 @@ pub enum Scenario {
         /// Start the changes at this wall-clock time (ms since the epoch), once connected.
         #[arg(long)]
         start_at_ms: Option<u64>,
-        /// Threads that read the clients and send their changes and heartbeats, each polling
-        /// thousands of sockets (as `fanout --readers`); 0: one tokio task per client, the
-        /// instrument before session 12.
-        #[arg(long, default_value_t = 1)]
-        readers: usize,
-        /// As `fanout --nap-us`: latency is overstated by at most this.
-        #[arg(long, default_value_t = 500)]
-        nap_us: u64,
+        #[command(flatten)]
+        reading: Reading,
     },
     /// Connect N clients as fast as possible; time until /api/health shows them online.
     Storm {
@@ -296,4 +281,33 @@ fn human(v: &serde_json::Value, indent: &str) -> String {
         }
     }
     out
+}
+
+/// How `fanout` and `subs` read their clients (see `scenarios/mux.rs`).
+#[derive(Args, Debug, Clone)]
+pub struct Reading {
+    /// Threads that read the clients (and, in `subs`, send their changes and heartbeats), each
+    /// polling thousands of sockets (the default, the instrument from session 10 on); 0: one
+    /// tokio task per client, the instrument before, kept to compare the two.
+    #[arg(long, default_value_t = 1)]
+    pub readers: usize,
+    /// After a poll that found bytes, a reader sleeps this long before it looks again, so
+    /// that a burst's deliveries wait for it in the sockets instead of each waking it: a
+    /// server writing to a sleeping reader on loopback pays for that wake-up, which a
+    /// client on another machine never costs it. With `--stamp read` latency is overstated
+    /// by at most this; with `--stamp kernel` not at all.
+    #[arg(long, default_value_t = 500)]
+    pub nap_us: u64,
+    /// When a delivery counts as arrived: `kernel`, when its bytes reached the client's
+    /// socket (the kernel's receive timestamp, SO_TIMESTAMPNS), so the reader's own turn on
+    /// the cores is not in the figure; `read`, when a reader read them (sessions 10-12).
+    #[arg(long, value_enum, default_value_t = Stamp::Kernel)]
+    pub stamp: Stamp,
+}
+
+/// See [`Reading::stamp`].
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    Kernel,
+    Read,
 }

@@ -16,7 +16,7 @@ pub(super) async fn fanout(
     duration_s: u64,
     viewer_gender: &str,
     batch: bool,
-    (readers, nap): (usize, Duration),
+    reading: &crate::Reading,
 ) -> Result<Value, String> {
     // The changes the server accepted (a refused one reaches nobody).
     let accepted = Arc::new(Accepted::new(changers));
@@ -27,10 +27,12 @@ pub(super) async fn fanout(
     let prefix = format!("{}-ch-", c.prefix);
 
     // Viewers first, so they see every change.
+    let readers = reading.readers;
     let mux = if readers > 0 {
         let m = Mux::start(Setup {
             threads: readers,
-            nap,
+            nap: Duration::from_micros(reading.nap_us),
+            stamp: reading.stamp,
             heartbeat: HEARTBEAT,
             prefix: prefix.clone(),
             batch,
@@ -251,7 +253,7 @@ pub(super) async fn fanout(
     let got = received.load(Ordering::Relaxed);
     Ok(json!({
         "latency_by_5s": by_window(&through, Duration::from_secs(5)),
-        "scenario": "fanout", "batch": batch, "readers": readers, "reader_nap_us": nap.as_micros() as u64, "viewers": viewers, "viewers_connected": viewers_up, "changers": changers,
+        "scenario": "fanout", "batch": batch, "readers": readers, "reader_nap_us": reading.nap_us, "stamp": format!("{:?}", reading.stamp).to_lowercase(), "viewers": viewers, "viewers_connected": viewers_up, "changers": changers,
         "changes": changes, "changes_accepted": accepted.count(), "changes_per_s": changes as f64 / send_s,
         "deliveries": {"expected": expected, "received": got, "missing": missing, "doubled": doubled},
         "missing_examples": examples,

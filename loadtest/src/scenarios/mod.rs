@@ -74,8 +74,7 @@ pub async fn run(cli: Cli) -> Result<Value, String> {
             duration_s,
             viewer_gender,
             batch,
-            readers,
-            nap_us,
+            reading,
         } => {
             fanout(
                 c,
@@ -85,7 +84,7 @@ pub async fn run(cli: Cli) -> Result<Value, String> {
                 duration_s,
                 &viewer_gender,
                 batch,
-                (readers, Duration::from_micros(nap_us)),
+                &reading,
             )
             .await
         }
@@ -98,8 +97,7 @@ pub async fn run(cli: Cli) -> Result<Value, String> {
             batch,
             heartbeat_ms,
             start_at_ms,
-            readers,
-            nap_us,
+            reading,
         } => {
             let watching = watching.unwrap_or(subscribers).min(subscribers);
             subs(
@@ -112,7 +110,7 @@ pub async fn run(cli: Cli) -> Result<Value, String> {
                 batch,
                 heartbeat_ms,
                 start_at_ms,
-                (readers, Duration::from_micros(nap_us)),
+                &reading,
             )
             .await
         }

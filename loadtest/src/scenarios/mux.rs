@@ -16,12 +16,14 @@
 //! counts only updates of the users a client watches (any other of the run's is unexpected).
 
 use super::{Accepted, Seen, changes_in, now_us};
+use crate::Stamp;
 use crate::sio::Client;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -50,6 +52,8 @@ pub struct Setup {
     pub threads: usize,
     /// See `loadgen fanout --nap-us`.
     pub nap: Duration,
+    /// See `loadgen fanout --stamp`.
+    pub stamp: Stamp,
     /// Each viewer's heartbeat period.
     pub heartbeat: Duration,
     /// The changes of users whose id starts with this are counted in their viewer's [`Seen`].
@@ -108,6 +112,7 @@ impl Mux {
         let Setup {
             threads,
             nap,
+            stamp,
             heartbeat,
             prefix,
             batch,
@@ -137,6 +142,7 @@ impl Mux {
                 stop: stop.clone(),
                 mask: 0x2545_F491,
                 nap,
+                stamp,
                 heartbeat,
                 changes: changes.clone(),
                 due: BinaryHeap::new(),
@@ -193,6 +199,7 @@ struct Reader {
     mask: u32,
     /// See `loadgen fanout --nap-us`.
     nap: Duration,
+    stamp: Stamp,
     heartbeat: Duration,
     changes: Option<Arc<Changes>>,
     /// When each changing viewer's next change is due (wall-clock µs), by slot.
@@ -224,6 +231,9 @@ impl Reader {
             }
             busy = !events.is_empty();
             for (id, std, rest, plan) in self.rx.try_iter().collect::<Vec<_>>() {
+                if self.stamp == Stamp::Kernel && stamp_arrivals(&std).is_err() {
+                    continue;
+                }
                 let mut stream = TcpStream::from_std(std);
                 let slot = self.viewers.len();
                 if self
@@ -285,13 +295,17 @@ impl Reader {
             let Some(v) = self.viewers.get_mut(slot).filter(|v| !v.closed) else {
                 return;
             };
-            match v.stream.read(scratch) {
-                Ok(0) => {
+            let got = match self.stamp {
+                Stamp::Kernel => recv_stamped(&v.stream, scratch),
+                Stamp::Read => v.stream.read(scratch).map(|n| (n, None)),
+            };
+            match got {
+                Ok((0, _)) => {
                     v.closed = true;
                     return;
                 }
-                Ok(n) => {
-                    let at = now_us();
+                Ok((n, arrived)) => {
+                    let at = arrived.unwrap_or_else(now_us);
                     self.take(slot, &scratch[..n], at);
                     // A short read emptied the socket: bytes that come later raise a new edge
                     // (mio's epoll is edge-triggered), so the read that would only say
@@ -560,4 +574,61 @@ mod tests {
         b.push(b'x');
         assert_eq!(frame(&b[5..]).unwrap().1.len(), 200);
     }
+}
+
+/// Ask the kernel to stamp each arrival on `socket` with the time its bytes reached it
+/// (SO_TIMESTAMPNS, the wall clock, as the changes' send times are).
+fn stamp_arrivals(socket: &impl AsRawFd) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid descriptor, and an option value of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// One `recvmsg`: the bytes, and when (wall-clock µs) the last of them reached the socket,
+/// if the kernel said. TCP stamps a read with its last segment's arrival, so a read of
+/// several frames times the earlier ones late, never early.
+fn recv_stamped(socket: &impl AsRawFd, buf: &mut [u8]) -> std::io::Result<(usize, Option<u64>)> {
+    // Room for one control message holding a timespec (8-byte aligned).
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; every pointer in it points into live buffers above, with
+    // their lengths, for the duration of the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut at = None;
+    // SAFETY: the CMSG macros walk the control buffer the kernel filled, within msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
+                at = Some(ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, at))
 }

@@ -27,7 +27,7 @@ pub(super) async fn subs(
     batch: bool,
     heartbeat_ms: u64,
     start_at_ms: Option<u64>,
-    (readers, nap): (usize, Duration),
+    reading: &crate::Reading,
 ) -> Result<Value, String> {
     let n = subscribers;
     let watching = watching.min(n);
@@ -67,6 +67,7 @@ pub(super) async fn subs(
     // With readers (the default), the clients' sockets leave tokio once subscribed: the readers
     // of [`super::mux`] read them, answer pings, send their heartbeats and their changes.
     let start_us = Arc::new(AtomicU64::new(0));
+    let readers = reading.readers;
     let mux = if readers > 0 {
         let changes = Arc::new(Changes {
             accepted: accepted.clone(),
@@ -78,7 +79,8 @@ pub(super) async fn subs(
         });
         let m = Mux::start(Setup {
             threads: readers,
-            nap,
+            nap: Duration::from_micros(reading.nap_us),
+            stamp: reading.stamp,
             heartbeat,
             prefix: prefix.clone(),
             batch,
@@ -298,7 +300,7 @@ pub(super) async fn subs(
     }
     let got = received.load(Ordering::Relaxed);
     Ok(json!({
-        "scenario": "subs", "readers": readers, "reader_nap_us": nap.as_micros() as u64, "batch": batch, "subscribers": n, "subscribed_ok": ready,
+        "scenario": "subs", "readers": readers, "reader_nap_us": reading.nap_us, "stamp": format!("{:?}", reading.stamp).to_lowercase(), "batch": batch, "subscribers": n, "subscribed_ok": ready,
         "watching": watching, "per": per,
         "changes": changes, "changes_per_s": changes as f64 / duration_s.max(1) as f64,
         "changes_refused": sent.load(Ordering::Relaxed).saturating_sub(changes),
