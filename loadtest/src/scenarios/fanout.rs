@@ -253,7 +253,7 @@ pub(super) async fn fanout(
     let got = received.load(Ordering::Relaxed);
     Ok(json!({
         "latency_by_5s": by_window(&through, Duration::from_secs(5)),
-        "scenario": "fanout", "batch": batch, "readers": readers, "reader_nap_us": reading.nap_us, "stamp": format!("{:?}", reading.stamp).to_lowercase(), "viewers": viewers, "viewers_connected": viewers_up, "changers": changers,
+        "scenario": "fanout", "batch": batch, "readers": readers, "reader_nap_us": reading.nap_us, "stamp": format!("{:?}", reading.stamp).to_lowercase(), "unstamped_reads": super::mux::UNSTAMPED.load(Ordering::Relaxed), "viewers": viewers, "viewers_connected": viewers_up, "changers": changers,
         "changes": changes, "changes_accepted": accepted.count(), "changes_per_s": changes as f64 / send_s,
         "deliveries": {"expected": expected, "received": got, "missing": missing, "doubled": doubled},
         "missing_examples": examples,

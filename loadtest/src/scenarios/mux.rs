@@ -305,6 +305,9 @@ impl Reader {
                     return;
                 }
                 Ok((n, arrived)) => {
+                    if arrived.is_none() && self.stamp == Stamp::Kernel {
+                        UNSTAMPED.fetch_add(1, Ordering::Relaxed);
+                    }
                     let at = arrived.unwrap_or_else(now_us);
                     self.take(slot, &scratch[..n], at);
                     // A short read emptied the socket: bytes that come later raise a new edge
@@ -536,45 +539,10 @@ fn frame(b: &[u8]) -> Option<(u8, &[u8], usize)> {
     (b.len() >= end).then(|| (op, &b[head..end], end))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{changes_in, frame, one_change};
-
-    #[test]
-    fn a_change_is_read_without_a_parser_as_the_parser_reads_it() {
-        let gw = r#"42["presence-update",{"userId":"fx-3","status":"live","details":{"c":3,"s":17,"t":123456789},"version":9,"lastSeen":null}]"#;
-        let node = r#"42["presence-update",{"version":9,"details":{"t":123456789,"s":17,"c":3},"status":"live","userId":"fx-3"}]"#;
-        for f in [gw, node] {
-            assert_eq!(one_change(f, "fx-"), Some(Some((3, 17, 123456789))));
-            assert_eq!(changes_in(f, "fx-"), [(3, 17, 123456789)]);
-            assert_eq!(one_change(f, "other-"), Some(None));
-        }
-        let batch = r#"42["presence-batch",{"updates":[]}]"#;
-        assert_eq!(
-            one_change(batch, "fx-"),
-            None,
-            "a batch: the parser reads it"
-        );
-        let escaped = r#"42["presence-update",{"userId":"fx-\"3","details":{"c":1,"s":1,"t":1}}]"#;
-        assert_eq!(one_change(escaped, "fx-"), None);
-        let no_mark = r#"42["presence-update",{"userId":"fx-3","status":"online","details":{}}]"#;
-        assert_eq!(one_change(no_mark, "fx-"), None);
-        assert!(changes_in(no_mark, "fx-").is_empty());
-    }
-
-    #[test]
-    fn frames_are_read_whole_or_not_at_all() {
-        let mut b = vec![0x81, 3];
-        b.extend_from_slice(b"abc");
-        b.extend_from_slice(&[0x81, 126, 0, 200]);
-        b.extend(std::iter::repeat_n(b'x', 199));
-        let (op, payload, len) = frame(&b).unwrap();
-        assert_eq!((op, payload, len), (1, &b"abc"[..], 5));
-        assert!(frame(&b[5..]).is_none(), "one byte short");
-        b.push(b'x');
-        assert_eq!(frame(&b[5..]).unwrap().1.len(), 200);
-    }
-}
+/// Reads the kernel did not stamp (`--stamp kernel`), timed when read instead: reported as
+/// `unstamped_reads`, so that a fallback is never silent. The kernel turns stamping on a moment
+/// after the first socket asks, so the first viewers' first reads may be among them.
+pub static UNSTAMPED: AtomicU64 = AtomicU64::new(0);
 
 /// Ask the kernel to stamp each arrival on `socket` with the time its bytes reached it
 /// (SO_TIMESTAMPNS, the wall clock, as the changes' send times are).
@@ -631,4 +599,76 @@ fn recv_stamped(socket: &impl AsRawFd, buf: &mut [u8]) -> std::io::Result<(usize
         }
     }
     Ok((n as usize, at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        Duration, Instant, Write, changes_in, frame, now_us, one_change, recv_stamped,
+        stamp_arrivals,
+    };
+
+    #[test]
+    fn a_change_is_read_without_a_parser_as_the_parser_reads_it() {
+        let gw = r#"42["presence-update",{"userId":"fx-3","status":"live","details":{"c":3,"s":17,"t":123456789},"version":9,"lastSeen":null}]"#;
+        let node = r#"42["presence-update",{"version":9,"details":{"t":123456789,"s":17,"c":3},"status":"live","userId":"fx-3"}]"#;
+        for f in [gw, node] {
+            assert_eq!(one_change(f, "fx-"), Some(Some((3, 17, 123456789))));
+            assert_eq!(changes_in(f, "fx-"), [(3, 17, 123456789)]);
+            assert_eq!(one_change(f, "other-"), Some(None));
+        }
+        let batch = r#"42["presence-batch",{"updates":[]}]"#;
+        assert_eq!(
+            one_change(batch, "fx-"),
+            None,
+            "a batch: the parser reads it"
+        );
+        let escaped = r#"42["presence-update",{"userId":"fx-\"3","details":{"c":1,"s":1,"t":1}}]"#;
+        assert_eq!(one_change(escaped, "fx-"), None);
+        let no_mark = r#"42["presence-update",{"userId":"fx-3","status":"online","details":{}}]"#;
+        assert_eq!(one_change(no_mark, "fx-"), None);
+        assert!(changes_in(no_mark, "fx-").is_empty());
+    }
+
+    #[test]
+    fn frames_are_read_whole_or_not_at_all() {
+        let mut b = vec![0x81, 3];
+        b.extend_from_slice(b"abc");
+        b.extend_from_slice(&[0x81, 126, 0, 200]);
+        b.extend(std::iter::repeat_n(b'x', 199));
+        let (op, payload, len) = frame(&b).unwrap();
+        assert_eq!((op, payload, len), (1, &b"abc"[..], 5));
+        assert!(frame(&b[5..]).is_none(), "one byte short");
+        b.push(b'x');
+        assert_eq!(frame(&b[5..]).unwrap().1.len(), 200);
+    }
+
+    #[test]
+    fn a_delivery_is_stamped_when_it_reached_the_socket_not_when_it_was_read() {
+        use std::net::{TcpListener, TcpStream};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let reader = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut writer, _) = l.accept().unwrap();
+        stamp_arrivals(&reader).unwrap();
+        // The kernel switches stamping on a moment after the first socket asks (a deferred
+        // static key): until then reads come unstamped, and are counted so.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (before, after, at) = loop {
+            let before = now_us();
+            writer.write_all(b"frame").unwrap();
+            let after = now_us();
+            std::thread::sleep(Duration::from_millis(50));
+            let mut buf = [0u8; 64];
+            let (n, at) = recv_stamped(&reader, &mut buf).unwrap();
+            assert_eq!(&buf[..n], b"frame");
+            match at {
+                Some(at) => break (before, after, at),
+                None => assert!(Instant::now() < deadline, "never stamped"),
+            }
+        };
+        assert!(
+            at >= before && at <= after + 1,
+            "stamped at {at}, written between {before} and {after}, read 50 ms later"
+        );
+    }
 }

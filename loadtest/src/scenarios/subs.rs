@@ -300,7 +300,7 @@ pub(super) async fn subs(
     }
     let got = received.load(Ordering::Relaxed);
     Ok(json!({
-        "scenario": "subs", "readers": readers, "reader_nap_us": reading.nap_us, "stamp": format!("{:?}", reading.stamp).to_lowercase(), "batch": batch, "subscribers": n, "subscribed_ok": ready,
+        "scenario": "subs", "readers": readers, "reader_nap_us": reading.nap_us, "stamp": format!("{:?}", reading.stamp).to_lowercase(), "unstamped_reads": super::mux::UNSTAMPED.load(Ordering::Relaxed), "batch": batch, "subscribers": n, "subscribed_ok": ready,
         "watching": watching, "per": per,
         "changes": changes, "changes_per_s": changes as f64 / duration_s.max(1) as f64,
         "changes_refused": sent.load(Ordering::Relaxed).saturating_sub(changes),
