@@ -18,6 +18,7 @@ RUN mkdir -p src loadtest/src \
 # Then the gateway itself (migrations are embedded at compile time).
 COPY src src
 COPY migrations migrations
+COPY ui ui
 COPY loadtest/src loadtest/src
 RUN touch src/main.rs src/lib.rs \
  && cargo build --release --locked -p presence-gateway \

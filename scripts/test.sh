@@ -29,6 +29,9 @@ cargo test --workspace --all-targets
 echo "==> cargo build (the binary the end-to-end tests start)"
 cargo build --bin presence-gateway
 
+echo "==> the image's build stage: the gateway from exactly the files the Dockerfile copies"
+bash scripts/check-dockerfile.sh
+
 echo "==> npm ci (e2e)"
 (cd e2e && npm ci --no-audit --no-fund --loglevel=error)
 

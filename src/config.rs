@@ -85,6 +85,9 @@ pub struct Config {
     pub offline_grace_ms: u64,
     /// `PRESENCE_SHUTDOWN_GRACE_MS`: the same, for connections closed by a shutting-down replica.
     pub shutdown_grace_ms: u64,
+    /// `PRESENCE_FLAP_LIMIT`, `PRESENCE_FLAP_HOLD_MS`: a user's online/offline transitions per
+    /// 10 s, cluster-wide, before further offlines are held that long ([`crate::domain::flap`]).
+    pub flap: crate::domain::FlapRule,
     /// `PRESENCE_DB_ONLINE_DEBOUNCE_MS`: online transitions reach the database at most this late.
     pub db_online_debounce_ms: u64,
     /// `PRESENCE_DB_OFFLINE_DEBOUNCE_MS`: offline transitions reach the database at most this late.
@@ -361,6 +364,10 @@ impl Config {
             server_heartbeat_interval_ms: ms("PRESENCE_SERVER_HEARTBEAT_INTERVAL_MS", 10_000, 100)?,
             offline_grace_ms: ms("PRESENCE_OFFLINE_GRACE_MS", 0, 0)?,
             shutdown_grace_ms: ms("PRESENCE_SHUTDOWN_GRACE_MS", 10_000, 0)?,
+            flap: crate::domain::FlapRule {
+                limit: count("PRESENCE_FLAP_LIMIT", 10)?,
+                hold_ms: ms("PRESENCE_FLAP_HOLD_MS", 5_000, 0)?,
+            },
             db_online_debounce_ms: ms("PRESENCE_DB_ONLINE_DEBOUNCE_MS", 2_000, 0)?,
             db_offline_debounce_ms: ms("PRESENCE_DB_OFFLINE_DEBOUNCE_MS", 0, 0)?,
             visibility_policy,

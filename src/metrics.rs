@@ -97,6 +97,10 @@ fn describe() {
         "Sockets whose presence frames the library sends instead of the direct path, by reason"
     );
     describe_counter!(
+        "presence_flap_holds_total",
+        "Offlines held PRESENCE_FLAP_HOLD_MS because their user flapped past PRESENCE_FLAP_LIMIT"
+    );
+    describe_counter!(
         "presence_batches_sent_total",
         "presence-batch messages sent by this replica (section 9)"
     );
@@ -305,7 +309,8 @@ impl Metrics {
             counter!("presence_direct_fallbacks_total", "node" => n.clone(), "reason" => why.as_str())
                 .increment(0);
         }
-        for reason in ["unauthorized", "forbidden", "unavailable"] {
+        counter!("presence_flap_holds_total", "node" => n.clone()).increment(0);
+        for reason in ["unauthorized", "forbidden", "unavailable", "rate_limited"] {
             counter!("gateway_handshake_failures_total", "node" => n.clone(), "reason" => reason)
                 .increment(0);
         }
@@ -343,6 +348,11 @@ impl Metrics {
     /// A socket's presence frames go through the library (`presence_direct_fallbacks_total`).
     pub fn direct_fallback(&self, why: crate::wire::Fallback) {
         counter!("presence_direct_fallbacks_total", "node" => self.node.to_string(), "reason" => why.as_str()).increment(1);
+    }
+
+    /// An offline held by flap damping (`presence_flap_holds_total`).
+    pub fn flap_held(&self) {
+        counter!("presence_flap_holds_total", "node" => self.node.to_string()).increment(1);
     }
 
     pub fn handshake_failed(&self, reason: &'static str) {

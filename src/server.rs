@@ -50,7 +50,8 @@ impl Gateway {
         let engine: Arc<dyn PresenceEngine> = match &config.redis_url {
             None => Arc::new(
                 MemoryEngine::with_buffer(&config.node_id, config.event_buffer)
-                    .with_max_connections_per_user(config.max_connections_per_user),
+                    .with_max_connections_per_user(config.max_connections_per_user)
+                    .with_flap_rule(config.flap),
             ),
             Some(url) => {
                 let e = RedisEngine::connect_with_buffer(
@@ -60,7 +61,10 @@ impl Gateway {
                     config.event_buffer,
                 )
                 .await
-                .map(|e| e.with_max_connections_per_user(config.max_connections_per_user))
+                .map(|e| {
+                    e.with_max_connections_per_user(config.max_connections_per_user)
+                        .with_flap_rule(config.flap)
+                })
                 .map_err(|e| ConfigError {
                     var: "REDIS_URL",
                     message: format!("cannot use Redis: {e}"),

@@ -14,7 +14,8 @@ describe("hostile clients", () => {
     const acks = await Promise.all(Array.from({ length: 60 }, () => ask(flooder, "presence:get", { userIds: ["a"] })));
     const limited = acks.filter((a) => a.ok === false && a.error.code === "rate_limited").length;
     assert.ok(limited >= 40, `only ${limited} of 60 refused`);
-    assert.ok(acks.filter((a) => a.ok).length >= 10, "the burst is served");
+    // The burst of 10, less the join, which is paid from it too.
+    assert.ok(acks.filter((a) => a.ok).length >= 9, "the burst is served");
     assert.equal(flooder.connected, true);
     assert.equal((await ask(bystander, "presence:get", { userIds: ["a"] })).ok, true, "others unaffected");
     // The budget refills.

@@ -75,17 +75,21 @@ test("HANDSHAKE_RATE_PER_IP: new sessions from one address past the burst get 42
   }
 });
 
-test("the per-socket request budget is the Engine.IO session's: leaving and re-joining / does not refill it", async () => {
+test("the per-socket request budget is the Engine.IO session's: leaving and re-joining / does not refill it, and each join is paid from it", async () => {
   const gw = await startGateway({ RATE_LIMIT_PER_SEC: "1", RATE_LIMIT_BURST: "4" });
   const session = await multiplexed(gw, user("rb-u", "female"), "rb");
   const { socket: s, join } = session;
   try {
+    // The join was paid from the burst of 4, then three requests.
     const answers = [];
-    for (let i = 0; i < 5; i++) answers.push((await ask(s, "user:heartbeat")).ok);
-    assert.deepEqual(answers, [true, true, true, true, false], "burst of 4 spent");
+    for (let i = 0; i < 4; i++) answers.push((await ask(s, "user:heartbeat")).ok);
+    assert.deepEqual(answers, [true, true, true, false], "burst of 4 spent");
     s.disconnect();
     await waitUntil(async () => (await gw.http("/api/health")).json.sockets.connected === 0, 5000, "left");
-    await join(s);
+    // Rejoining is a request too, from the same spent budget: refused, not a full budget.
+    await assert.rejects(join(s), (e) => /rate_limited/.test(e.message), "the rejoin is refused");
+    // A second later the budget has one request again: the join takes it, the next is refused.
+    await waitUntil(async () => join(s).then(() => true, () => false), 5000, "a join once the budget refilled");
     const after = await ask(s, "user:heartbeat");
     assert.deepEqual([after.ok, after.error?.code], [false, "rate_limited"], "the same session's budget, not a full one");
   } finally {

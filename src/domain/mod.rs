@@ -7,6 +7,7 @@
 //! them for atomicity inside Redis — held to them by `tests/it/conformance.rs`, which runs
 //! random sequences of operations against both engines and a model built on these types.
 
+pub mod flap;
 pub mod presence;
 pub mod stats;
 pub mod text;
@@ -14,6 +15,7 @@ pub mod time;
 pub mod user;
 pub mod visibility;
 
+pub use flap::{FlapRule, FlapWindow};
 pub use presence::{Details, Presence, PresenceRecord, Status, StatusError};
 pub use time::Timestamp;
 pub use user::{Gender, UserId, UserIdError};

@@ -9,7 +9,7 @@
 //! order.
 
 use super::*;
-use crate::domain::{PresenceRecord, presence::Presence};
+use crate::domain::{FlapRule, FlapWindow, PresenceRecord, presence::Presence};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
@@ -31,6 +31,8 @@ pub struct MemoryEngine {
     resyncs: broadcast::Sender<super::Resync>,
     /// `MAX_CONNECTIONS_PER_USER` (0: no limit).
     max_conns: u32,
+    /// `PRESENCE_FLAP_LIMIT` / `PRESENCE_FLAP_HOLD_MS`.
+    flap: FlapRule,
 }
 
 /// Where committed changes go, and whose they are.
@@ -43,6 +45,8 @@ struct UserState {
     record: PresenceRecord,
     conns: Vec<ConnId>,
     pending_offline: Option<Timestamp>,
+    /// Offlines in the current flap window ([`FlapRule`]).
+    flap: FlapWindow,
 }
 
 struct ConnState {
@@ -80,7 +84,14 @@ impl MemoryEngine {
             report: Mutex::new(None),
             resyncs: broadcast::channel(1).0,
             max_conns: 0,
+            flap: FlapRule::default(),
         }
+    }
+
+    /// Damp a user's flapping as `rule` says ([`FlapRule`]; the default: not at all).
+    pub fn with_flap_rule(mut self, rule: FlapRule) -> Self {
+        self.flap = rule;
+        self
     }
 
     /// At most `n` connections per user (0: no limit).
@@ -115,6 +126,7 @@ impl MemoryEngine {
                 record: PresenceRecord::new(conn.gender),
                 conns: Vec::new(),
                 pending_offline: None,
+                flap: FlapWindow::default(),
             });
         match inner.conns.get_mut(&conn.id) {
             Some(c) => c.last_heard = c.last_heard.max(now),
@@ -275,6 +287,10 @@ impl PresenceEngine for MemoryEngine {
             .expect("a known connection has a user");
         if !state.conns.is_empty() {
             return Ok(DisconnectOutcome::StillOnline);
+        }
+        let mut grace_ms = grace_ms;
+        if state.record.is_online() {
+            (state.flap, grace_ms) = self.flap.offline(state.flap, now.as_micros(), grace_ms);
         }
         if grace_ms > 0 && state.record.is_online() {
             let deadline = now.plus_millis(grace_ms);

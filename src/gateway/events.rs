@@ -319,7 +319,13 @@ pub async fn record_close(state: &AppState, h: &Arc<ConnHandle>, grace_ms: u64) 
         })
         .await;
     match outcome {
-        Some(Ok(DisconnectOutcome::Pending { deadline })) => schedule_settle(state, h, deadline),
+        Some(Ok(DisconnectOutcome::Pending { deadline })) => {
+            // Without a grace of its own, a pending offline is flap damping's hold.
+            if grace_ms == 0 {
+                state.metrics.flap_held();
+            }
+            schedule_settle(state, h, deadline)
+        }
         // Recorded here as well as from the change stream: the stream's copy may arrive only
         // after a shutting-down replica's writer flushed (the version guard makes the second
         // record harmless, and the writer keeps one entry per user).

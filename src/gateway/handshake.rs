@@ -134,6 +134,9 @@ pub async fn authenticate(
 }
 
 async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refusal> {
+    // The join itself is a request: a client that joins and leaves `/` on one session pays
+    // for each join from the budget it leaves with (issue 25), before any work is done.
+    charge_join(state, s.id, "/")?;
     let identity = identify(state, s, &auth)?;
     let mode = mode(state, &auth)?;
     if !state.engine.ready().await {
@@ -205,6 +208,34 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refus
     }
     state.gateway.viewers.join(policy, s.clone(), handle);
     Ok(())
+}
+
+/// Take one request from the session's budget in `namespace` for joining it (the budget the
+/// session left that namespace with: a rejoin does not refill it), and park the budget for
+/// the join to pick up, or for the next attempt if this one fails. `rate_limited` when spent.
+pub fn charge_join(
+    state: &AppState,
+    sid: socketioxide::socket::Sid,
+    namespace: &'static str,
+) -> Result<(), Refusal> {
+    let mut bucket = state
+        .session_budgets
+        .take(&(sid, namespace))
+        .unwrap_or_else(|| {
+            TokenBucket::new(
+                state.config.rate_limit_per_sec,
+                state.config.rate_limit_burst,
+            )
+        });
+    let paid = bucket.try_take();
+    state.session_budgets.park((sid, namespace), bucket);
+    if paid {
+        Ok(())
+    } else {
+        Err(Refusal::rate_limited(
+            "too many joins on this session; slow down",
+        ))
+    }
 }
 
 /// The connect handler proper: runs once the client has been told it is connected.

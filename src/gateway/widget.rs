@@ -80,6 +80,9 @@ pub async fn admit(
     State(state): State<AppState>,
 ) -> Result<(), Refusal> {
     let admit = async {
+        // Each join pays from the session's budget (a rejoin does not refill it) before it
+        // stores a row.
+        super::handshake::charge_join(&state, s.id, "/widget")?;
         let v = visitor(&auth.unwrap_or(Value::Null))?;
         let stats = state
             .stats

@@ -1,12 +1,14 @@
 //! The presence rules live once, in the domain (`PresenceRecord`'s transitions and
 //! `next_version`); the memory engine applies them, and the Redis engine's Lua scripts
 //! restate them. This holds both engines to the domain: random sequences of connect, touch,
-//! set-status, disconnect (with and without grace), sweep and settle, applied to an engine and
-//! to a model built on the domain's transitions, must give the same presences, versions and
-//! announcements after every step.
+//! set-status, disconnect (with and without grace, under flap damping), sweep and settle,
+//! applied to an engine and to a model built on the domain's transitions, must give the same
+//! presences, versions and announcements after every step.
 
 use super::engine::Engine;
-use presence_gateway::domain::{Details, Gender, PresenceRecord, Status, Timestamp, UserId};
+use presence_gateway::domain::{
+    Details, FlapRule, FlapWindow, Gender, PresenceRecord, Status, Timestamp, UserId,
+};
 use presence_gateway::engine::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -16,6 +18,12 @@ use std::time::Duration;
 const USERS: usize = 3;
 const CONNS: usize = 6;
 const TIMEOUT_MS: u64 = 2000;
+/// The engines under this test damp flapping this tightly (a user's second offline in 10 s is
+/// held), so that random sequences meet the rule often.
+pub const FLAP: FlapRule = FlapRule {
+    limit: 2,
+    hold_ms: 1500,
+};
 
 /// What is compared of a presence: status, online, lastSeen, updatedAt, version.
 type Observed = (Status, bool, Option<Timestamp>, Option<Timestamp>, i64);
@@ -26,6 +34,7 @@ struct User {
     /// Live connections and when each was last heard (µs).
     conns: HashMap<String, i64>,
     pending: Option<Timestamp>,
+    flap: FlapWindow,
 }
 
 /// The domain's rules, composed the way the contract says an engine composes them.
@@ -216,6 +225,10 @@ async fn run(e: &Engine, seed: u64) {
                 let user = model.user(&u);
                 if user.conns.remove(&*c.id).is_some() && user.conns.is_empty() {
                     let online = user.record.as_ref().is_some_and(PresenceRecord::is_online);
+                    let mut grace = grace;
+                    if online {
+                        (user.flap, grace) = FLAP.offline(user.flap, now.as_micros(), grace);
+                    }
                     if online && grace > 0 {
                         user.pending = Some(now.plus_millis(grace));
                     } else if online {

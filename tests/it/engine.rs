@@ -2,7 +2,7 @@
 //! `engine_suite!` macro instantiates all of them for one engine factory, so the memory engine
 //! and the Redis engine run exactly the same cases.
 
-use presence_gateway::domain::{Details, Gender, GenderSet, Status, Timestamp, UserId};
+use presence_gateway::domain::{Details, FlapRule, Gender, GenderSet, Status, Timestamp, UserId};
 use presence_gateway::engine::*;
 use std::sync::Arc;
 use tokio::sync::broadcast::Receiver;
@@ -421,10 +421,10 @@ pub async fn topics_reach_their_own_subscribers_in_order(e: Engine) {
 
 #[macro_export]
 macro_rules! engine_suite {
-    ($module:ident, $factory:expr) => {
+    ($module:ident, $make:path) => {
         mod $module {
             use super::*;
-            $crate::engine_suite!(@cases $factory;
+            $crate::engine_suite!(@cases $make, FlapRule::default();
                 connect_is_announced_once_per_user,
                 last_disconnect_goes_offline_once,
                 grace_cancelled_by_a_reconnect,
@@ -438,30 +438,34 @@ macro_rules! engine_suite {
                 a_gender_change_is_a_change,
                 replica_reports_live_and_expire,
                 topics_reach_their_own_subscribers_in_order,
+            );
+            // With flap damping on, tight enough that the random sequences meet it.
+            $crate::engine_suite!(@cases $make, super::super::conformance::FLAP;
                 random_sequences_follow_the_domain_rules,
             );
         }
     };
-    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+    (@cases $make:path, $flap:expr; $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let engine: Engine = $factory.await;
+                let engine: Engine = $make($flap).await;
                 super::$case(engine).await;
             }
         )*
     };
 }
 
-engine_suite!(memory, async {
-    Arc::new(presence_gateway::engine::memory::MemoryEngine::new(
-        "test-node",
-    )) as Engine
-});
+async fn memory_engine(flap: FlapRule) -> Engine {
+    Arc::new(presence_gateway::engine::memory::MemoryEngine::new("test-node").with_flap_rule(flap))
+        as Engine
+}
+
+engine_suite!(memory, memory_engine);
 
 /// A Redis engine under a key prefix of its own, so tests never see each other's keys.
 /// The test command starts Redis when none answers (`scripts/services.sh`).
-async fn redis_engine() -> Engine {
+async fn redis_engine(flap: FlapRule) -> Engine {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -473,7 +477,7 @@ async fn redis_engine() -> Engine {
     let e = presence_gateway::engine::redis::RedisEngine::connect(&url, &prefix, "test-node")
         .await
         .unwrap_or_else(|e| panic!("Redis at {url}: {e} (scripts/test.sh starts one)"));
-    Arc::new(e) as Engine
+    Arc::new(e.with_flap_rule(flap)) as Engine
 }
 
-engine_suite!(redis, redis_engine());
+engine_suite!(redis, redis_engine);

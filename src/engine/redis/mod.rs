@@ -74,6 +74,8 @@ pub struct RedisEngine {
     scripts: Scripts,
     /// `MAX_CONNECTIONS_PER_USER` (0: no limit).
     max_conns: u32,
+    /// `PRESENCE_FLAP_LIMIT` / `PRESENCE_FLAP_HOLD_MS` (`disconnect.lua` applies it).
+    flap: crate::domain::FlapRule,
     /// Pipelines of reads in flight at once (see [`READS_IN_FLIGHT`]).
     reads: tokio::sync::Semaphore,
 }
@@ -143,6 +145,7 @@ impl RedisEngine {
                 claim: Script::from_lua(include_str!("claim.lua")),
             },
             max_conns: 0,
+            flap: crate::domain::FlapRule::default(),
             reads: tokio::sync::Semaphore::new(READS_IN_FLIGHT),
         };
         engine.sadd_node().await?;
@@ -152,6 +155,12 @@ impl RedisEngine {
     /// At most `n` connections per user, cluster-wide (0: no limit).
     pub fn with_max_connections_per_user(mut self, n: u32) -> Self {
         self.max_conns = n;
+        self
+    }
+
+    /// Damp a user's flapping, cluster-wide, as `rule` says (the default: not at all).
+    pub fn with_flap_rule(mut self, rule: crate::domain::FlapRule) -> Self {
+        self.flap = rule;
         self
     }
 
@@ -385,7 +394,12 @@ impl PresenceEngine for RedisEngine {
                 &self.scripts.disconnect,
                 conn.user.as_str(),
                 now,
-                &[conn.id.to_string(), grace_ms.to_string()],
+                &[
+                    conn.id.to_string(),
+                    grace_ms.to_string(),
+                    self.flap.limit.to_string(),
+                    self.flap.hold_ms.to_string(),
+                ],
             )
             .await?;
         let _: i64 = self
