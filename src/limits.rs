@@ -3,8 +3,12 @@
 //!
 //! Each key has a token bucket (`rate` per second, `burst` at once). The table is bounded: idle
 //! buckets (full again, so forgetting them changes nothing) are dropped by [`prune`], and past
-//! `MAX_KEYS` a new key finds room by dropping every full bucket first, then everything — an
-//! attacker cycling through keys cannot grow memory without bound.
+//! `MAX_KEYS` a new key finds room by dropping every full bucket first, then the least recently
+//! used tenth: an attacker cycling through keys cannot grow memory without bound, nor empty
+//! the table (its own spent bucket, used a moment ago, is the last to go).
+//!
+//! An address is limited as [`limit_key`] says: IPv4 per address, IPv6 per /64 (one customer's
+//! network; a client picks any address inside it at will).
 //!
 //! [`prune`]: KeyedLimiter::prune
 
@@ -52,9 +56,7 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
         if map.len() >= MAX_KEYS {
             let idle = self.refill_time();
             map.retain(|_, (_, used)| now.duration_since(*used) < idle);
-            if map.len() >= MAX_KEYS {
-                map.clear();
-            }
+            evict_oldest(&mut map, |(_, used)| *used);
         }
         let b = TokenBucket::shared(self.rate, self.burst);
         map.insert(key.clone(), (b.clone(), now));
@@ -122,9 +124,7 @@ impl<K: Hash + Eq> ParkedBudgets<K> {
     /// A socket under `key` closed with `budget` left.
     pub fn park(&self, key: K, budget: TokenBucket) {
         let mut map = self.lock();
-        if map.len() >= MAX_KEYS {
-            map.clear();
-        }
+        evict_oldest(&mut map, |(_, at)| *at);
         map.insert(key, (budget, Instant::now()));
     }
 
@@ -137,6 +137,40 @@ impl<K: Hash + Eq> ParkedBudgets<K> {
     pub fn prune(&self, age: Duration) {
         self.lock().retain(|_, (_, at)| at.elapsed() < age);
     }
+}
+
+/// At `MAX_KEYS` entries or more, drop the least recently used tenth (by `used`), so that the
+/// newest entries, an attacker's spent bucket among them, stay.
+fn evict_oldest<K: Hash + Eq, V>(map: &mut HashMap<K, V>, used: impl Fn(&V) -> Instant) {
+    if map.len() < MAX_KEYS {
+        return;
+    }
+    let mut times: Vec<Instant> = map.values().map(&used).collect();
+    let nth = map.len() / 10;
+    let (_, cutoff, _) = times.select_nth_unstable(nth);
+    let cutoff = *cutoff;
+    map.retain(|_, v| used(v) > cutoff);
+}
+
+/// The key an address is limited by: an IPv4 address itself, an IPv6 address's /64.
+pub fn limit_key(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !(u64::MAX as u128)).into()),
+        v4 => v4,
+    }
+}
+
+/// Every `X-Forwarded-For` line of a request as one list, in order. A proxy may append its own
+/// header line rather than extend the client's, and the client's forged line then comes first:
+/// read alone, it would name whatever address the client chose. A value that is not text is
+/// kept as an entry no address parses from, so [`client_ip`] stops there.
+pub fn forwarded_for(headers: &axum::http::HeaderMap) -> Option<String> {
+    let all: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.to_str().unwrap_or("?"))
+        .collect();
+    (!all.is_empty()).then(|| all.join(","))
 }
 
 /// A CIDR block (`10.0.0.0/8`, `fd00::/8`, or an address alone).
@@ -257,6 +291,66 @@ mod tests {
             client_ip(ip("10.0.0.5"), Some("garbage"), &trusted),
             ip("10.0.0.5")
         );
+    }
+
+    #[test]
+    fn every_forwarded_for_line_counts_in_order() {
+        let mut h = axum::http::HeaderMap::new();
+        h.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.append("x-forwarded-for", "5.5.5.5, 10.0.0.7".parse().unwrap());
+        let joined = forwarded_for(&h).unwrap();
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        // The client forged the first line; the proxy appended the second: the client is the
+        // right-most untrusted address of both, not the first line's.
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), Some(&joined), &trusted),
+            ip("5.5.5.5")
+        );
+        assert_eq!(forwarded_for(&axum::http::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn ipv6_is_limited_per_64() {
+        assert_eq!(
+            limit_key(ip("2001:db8:1:2:aaaa::1")),
+            limit_key(ip("2001:db8:1:2:ffff:1:2:3"))
+        );
+        assert_ne!(
+            limit_key(ip("2001:db8:1:2::1")),
+            limit_key(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(limit_key(ip("1.2.3.4")), ip("1.2.3.4"));
+        assert_eq!(limit_key(ip("::ffff:1.2.3.4")), ip("1.2.3.4"));
+        // One client rotating through its /64 shares one budget.
+        let l = KeyedLimiter::new(1, 2);
+        let spent = (0..5u16)
+            .filter(|i| !l.allow(&limit_key(ip(&format!("2001:db8::{i:x}")))))
+            .count();
+        assert_eq!(spent, 3);
+    }
+
+    #[test]
+    fn a_full_table_drops_the_oldest_tenth_not_the_attackers_spent_bucket() {
+        let l = KeyedLimiter::new(1, 1);
+        assert!(l.allow(&0u32));
+        // An attacker floods the table with new keys while it keeps trying its own.
+        for k in 1..(MAX_KEYS as u32 + 5) {
+            l.allow(&k);
+            if k % 1000 == 0 {
+                l.allow(&0);
+            }
+        }
+        let map = l.buckets.lock().unwrap();
+        assert!(
+            map.len() < MAX_KEYS && map.len() >= MAX_KEYS * 9 / 10 - 1,
+            "{}",
+            map.len()
+        );
+        assert!(
+            map.contains_key(&0),
+            "the key in use kept its (spent) bucket"
+        );
+        assert!(!map.contains_key(&1), "the oldest went");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 // sockets' backlogs together.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import net from "node:net";
 import { startGateway, token, user, ask, connect, recorder, waitUntil, multiplexed } from "../helpers.mjs";
 
 const redisUrl = process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
@@ -70,10 +71,40 @@ test("HANDSHAKE_RATE_PER_IP: new sessions from one address past the burst get 42
     const as = async (ip) => (await handshake(behind, { "x-forwarded-for": `6.6.6.6, ${ip}` })).status;
     assert.deepEqual([await as("9.9.9.1"), await as("9.9.9.1"), await as("9.9.9.1")], [200, 200, 429], "one client behind the proxy");
     assert.deepEqual([await as("9.9.9.2"), await as("9.9.9.2")], [200, 200], "another client has its own budget");
+    // A proxy that appends its own header line leaves the client's forged one first: every
+    // line counts, in order, so a new forged address each time changes nothing.
+    const twoLines = async (i) => rawStatus(behind, [`X-Forwarded-For: 7.7.7.${i}`, "X-Forwarded-For: 9.9.9.3"]);
+    assert.deepEqual([await twoLines(1), await twoLines(2), await twoLines(3)], [200, 200, 429], "a forged first line");
+    // IPv6 per /64: a client rotating through its own network shares one budget.
+    const v6 = ["2001:db8:5:6::1", "2001:db8:5:6::2", "2001:db8:5:6:ffff::9"];
+    const v6codes = [];
+    for (const a of v6) v6codes.push(await as(a));
+    assert.deepEqual(v6codes, [200, 200, 429], "addresses of one /64");
+    assert.equal(await as("2001:db8:5:7::1"), 200, "the next /64 is another client");
   } finally {
     await behind.stop();
   }
 });
+
+/** The status of a handshake request sent with exactly these header lines (fetch would merge
+ * repeated names into one line). */
+function rawStatus(gw, lines) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(gw.port, "127.0.0.1", () =>
+      sock.write(["GET /socket.io/?EIO=4&transport=polling HTTP/1.1", "Host: 127.0.0.1", "Connection: close", ...lines, "", ""].join("\r\n")),
+    );
+    let head = "";
+    sock.on("data", (d) => {
+      head += d;
+      const m = head.match(/^HTTP\/1\.1 (\d+)/);
+      if (m) {
+        resolve(Number(m[1]));
+        sock.destroy();
+      }
+    });
+    sock.on("error", reject);
+  });
+}
 
 test("the per-socket request budget is the Engine.IO session's: leaving and re-joining / does not refill it, and each join is paid from it", async () => {
   const gw = await startGateway({ RATE_LIMIT_PER_SEC: "1", RATE_LIMIT_BURST: "4" });

@@ -180,12 +180,10 @@ pub async fn admit_session(
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip());
         if let Some(peer) = peer {
-            let forwarded = req
-                .headers()
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok());
-            let ip = crate::limits::client_ip(peer, forwarded, &state.config.trusted_proxies);
-            if !state.handshake_limits.allow(&ip) {
+            let forwarded = crate::limits::forwarded_for(req.headers());
+            let ip =
+                crate::limits::client_ip(peer, forwarded.as_deref(), &state.config.trusted_proxies);
+            if !state.handshake_limits.allow(&crate::limits::limit_key(ip)) {
                 state.metrics.handshake_failed("rate_limited");
                 return crate::error::AppError::RateLimited.into_response();
             }
