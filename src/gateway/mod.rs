@@ -147,28 +147,77 @@ pub async fn detach_request(req: axum::extract::Request) -> axum::extract::Reque
     let mut headers = http::HeaderMap::with_capacity(kept.count());
     for name in KEPT_HEADERS {
         for value in parts.headers.get_all(&name) {
-            if let Ok(v) = http::HeaderValue::from_bytes(value.as_bytes()) {
+            // Of an Authorization, only a bearer token is ever read (`find_token`).
+            let bytes = value.as_bytes();
+            if name == http::header::AUTHORIZATION
+                && !(bytes.starts_with(b"Bearer ") || bytes.starts_with(b"bearer "))
+            {
+                continue;
+            }
+            if let Ok(v) = http::HeaderValue::from_bytes(bytes) {
                 headers.append(name.clone(), v);
             }
         }
     }
     parts.headers = headers;
-    if let Ok(uri) = http::Uri::try_from(parts.uri.to_string()) {
+    // A URI of its own, with only the parameters read later: the rest of a query string
+    // (any size up to the head's cap) would be kept with the socket for its lifetime.
+    let kept = kept_query(parts.uri.query().unwrap_or(""));
+    let uri = if kept.is_empty() {
+        parts.uri.path().to_string()
+    } else {
+        format!("{}?{kept}", parts.uri.path())
+    };
+    if let Ok(uri) = http::Uri::try_from(uri) {
         parts.uri = uri;
     }
     axum::extract::Request::from_parts(parts, body)
+}
+
+/// The most an `Authorization` header or a `token` query parameter may hold: a JWT with
+/// generous claims is well under 2 KiB.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// The query parameters a Socket.IO request keeps: engineioxide's (`EIO`, `transport`, `sid`)
+/// and the handshake's `token` (when not over [`MAX_TOKEN_BYTES`]).
+fn kept_query(query: &str) -> String {
+    query
+        .split('&')
+        .filter(|kv| match kv.split_once('=') {
+            Some(("EIO" | "transport" | "sid", _)) => true,
+            Some(("token", v)) => v.len() <= MAX_TOKEN_BYTES,
+            _ => false,
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// New Engine.IO sessions per client address (`HANDSHAKE_RATE_PER_IP`): a request to
 /// `/socket.io` without a session id opens one. Over the budget: 429 in the API's error shape,
 /// before the Socket.IO layer spends anything on it. Runs before [`detach_request`], which
 /// drops the `X-Forwarded-For` header the client address may come from.
+///
+/// Any request whose `Authorization` is over [`MAX_TOKEN_BYTES`] is refused here too (431),
+/// before anything reads or keeps it.
 pub async fn admit_session(
     axum::extract::State(state): axum::extract::State<AppState>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    let authorization: usize = req
+        .headers()
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .map(|v| v.len())
+        .sum();
+    if authorization > MAX_TOKEN_BYTES {
+        state.metrics.rejected("bad_request");
+        let e = crate::error::AppError::bad_request("the Authorization header is over 8 KiB");
+        let mut response = e.into_response();
+        *response.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        return response;
+    }
     let opens_session = req.uri().path().starts_with("/socket.io")
         && !req
             .uri()

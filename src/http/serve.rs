@@ -18,6 +18,10 @@ use tower::Service;
 
 /// A client that has not sent its request headers within this is disconnected.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most a request head (request line and headers) may take: hyper answers a larger one
+/// with 431. hyper's default (about 400 KiB) let one handshake grow a connection's read buffer
+/// that far; nginx's default for large headers is the same 32 KiB.
+pub const MAX_HEAD: usize = 32 * 1024;
 
 /// Serve `router` on `listener` until `stop` is cancelled; then stop accepting, let each
 /// connection finish the request it is in, and return once all have closed (WebSocket
@@ -60,6 +64,7 @@ pub async fn serve(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
             tokio::pin!(conn);
