@@ -251,6 +251,17 @@ fn serve(config: Config) -> ExitCode {
             Ok(l) => l,
             Err(e) => return fail(format!("PORT: cannot listen on {addr}: {e}")),
         };
+        if let Some(port) = gw.state.config.metrics_port {
+            let at = std::net::SocketAddr::new(addr.ip(), port);
+            match bind(at) {
+                Ok(l) => {
+                    tracing::info!("metrics on {at}");
+                    let app = crate::http::metrics_router(gw.state.clone());
+                    tokio::spawn(async move { axum::serve(l, app).await });
+                }
+                Err(e) => return fail(format!("METRICS_PORT: cannot listen on {at}: {e}")),
+            }
+        }
         let bound = listener.local_addr().unwrap_or(addr);
         // The how-to-connect banner comes first: once `listening on` shows, all is printed.
         if gw.state.config.is_development() {

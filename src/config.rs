@@ -37,12 +37,22 @@ fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Secrets published in this repository's deployment files (`k8s/overlays/development`, the
+/// Helm chart's CI values): refused in production.
+const EXAMPLE_SECRETS: [&str; 2] = [
+    "development-only-secret-0123456789",
+    "change-me-0123456789abcdef",
+];
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `HOST`: address to listen on.
     pub host: IpAddr,
     /// `PORT`: port to listen on; 0 picks a free one (logged).
     pub port: u16,
+    /// `METRICS_PORT`: when set, `/metrics` is served on this port only (same `HOST`), so that
+    /// what is exposed to clients never carries it; unset, on `PORT` with everything else.
+    pub metrics_port: Option<u16>,
     /// `NODE_ID`: this replica's id in health and metrics (default: the host name).
     pub node_id: String,
     /// `REDIS_URL`: unset runs the single-node memory engine.
@@ -183,6 +193,19 @@ impl Config {
                 ),
             ));
         }
+        // The deployment examples' secrets are public: a production that copied one would
+        // accept anyone's tokens.
+        if c.app_env == AppEnv::Production
+            && c.jwt_secret
+                .as_deref()
+                .is_some_and(|s| EXAMPLE_SECRETS.contains(&s))
+        {
+            return Err(err(
+                "JWT_SECRET",
+                "is an example secret published with the deployment files; production needs \
+                 its own (e.g. openssl rand -hex 32)",
+            ));
+        }
         Ok(c)
     }
 
@@ -257,6 +280,19 @@ impl Config {
                 .trim()
                 .parse()
                 .map_err(|_| err("PORT", format!("expected a port number 0-65535, got {v:?}")))?,
+        };
+
+        let metrics_port = match get("METRICS_PORT") {
+            None => None,
+            Some(v) => match v.trim().parse::<u16>() {
+                Ok(p) if p != 0 && p != port => Some(p),
+                _ => {
+                    return Err(err(
+                        "METRICS_PORT",
+                        format!("expected a port number 1-65535 other than PORT, got {v:?}"),
+                    ));
+                }
+            },
         };
 
         let node_id = get("NODE_ID").unwrap_or_else(default_node_id);
@@ -340,6 +376,7 @@ impl Config {
         let cfg = Config {
             host,
             port,
+            metrics_port,
             node_id,
             redis_url,
             redis_key_prefix,

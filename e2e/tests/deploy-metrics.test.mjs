@@ -41,3 +41,20 @@ test("every metric the dashboard and the alerts use is exposed by a running gate
     await gw.stop();
   }
 });
+
+test("METRICS_PORT: /metrics only on its own port, never on the one clients reach", async () => {
+  // A port of its own per run (the Helm chart uses 9100).
+  const port = 20000 + ((process.pid * 7) % 20000);
+  const gw = await startGateway({ METRICS_PORT: String(port) });
+  try {
+    assert.match(gw.output(), new RegExp(`metrics on 127\\.0\\.0\\.1:${port}`));
+    const onMain = await gw.http("/metrics");
+    assert.deepEqual([onMain.status, onMain.json?.error?.code], [404, "not_found"], "not on the main port");
+    const r = await fetch(`http://127.0.0.1:${port}/metrics`);
+    assert.equal(r.status, 200);
+    assert.match(await r.text(), /presence_online_users_by_gender/);
+    assert.equal((await fetch(`http://127.0.0.1:${port}/api/health`)).status, 404, "nothing else there");
+  } finally {
+    await gw.stop();
+  }
+});

@@ -28,11 +28,15 @@ use axum::routing::{get, post};
 pub const MAX_BODY: usize = 64 * 1024;
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(health::healthz))
+    // With METRICS_PORT, /metrics lives on its own listener ([`metrics_router`]) only.
+    let base = if state.config.metrics_port.is_some() {
+        Router::new()
+    } else {
+        Router::new().route("/metrics", get(metrics))
+    };
+    base.route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/api/health", get(health::health))
-        .route("/metrics", get(metrics))
         .route("/api/openapi.json", get(openapi::openapi))
         .route("/api/presence", get(presence::many))
         .route("/api/presence/{user_id}", get(presence::one))
@@ -61,6 +65,14 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// `/metrics` alone, for the `METRICS_PORT` listener (anything else: 404 in the API's shape).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(|| async { AppError::NotFound("no such endpoint".into()) })
         .with_state(state)
 }
 

@@ -133,3 +133,24 @@ fn empty_means_unset() {
     assert_eq!(c.port, 3000);
     assert!(c.redis_url.is_none());
 }
+
+#[test]
+fn production_refuses_the_deployment_examples_secret() {
+    // k8s/overlays/development's secret: fine there (APP_ENV=development), never in production.
+    let example = "development-only-secret-0123456789";
+    let e = parse(&[("JWT_SECRET", example)]).unwrap_err();
+    assert_eq!(e.var, "JWT_SECRET", "{e}");
+    assert!(e.to_string().contains("example"), "{e}");
+    assert!(parse(&[("JWT_SECRET", example), ("APP_ENV", "development")]).is_ok());
+}
+
+#[test]
+fn metrics_port_moves_metrics_off_the_main_port() {
+    let c = parse(&[("JWT_SECRET", SECRET), ("METRICS_PORT", "9100")]).unwrap();
+    assert_eq!(c.metrics_port, Some(9100));
+    assert_eq!(parse(&[("JWT_SECRET", SECRET)]).unwrap().metrics_port, None);
+    for bad in ["0", "3000", "x", "70000"] {
+        let e = parse(&[("JWT_SECRET", SECRET), ("METRICS_PORT", bad)]).unwrap_err();
+        assert_eq!(e.var, "METRICS_PORT", "{bad}: {e}");
+    }
+}
