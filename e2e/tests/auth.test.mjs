@@ -62,6 +62,14 @@ describe("HS256 handshakes", () => {
     });
   }
 
+  test("/dashboard refuses a token in the URL (proxies log URLs), and takes it in auth or a header", async () => {
+    const t = token({ sub: "dash-url", roles: ["dashboard"] });
+    const url = `${gw.url}/dashboard`;
+    await assert.rejects(connect(url, {}, { query: { token: t } }), (e) => /^unauthorized: .*never in the URL/.test(e.message));
+    (await connect(url, { token: t })).disconnect();
+    (await connect(url, {}, { extraHeaders: { authorization: `Bearer ${t}` }, transports: ["polling"] })).disconnect();
+  });
+
   test("HTTP: missing, bad and under-privileged bearers", async () => {
     const none = await gw.http("/api/presence/u1");
     assert.equal(none.status, 401);

@@ -4,7 +4,7 @@
 //! (bursts wait in the socket's in-order [`Outbox`], which the fan-out's retry loop drains
 //! with the `/` sockets'; overflowing it means too slow).
 
-use super::handshake::find_token;
+use super::handshake::{find_token_outside_url, query_token};
 use super::outbox::{Mailbox, Outbox, Pending};
 use super::protocol::{Refusal, admission};
 use crate::auth::Role;
@@ -26,8 +26,18 @@ pub async fn admit(
     State(state): State<AppState>,
 ) -> Result<(), Refusal> {
     let admit = async {
-        let token = find_token(&s, &auth.unwrap_or(Value::Null))
-            .ok_or_else(|| Refusal::unauthorized("missing token"))?;
+        // A dashboard token in the URL ends up in every proxy's access log, where it
+        // outlives its use: refused here, where a token sees the whole cluster.
+        let token = match find_token_outside_url(&s, &auth.unwrap_or(Value::Null)) {
+            Some(t) => t,
+            None if query_token(&s).is_some() => {
+                return Err(Refusal::unauthorized(
+                    "on /dashboard send the token as auth.token or an Authorization header, \
+                     never in the URL (proxies log URLs)",
+                ));
+            }
+            None => return Err(Refusal::unauthorized("missing token")),
+        };
         let who = state.auth.verify_bearer(&token)?;
         who.require(&[Role::Dashboard, Role::Admin])?;
         s.extensions.insert(Arc::new(DashboardHandle::new(

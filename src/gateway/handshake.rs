@@ -21,6 +21,11 @@ use std::sync::Arc;
 /// The token, from the first of: `auth.token`, an `Authorization: Bearer` header, a `token`
 /// query parameter.
 pub(crate) fn find_token(s: &SocketRef, auth: &Value) -> Option<String> {
+    find_token_outside_url(s, auth).or_else(|| query_token(s))
+}
+
+/// The token from `auth.token` or an `Authorization: Bearer` header, never from the URL.
+pub(crate) fn find_token_outside_url(s: &SocketRef, auth: &Value) -> Option<String> {
     if let Some(t) = auth.get("token").and_then(Value::as_str) {
         return Some(t.to_string());
     }
@@ -35,7 +40,12 @@ pub(crate) fn find_token(s: &SocketRef, auth: &Value) -> Option<String> {
     {
         return Some(t.trim().to_string());
     }
-    parts.uri.query().and_then(|q| {
+    None
+}
+
+/// A `token` query parameter of the handshake.
+pub(crate) fn query_token(s: &SocketRef) -> Option<String> {
+    s.req_parts().uri.query().and_then(|q| {
         q.split('&')
             .filter_map(|kv| kv.split_once('='))
             .find(|(k, _)| *k == "token")
