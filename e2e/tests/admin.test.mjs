@@ -66,8 +66,18 @@ test("a user's connections on every replica; disconnect closes them all, offline
     const byNode = Object.fromEntries(r.json.connections.map((x) => [x.node, x]));
     assert.equal(byNode[a.nodeId].transport, "websocket");
     assert.equal(byNode[b.nodeId].transport, "polling");
-    assert.equal(byNode[a.nodeId].id, s1.id);
-    assert.equal(byNode[b.nodeId].id, s2.id);
+    // Socket ids are Engine.IO session ids, credentials: an opaque id is shown instead.
+    for (const [gw, s] of [[a, s1], [b, s2]]) {
+      const id = byNode[gw.nodeId].id;
+      assert.ok(!id.includes(s.id) && !id.includes(s.io.engine.id), `${id} shows the session id`);
+      assert.match(id, new RegExp(`^${gw.nodeId}:[0-9a-f]{16}$`));
+    }
+    assert.notEqual(byNode[a.nodeId].id, byNode[b.nodeId].id);
+    for (const gw of [a, b]) {
+      const st = await gw.http("/api/debug/socket-status", { token: admin });
+      const mine = st.json.sockets.find((x) => x.userId === "adm-target");
+      assert.equal(mine.id, byNode[gw.nodeId].id, "the debug view names it the same way");
+    }
     for (const x of r.json.connections) {
       assert.equal(x.namespace, "/");
       assert.ok(Date.parse(x.connectedAt) <= Date.parse(x.lastHeardAt) + 1, JSON.stringify(x));
@@ -87,8 +97,9 @@ test("a user's connections on every replica; disconnect closes them all, offline
     await barrier(a, seen);
     assert.equal(seen.of("adm-target").filter((u) => !u.online).length, 1);
     // The action is in the asking replica's log with the caller, and in each holder's.
-    assert.match(c.output(), /admin disconnect requested.*caller=ops-anna.*user=adm-target.*connections=2/);
-    for (const gw of [a, b]) assert.match(gw.output(), /admin disconnected a user.*caller=ops-anna.*user=adm-target.*connections=1/);
+    assert.match(c.output(), /admin disconnect requested.*caller="jwt:ops-anna".*user="adm-target".*connections=2/);
+    for (const gw of [a, b]) assert.match(gw.output(), /admin disconnected a user.*caller="jwt:ops-anna".*user="adm-target".*connections=1/);
+    for (const gw of [a, b, c]) assert.doesNotMatch(gw.output(), new RegExp(`${s1.id}|${s2.id}`), "no session id in any log");
   } finally {
     await Promise.all([a.stop(), b.stop(), c.stop()]);
   }
@@ -132,8 +143,31 @@ test("memory engine: the one replica is the cluster; disconnect works the same",
     assert.equal(await closed, "io server disconnect");
     const u = await gw.http("/api/admin/users/mem-target", { token: ADMIN_TOKEN });
     assert.equal(u.json.presence.online, false);
-    assert.match(gw.output(), /admin disconnect requested.*caller=admin.*user=mem-target.*connections=1/);
+    assert.match(gw.output(), /admin disconnect requested.*caller="ADMIN_TOKEN".*user="mem-target".*connections=1/);
   } finally {
     await gw.stop();
+  }
+});
+
+test("ADMIN_TOKEN is its own caller: a JWT with sub admin shares neither its budget nor its audit name; logged values cannot forge fields", async () => {
+  const [a] = await cluster(1);
+  const limited = await startGateway({ ADMIN_TOKEN, HTTP_RATE_LIMIT_PER_SEC: "1", HTTP_RATE_LIMIT_BURST: "2" });
+  try {
+    const jwtAdmin = token({ sub: "admin", roles: ["admin"] });
+    const codes = [];
+    for (let i = 0; i < 3; i++) codes.push((await limited.http("/api/admin/nodes", { token: jwtAdmin })).status);
+    assert.deepEqual(codes, [200, 200, 429], "the JWT's budget is spent");
+    assert.equal((await limited.http("/api/admin/nodes", { token: ADMIN_TOKEN })).status, 200, "the static token has its own");
+
+    // A subject written to forge log fields is logged quoted, as one value.
+    const forger = "x connections=0 node=evil";
+    const s = await a.connect(user(forger, "female"));
+    await a.http(`/api/admin/users/${encodeURIComponent(forger)}/disconnect`, { token: ADMIN_TOKEN, method: "POST" });
+    await waitUntil(() => /admin disconnected a user/.test(a.output()), 5000, "the audit line");
+    const line = a.output().split("\n").find((l) => l.includes("admin disconnect requested"));
+    assert.match(line, /caller="ADMIN_TOKEN" user="x connections=0 node=evil" connections=1/);
+    s.disconnect();
+  } finally {
+    await Promise.all([a.stop(), limited.stop()]);
   }
 });

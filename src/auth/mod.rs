@@ -24,9 +24,23 @@ pub struct Identity {
     pub gender: Option<Gender>,
     pub name: Option<String>,
     pub roles: Roles,
+    /// Proven by the static `ADMIN_TOKEN`, not by a JWT: a caller of its own, whatever the
+    /// `sub` of any JWT (see [`caller`](Self::caller)).
+    pub static_admin: bool,
 }
 
 impl Identity {
+    /// Who is calling, for rate-limit buckets and audit records: `jwt:<sub>` for a token's
+    /// subject, `ADMIN_TOKEN` for the static token, which no JWT can name (a JWT with `sub`
+    /// `admin` must share neither a budget nor an audit name with it).
+    pub fn caller(&self) -> String {
+        if self.static_admin {
+            "ADMIN_TOKEN".to_string()
+        } else {
+            format!("jwt:{}", self.user_id)
+        }
+    }
+
     pub fn require(&self, any_of: &[Role]) -> Result<(), AuthError> {
         if any_of.iter().any(|r| self.roles.contains(*r)) {
             Ok(())
@@ -220,6 +234,7 @@ impl Authenticator {
             gender,
             name,
             roles,
+            static_admin: false,
         })
     }
 
@@ -233,6 +248,7 @@ impl Authenticator {
                 gender: None,
                 name: Some("admin token".into()),
                 roles: Roles::from(Role::Admin),
+                static_admin: true,
             });
         }
         self.verify(token)

@@ -277,7 +277,7 @@ fn answer_here(state: &AppState, q: Question) -> Answer {
                 .map(|h| {
                     let transport = crate::gateway::transport_of(io, h.sid);
                     json!({
-                        "id": h.sid.to_string(),
+                        "id": h.conn.id.to_string(),
                         "node": state.config.node_id,
                         "namespace": "/",
                         "transport": transport,
@@ -297,7 +297,7 @@ fn answer_here(state: &AppState, q: Question) -> Answer {
                     n += 1;
                 }
             }
-            tracing::info!(target: "audit", caller = %by, user = %user, connections = n,
+            tracing::info!(target: "audit", caller = ?by, user = ?user, connections = n,
                 node = %state.config.node_id, "admin disconnected a user");
             Answer::Disconnected { connections: n }
         }

@@ -23,6 +23,20 @@ pub struct Mode {
     pub batch: bool,
 }
 
+/// A socket's id as shown outside the process (admin API, debug views, logs, the connection
+/// ids kept in the engine). The Socket.IO socket id is its Engine.IO session id, a credential:
+/// whoever holds it can poll, post to or close that session. So it never leaves the process;
+/// this keyed hash of it (a key drawn at start-up) names the socket instead, stable for its
+/// life and meaningless to anyone else.
+pub fn public_id(sid: Sid) -> String {
+    static KEY: OnceLock<std::hash::RandomState> = OnceLock::new();
+    let h = std::hash::BuildHasher::hash_one(
+        KEY.get_or_init(std::hash::RandomState::new),
+        sid.as_str(),
+    );
+    format!("{h:016x}")
+}
+
 /// What this replica knows about one `/` socket. Stored in the socket's extensions and in
 /// the [`SocketRegistry`]; it holds no reference back to the socket, so nothing cycles.
 pub struct ConnHandle {
@@ -338,6 +352,7 @@ mod tests {
             gender: None,
             name: None,
             roles: Roles::from(Role::User),
+            static_admin: false,
         };
         ConnHandle::new(
             conn,

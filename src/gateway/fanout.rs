@@ -109,7 +109,7 @@ fn send(
             Via::Later => return Sent::Deferred,
             Via::Library(None) => {}
             Via::Library(Some(why)) => {
-                tracing::debug!(sid = %h.sid, reason = why.as_str(), "the library sends this socket's updates from now on");
+                tracing::debug!(conn = %h.conn.id, reason = why.as_str(), "the library sends this socket's updates from now on");
                 state.metrics.direct_fallback(why);
             }
         }
@@ -159,7 +159,7 @@ fn offer(
         state.metrics.deferred.increment(1);
     } else {
         state.metrics.dropped.increment(1);
-        tracing::warn!(sid = %h.sid, max = BACKLOG_MAX, "socket backlog full; update dropped");
+        tracing::warn!(conn = %h.conn.id, max = BACKLOG_MAX, "socket backlog full; update dropped");
     }
     Sent::Deferred
 }
@@ -534,7 +534,7 @@ fn bound_backlogs(state: &AppState, sids: &[Sid]) {
             .remove(Mailbox::Presence(v.handle.sid));
         state.gateway.viewers.leave(&v.handle);
         state.metrics.slow_disconnected.increment(1);
-        tracing::warn!(sid = %v.handle.sid, backlog = n, bound, "socket too far behind; disconnected");
+        tracing::warn!(conn = %v.handle.conn.id, backlog = n, bound, "socket too far behind; disconnected");
         // Cut off at once (no more updates, its backlog dropped); then closed: a namespace
         // disconnect if its queue has room for the packet, else by the transport at its next
         // ping, which a full queue cannot carry.
@@ -640,6 +640,7 @@ mod tests {
                 gender: Some(Gender::Male),
                 name: None,
                 roles: Roles::from(Role::User),
+                static_admin: false,
             },
             Audience::FemaleOnly,
             Default::default(),

@@ -26,7 +26,7 @@ pub async fn apply_database_gender(state: &AppState, user: &UserId) {
         return;
     };
     let Ok(gender) = crate::presence::gender_of(Some(db), &first.handle.identity).await else {
-        tracing::warn!(user = %user, "gender changed in the database but not readable; the next handshake applies it");
+        tracing::warn!(user = ?user.as_str(), "gender changed in the database but not readable; the next handshake applies it");
         return;
     };
     let policy = state.config.visibility_policy;
@@ -60,7 +60,7 @@ pub async fn apply_database_gender(state: &AppState, user: &UserId) {
         match r {
             Some(Ok(p)) => new.remember(&p),
             Some(Err(e)) => {
-                tracing::warn!(error = %e, user = %user, "new gender not applied; the next handshake will");
+                tracing::warn!(error = %e, user = ?user.as_str(), "new gender not applied; the next handshake will");
                 continue;
             }
             None => continue,
@@ -81,6 +81,6 @@ pub async fn apply_database_gender(state: &AppState, user: &UserId) {
         let _ = v
             .socket
             .emit("presence:resync", &serde_json::json!({"reason": "gender"}));
-        tracing::info!(user = %user, gender = gender.as_str(), "gender changed in the database; applied to a live connection");
+        tracing::info!(user = ?user.as_str(), gender = gender.as_str(), "gender changed in the database; applied to a live connection");
     }
 }

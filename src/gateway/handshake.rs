@@ -95,6 +95,7 @@ fn insecure_identity(auth: &Value) -> Result<Identity, Refusal> {
         gender,
         name: None,
         roles: Roles::from(Role::User),
+        static_admin: false,
     })
 }
 
@@ -158,7 +159,12 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refus
         .await
         .map_err(|_| Refusal::unavailable("user directory unreachable; retry shortly"))?;
     let conn = Connection {
-        id: format!("{}:{}", state.config.node_id, s.id).into(),
+        id: format!(
+            "{}:{}",
+            state.config.node_id,
+            super::connection::public_id(s.id)
+        )
+        .into(),
         user: identity.user_id.clone(),
         gender,
     };

@@ -88,7 +88,7 @@ pub async fn disconnect(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let who = caller.require(&[Role::Admin])?;
     let id = UserId::parse(&user_id).map_err(|e| AppError::bad_request(e.to_string()))?;
-    let by = who.user_id.to_string();
+    let by = who.caller();
     let answers = cluster::ask(
         &state,
         Question::Disconnect {
@@ -104,7 +104,7 @@ pub async fn disconnect(
             Answer::Connections { .. } => 0,
         })
         .sum();
-    tracing::info!(target: "audit", caller = %by, user = %id, connections = n,
+    tracing::info!(target: "audit", caller = ?by, user = ?id.as_str(), connections = n,
         replicas = answers.len(), "admin disconnect requested");
     Ok((StatusCode::ACCEPTED, Json(json!({"connections": n}))))
 }

@@ -74,7 +74,7 @@ pub async fn socket_status(
         .map(|h| {
             let transport = crate::gateway::transport_of(io, h.sid);
             json!({
-                "id": h.sid.to_string(),
+                "id": h.conn.id.to_string(),
                 "userId": h.conn.user,
                 "gender": h.conn.gender,
                 "namespace": "/",

@@ -34,7 +34,7 @@ impl FromRequestParts<AppState> for Caller {
         let who = state.auth.verify_bearer(token.trim())?;
         // Per identity, so one leaked token cannot take the database's capacity (searches,
         // reports) from everyone; anonymous paths (health, metrics) are not counted.
-        if !state.http_limits.allow(&who.user_id.to_string()) {
+        if !state.http_limits.allow(&who.caller()) {
             state.metrics.rejected("rate_limited");
             return Err(AppError::RateLimited);
         }
