@@ -133,5 +133,15 @@ pub async fn list_online(
         genders: policy.visible_genders(viewer.gender),
         include: Some(viewer.user.clone()),
     };
-    Ok(engine.list_online(&filter, cursor, limit).await?)
+    let mut page = engine.list_online(&filter, cursor, limit).await?;
+    // The index is read by gender, the presences a moment later: a user whose gender changed
+    // in between would come back with a gender this viewer may not see. Checked again on what
+    // is returned, as every other path does.
+    page.users.retain(|p| {
+        policy.can_see(
+            (viewer.user.as_str(), viewer.gender),
+            (p.user_id.as_str(), p.gender),
+        )
+    });
+    Ok(page)
 }

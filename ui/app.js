@@ -177,6 +177,8 @@ function startLive(signing) {
       if (name === "presence_stats") overviewUpdate(data);
       else if (name === "stats_update") statsEvent(data.seq);
       else if (name === "stats_resync") statsEvent(data.lastEventSeq);
+      // The gateway closes a dashboard whose token expired, after saying so.
+      else if (name === "auth:expired") signOut("The token expired; sign in again.");
     },
     refused: (message) => signing.refused(message),
   });

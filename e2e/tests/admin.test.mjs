@@ -171,3 +171,35 @@ test("ADMIN_TOKEN is its own caller: a JWT with sub admin shares neither its bud
     await Promise.all([a.stop(), limited.stop()]);
   }
 });
+
+test("a socket whose token expires is told so and disconnected then, on / and on /dashboard; the admin disconnect reaches /dashboard too", async () => {
+  const [a] = await cluster(1);
+  try {
+    // Tokens are accepted up to 30 s past their exp (clock skew); these stop being accepted,
+    // and their sockets close, in 3 s.
+    const exp = Math.floor(Date.now() / 1000) - 27;
+    const end = (exp + 30) * 1000;
+    const closed = (s) => new Promise((resolve) => s.once("disconnect", (why) => resolve([why, Date.now()])));
+    const told = (s) => new Promise((resolve) => s.once("auth:expired", resolve));
+    const u = await a.connect(user("exp-u", "female", { exp }));
+    const d = await connect(`${a.url}/dashboard`, { token: token({ sub: "exp-d", roles: ["dashboard"], exp }) });
+    const lasting = await a.connect(user("exp-lasting", "female"));
+    const [uTold, dTold, uClosed, dClosed] = [told(u), told(d), closed(u), closed(d)];
+    assert.deepEqual(await uTold, { code: "unauthorized", message: "token expired; connect again with a new token" });
+    await dTold;
+    for (const [why, at] of [await uClosed, await dClosed]) {
+      assert.equal(why, "io server disconnect", "socket.io-client does not reconnect from it");
+      assert.ok(at >= end && at < end + 3000, `closed ${at - end} ms after the expiry`);
+    }
+    assert.equal(lasting.connected, true, "a socket whose token has not expired stays");
+
+    const dash = await connect(`${a.url}/dashboard`, { token: token({ sub: "ops-bob", roles: ["dashboard"] }) });
+    const dashClosed = closed(dash);
+    const r = await a.http("/api/admin/users/ops-bob/disconnect", { token: ADMIN_TOKEN, method: "POST" });
+    assert.deepEqual([r.status, r.json], [202, { connections: 1 }]);
+    assert.equal((await dashClosed)[0], "io server disconnect");
+    lasting.disconnect();
+  } finally {
+    await a.stop();
+  }
+});

@@ -24,6 +24,10 @@ pub struct Identity {
     pub gender: Option<Gender>,
     pub name: Option<String>,
     pub roles: Roles,
+    /// When the token stops being accepted (its `exp` plus the clock-skew leeway, seconds
+    /// since the epoch); `None`: never (the static token, a JWT without `exp`). A socket
+    /// opened with it is closed then.
+    pub expires_at: Option<i64>,
     /// Proven by the static `ADMIN_TOKEN`, not by a JWT: a caller of its own, whatever the
     /// `sub` of any JWT (see [`caller`](Self::caller)).
     pub static_admin: bool,
@@ -68,6 +72,9 @@ pub enum AuthError {
 #[derive(Debug, Deserialize)]
 struct RawClaims {
     sub: Option<String>,
+    /// Seconds since the epoch (validated by jsonwebtoken; kept to end live sockets then).
+    #[serde(default)]
+    exp: Option<f64>,
     #[serde(default)]
     gender: Option<serde_json::Value>,
     #[serde(default)]
@@ -234,6 +241,9 @@ impl Authenticator {
             gender,
             name,
             roles,
+            // Accepted until then, clock-skew leeway included: a socket is closed when a
+            // handshake with the same token would first be refused.
+            expires_at: c.exp.map(|e| e as i64 + self.validation.leeway as i64),
             static_admin: false,
         })
     }
@@ -248,6 +258,7 @@ impl Authenticator {
                 gender: None,
                 name: Some("admin token".into()),
                 roles: Roles::from(Role::Admin),
+                expires_at: None,
                 static_admin: true,
             });
         }

@@ -297,6 +297,12 @@ fn answer_here(state: &AppState, q: Question) -> Answer {
                     n += 1;
                 }
             }
+            // A dashboard opened with the user's token is the user's too.
+            for s in super::dashboard::sockets_of(state, &user) {
+                if s.disconnect().is_ok() {
+                    n += 1;
+                }
+            }
             tracing::info!(target: "audit", caller = ?by, user = ?user, connections = n,
                 node = %state.config.node_id, "admin disconnected a user");
             Answer::Disconnected { connections: n }

@@ -352,6 +352,7 @@ mod tests {
             gender: None,
             name: None,
             roles: Roles::from(Role::User),
+            expires_at: None,
             static_admin: false,
         };
         ConnHandle::new(

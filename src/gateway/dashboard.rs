@@ -42,6 +42,8 @@ pub async fn admit(
         who.require(&[Role::Dashboard, Role::Admin])?;
         s.extensions.insert(Arc::new(DashboardHandle::new(
             state.config.stats_dashboard_backlog,
+            (!who.static_admin).then(|| who.user_id.clone()),
+            who.expires_at,
         )));
         Ok(())
     };
@@ -50,6 +52,9 @@ pub async fn admit(
 
 pub async fn connected(s: SocketRef, State(state): State<AppState>) {
     state.metrics.sockets_dashboard.increment(1.0);
+    if let Some(exp) = handle(&s).and_then(|h| h.expires_at) {
+        state.gateway.expiries.watch(exp, s.id, NAMESPACE);
+    }
     s.on_disconnect(|State(state): State<AppState>| async move {
         state.metrics.sockets_dashboard.decrement(1.0);
     });
@@ -57,6 +62,19 @@ pub async fn connected(s: SocketRef, State(state): State<AppState>) {
         let replicas = crate::figures::replicas(&state).await;
         h.offer_presence_stats(&s, presence_stats(&stats, replicas));
     }
+}
+
+/// This replica's `/dashboard` sockets opened with a token of `user` (the static admin token
+/// is no one's).
+pub fn sockets_of(state: &AppState, user: &str) -> Vec<SocketRef> {
+    sockets(state)
+        .into_iter()
+        .filter(|s| {
+            s.extensions
+                .get::<Arc<DashboardHandle>>()
+                .is_some_and(|h| h.user.as_ref().is_some_and(|u| u.as_str() == user))
+        })
+        .collect()
 }
 
 fn sockets(state: &AppState) -> Vec<SocketRef> {
@@ -78,6 +96,11 @@ fn handle(s: &SocketRef) -> Option<Arc<DashboardHandle>> {
 /// at once) waits here rather than overflowing the socket queue. A dashboard that lets the
 /// outbox overflow is too slow to follow: what it held is dropped and it is told to resync.
 pub struct DashboardHandle {
+    /// Whose token opened it (an admin's disconnect of that user closes it too); `None` for
+    /// the static admin token, which is no one's.
+    pub user: Option<crate::domain::UserId>,
+    /// When the token this socket was opened with expires ([`super::expiry`]).
+    pub expires_at: Option<i64>,
     outbox: Mutex<Outbox>,
     /// The last `presence_stats` figures this socket was sent, and when: at most one a second
     /// per socket, the one sent on connect included.
@@ -85,8 +108,10 @@ pub struct DashboardHandle {
 }
 
 impl DashboardHandle {
-    fn new(backlog: usize) -> Self {
+    fn new(backlog: usize, user: Option<crate::domain::UserId>, expires_at: Option<i64>) -> Self {
         DashboardHandle {
+            user,
+            expires_at,
             outbox: Mutex::new(Outbox::in_order(backlog)),
             presence: Mutex::new(None),
         }

@@ -640,6 +640,7 @@ mod tests {
                 gender: Some(Gender::Male),
                 name: None,
                 roles: Roles::from(Role::User),
+                expires_at: None,
                 static_admin: false,
             },
             Audience::FemaleOnly,

@@ -95,6 +95,7 @@ fn insecure_identity(auth: &Value) -> Result<Identity, Refusal> {
         gender,
         name: None,
         roles: Roles::from(Role::User),
+        expires_at: None,
         static_admin: false,
     })
 }
@@ -261,6 +262,9 @@ pub async fn connected(s: SocketRef, State(state): State<AppState>) {
     };
     // The library sent CONNECT and marked the socket connected before running this.
     handle.open();
+    if let Some(exp) = handle.identity.expires_at {
+        state.gateway.expiries.watch(exp, s.id, "/");
+    }
     // Under the gate, so a disconnect that already ran keeps the socket out of the registry.
     let added = handle
         .while_open(async {

@@ -11,6 +11,7 @@
 //! - [`gender`]: a gender changed in the database, applied to live connections;
 //! - [`widget`]: `/widget`, anonymous chat widgets recording statistics events;
 //! - [`dashboard`]: `/dashboard`, live statistics and presence figures for dashboards;
+//! - [`expiry`]: sockets closed when the token they were opened with expires;
 //! - [`ratelimit`]: the per-socket request budget;
 //! - [`cluster`]: every replica's report, and the admin API's questions to every replica;
 //! - [`protocol`]: typed requests, the one ack, and how a refused handshake reads.
@@ -19,6 +20,7 @@ pub mod cluster;
 pub mod connection;
 pub mod dashboard;
 pub mod events;
+pub mod expiry;
 pub mod fanout;
 pub mod gender;
 pub mod handshake;
@@ -50,6 +52,8 @@ pub struct Hub {
     pub batches: fanout::Batches,
     /// Admin questions this replica put to the cluster, waiting for answers.
     pub asked: cluster::Asked,
+    /// Sockets to close when their tokens expire.
+    pub expiries: expiry::Expiries,
 }
 
 /// The Socket.IO side's loops: fan-out, the outboxes' retries (`/` and `/dashboard`),
@@ -64,7 +68,18 @@ pub fn spawn(state: &AppState) {
     bg.spawn(fanout::run_backlogs(state.clone()));
     bg.spawn(heartbeats::run(state.clone()));
     bg.spawn(dashboard::run_presence_stats(state.clone()));
+    bg.spawn(expiry::run(state.clone()));
     cluster::spawn(state);
+}
+
+/// When the token a socket (`/` or `/dashboard`) was opened with expires, if it does.
+pub fn token_expiry(s: &socketioxide::extract::SocketRef) -> Option<i64> {
+    if let Some(h) = s.extensions.get::<std::sync::Arc<ConnHandle>>() {
+        return h.identity.expires_at;
+    }
+    s.extensions
+        .get::<std::sync::Arc<dashboard::DashboardHandle>>()
+        .and_then(|h| h.expires_at)
 }
 
 use crate::state::AppState;
