@@ -52,3 +52,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- fail (printf "terminationGracePeriodSeconds (%v) must be at least shutdownDelaySeconds + 12 (%v), or Kubernetes kills replicas before their clients have moved" .Values.terminationGracePeriodSeconds $need) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Two listeners cannot share a port; on one port /metrics would be public again. */}}
+{{- define "pg.checkMetricsPort" -}}
+{{- if eq (int .Values.metrics.port) (int .Values.service.port) -}}
+{{- fail (printf "metrics.port (%v) must differ from service.port: /metrics is served on its own port so that the Ingress never reaches it" .Values.metrics.port) -}}
+{{- end -}}
+{{- end -}}
