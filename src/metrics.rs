@@ -97,6 +97,10 @@ fn describe() {
         "Sockets whose presence frames the library sends instead of the direct path, by reason"
     );
     describe_counter!(
+        "gateway_database_queries_total",
+        "Database reads made for clients' requests, by query (last_known: users the presence store does not hold; search)"
+    );
+    describe_counter!(
         "presence_flap_holds_total",
         "Offlines held PRESENCE_FLAP_HOLD_MS because their user flapped past PRESENCE_FLAP_LIMIT"
     );

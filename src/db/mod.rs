@@ -13,6 +13,7 @@
 //! migrations in `migrations/` are embedded in the binary.
 
 pub mod stats;
+pub mod unknown;
 pub mod users;
 pub mod writer;
 
@@ -59,6 +60,8 @@ pub struct Database {
     /// The schema is migrated (or migrations are someone else's job): queries may run.
     schema: tokio::sync::watch::Sender<bool>,
     pub users: users::Users,
+    /// Ids the database did not know lately ([`unknown`]).
+    pub unknown: unknown::UnknownIds,
     pub writer: writer::PresenceWriter,
 }
 
@@ -87,6 +90,7 @@ impl Database {
             up: AtomicBool::new(true),
             schema: tokio::sync::watch::Sender::new(false),
             users: users::Users::default(),
+            unknown: unknown::UnknownIds::default(),
             writer: writer::PresenceWriter::new(s.online_debounce, s.offline_debounce, s.node),
         })
     }

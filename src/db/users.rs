@@ -154,9 +154,11 @@ impl Database {
     /// long ago): offline, with their last `lastSeen`, version and gender. Users the
     /// database does not know either are absent from the map.
     pub async fn last_known(&self, users: &[UserId]) -> Result<HashMap<UserId, Presence>, DbError> {
+        let users = self.unknown.worth_asking(users);
         if users.is_empty() {
             return Ok(HashMap::new());
         }
+        metrics::counter!("gateway_database_queries_total", "query" => "last_known").increment(1);
         let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
         const SQL: &str = "SELECT q.id, u.gender, p.online,
                 (extract(epoch FROM p.last_seen) * 1000000)::int8, p.version,
@@ -176,6 +178,8 @@ impl Database {
             let p = offline_presence(&row)?;
             out.insert(p.user_id.clone(), p);
         }
+        self.unknown
+            .remember(users.into_iter().filter(|u| !out.contains_key(u)));
         Ok(out)
     }
 
@@ -205,9 +209,12 @@ impl Database {
         let short = q.chars().count() < MIN_TRIGRAM_CHARS;
         let sql = if short && self.gram_share(&q.to_lowercase()).await < DENSE_GRAM {
             SEARCH_SHORT_SQL
+        } else if !short && !trigram_servable(q) {
+            SEARCH_PREFIX_SQL
         } else {
             SEARCH_SQL
         };
+        metrics::counter!("gateway_database_queries_total", "query" => "search").increment(1);
         // Unnamed statement: planned with the actual pattern, so the planner can choose
         // between the trigram index (rare patterns) and walking names in order (common ones).
         let r = sqlx::query(sql)
@@ -337,6 +344,13 @@ impl Database {
 /// Shortest query the trigram index finds inside names; shorter ones use the substring index.
 const MIN_TRIGRAM_CHARS: usize = 3;
 
+/// Whether the trigram index can find names containing `q`: pg_trgm takes its trigrams from
+/// the letters and digits, so a query of punctuation alone (`---`) gives it none to look up,
+/// and "contains" would read every name.
+fn trigram_servable(q: &str) -> bool {
+    q.chars().any(char::is_alphanumeric)
+}
+
 /// The search: `$1` the LIKE-escaped query, `$2` visible genders, `$3` the viewer, `$4` the
 /// limit, `$5` the query as typed. The two forms differ only in how the second branch finds
 /// names containing the query.
@@ -375,6 +389,10 @@ ORDER BY m.rank, lower(m.name) COLLATE "C", m.id"#
 /// Three characters or more (the trigram index serves the LIKE), or a common substring of
 /// one or two (names read in order until the page is full); `$5` unused.
 const SEARCH_SQL: &str = search_sql!("($5::text IS NOT NULL)");
+/// Three characters or more that the trigram index cannot serve ([`trigram_servable`]): names
+/// that start with the query only (a range scan that stops at the page), none that merely
+/// contain it.
+const SEARCH_PREFIX_SQL: &str = search_sql!("false");
 /// One or two characters: the substring index finds the candidates.
 const SEARCH_SHORT_SQL: &str = search_sql!("user_name_grams(lower(u.name)) @> ARRAY[lower($5)]");
 

@@ -228,10 +228,16 @@ impl ConnHandle {
     }
 
     pub fn allow_request(&self) -> bool {
+        self.charge(1)
+    }
+
+    /// Take `cost` requests from the budget (a request's price beyond the one it paid to be
+    /// heard, for the ids it names); `false`, and nothing taken, if the budget is short.
+    pub fn charge(&self, cost: u32) -> bool {
         self.bucket
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .try_take()
+            .try_take_n(cost)
     }
 
     /// Run `f` unless the socket has closed, with its close held off meanwhile.

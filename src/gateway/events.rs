@@ -89,6 +89,21 @@ async fn dispatch(
 
 type Handle = Extension<Arc<ConnHandle>>;
 
+/// Ids (or page entries) a request names for the one request it paid to be heard: past that,
+/// each started group of this many costs one request more, so a budget buys a bounded number
+/// of reads whatever the requests' sizes (a `presence:get` of 200 ids costs 8).
+const IDS_PER_REQUEST: usize = 25;
+
+/// Charge a request naming `n` ids its price beyond the one request already paid.
+fn pay_for(h: &ConnHandle, n: usize) -> Result<(), AppError> {
+    let extra = n.saturating_sub(1) / IDS_PER_REQUEST;
+    if extra == 0 || h.charge(extra as u32) {
+        Ok(())
+    } else {
+        Err(AppError::RateLimited)
+    }
+}
+
 /// Hear the client, then apply its request budget.
 fn begin(state: &AppState, h: &Arc<ConnHandle>) -> Result<(), AppError> {
     if h.heard(Timestamp::now()) {
@@ -144,6 +159,7 @@ async fn get(
 ) -> Result<Value, AppError> {
     let req: GetPresences = request(data)?;
     let ids = presence::parse_ids(req.user_ids.iter().map(String::as_str))?;
+    pay_for(h, ids.len())?;
     let presences = presence::get_visible(
         &*state.engine,
         state.db.as_deref(),
@@ -198,6 +214,7 @@ async fn subscribe(
     subscription_socket(h)?;
     let req: Subscribe = request(data)?;
     let ids = subscription_ids(&req.user_ids)?;
+    pay_for(h, ids.len())?;
     let max = state.config.max_subscriptions;
     let (added, n) = state
         .gateway
@@ -264,6 +281,7 @@ async fn list_online(
             AppError::bad_request(format!("limit must be 1 to {}", presence::MAX_PAGE))
         })?,
     };
+    pay_for(h, limit)?;
     let cursor = req.cursor.as_deref();
     let page = presence::list_online(
         &*state.engine,

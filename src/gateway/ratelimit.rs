@@ -32,6 +32,13 @@ impl TokenBucket {
 
     /// Take one token if there is one.
     pub fn try_take(&mut self) -> bool {
+        self.try_take_n(1)
+    }
+
+    /// Take `n` tokens if there are that many (none otherwise). A cost above the burst is
+    /// the whole burst: what a full budget buys is never refused for ever.
+    pub fn try_take_n(&mut self, n: u32) -> bool {
+        let n = f64::from(n).min(self.burst);
         if self.rate == 0.0 {
             return true;
         }
@@ -39,8 +46,8 @@ impl TokenBucket {
         let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
         self.tokens = (self.tokens + refill).min(self.burst);
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false
@@ -59,5 +66,13 @@ mod tests {
         assert!(!b.try_take(), "burst spent, and a second has not passed");
         let mut unlimited = TokenBucket::new(0, 0);
         assert!((0..10_000).all(|_| unlimited.try_take()));
+    }
+
+    #[test]
+    fn a_costly_request_takes_its_cost_or_nothing() {
+        let mut b = TokenBucket::new(1, 10);
+        assert!(b.try_take_n(9));
+        assert!(!b.try_take_n(2), "one left: a cost of two is refused");
+        assert!(b.try_take(), "and nothing was taken by the refusal");
     }
 }

@@ -361,6 +361,29 @@ async fn search_is_literal_case_insensitive_and_applies_visibility_in_the_query(
         ["f4"]
     );
     assert_eq!(ids(db.search("ZOË", all, &me, 10).await.unwrap()), ["f1"]);
+    // Punctuation alone, three characters or more: the trigram index has nothing to look up,
+    // so only names starting with it are found (a range scan), never every name read.
+    db.writer.record_profile(
+        &uid("f6"),
+        Profile {
+            name: Some("--- dashes".into()),
+            gender: Some(Gender::Female),
+        },
+    );
+    db.writer.record_profile(
+        &uid("f7"),
+        Profile {
+            name: Some("a --- b".into()),
+            gender: Some(Gender::Female),
+        },
+    );
+    flush(&db).await;
+    assert_eq!(ids(db.search("---", all, &me, 10).await.unwrap()), ["f6"]);
+    assert_eq!(
+        ids(db.search("- b", all, &me, 10).await.unwrap()),
+        ["f7"],
+        "with a letter, contains"
+    );
     // A man sees women only, and himself.
     assert_eq!(
         ids(db.search("real", women, &uid("m1"), 10).await.unwrap()),
