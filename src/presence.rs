@@ -113,14 +113,8 @@ pub async fn get_visible(
         .collect())
 }
 
-/// One page of the online users `viewer` may see.
-pub async fn list_online(
-    engine: &dyn PresenceEngine,
-    policy: VisibilityPolicy,
-    viewer: &Viewer,
-    cursor: Option<&str>,
-    limit: usize,
-) -> Result<OnlinePage, AppError> {
+/// A page request's own checks (before it is charged or served).
+pub fn check_page(cursor: Option<&str>, limit: usize) -> Result<(), AppError> {
     if limit == 0 || limit > MAX_PAGE {
         return Err(AppError::bad_request(format!(
             "limit must be 1 to {MAX_PAGE}"
@@ -129,6 +123,18 @@ pub async fn list_online(
     if cursor.is_some_and(|c| c.len() > 1024) {
         return Err(AppError::bad_request("malformed cursor"));
     }
+    Ok(())
+}
+
+/// One page of the online users `viewer` may see.
+pub async fn list_online(
+    engine: &dyn PresenceEngine,
+    policy: VisibilityPolicy,
+    viewer: &Viewer,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Result<OnlinePage, AppError> {
+    check_page(cursor, limit)?;
     let filter = ListFilter {
         genders: policy.visible_genders(viewer.gender),
         include: Some(viewer.user.clone()),

@@ -281,8 +281,10 @@ async fn list_online(
             AppError::bad_request(format!("limit must be 1 to {}", presence::MAX_PAGE))
         })?,
     };
-    pay_for(h, limit)?;
     let cursor = req.cursor.as_deref();
+    // A malformed request is refused as such, before it is charged for its size.
+    presence::check_page(cursor, limit)?;
+    pay_for(h, limit)?;
     let page = presence::list_online(
         &*state.engine,
         state.config.visibility_policy,
