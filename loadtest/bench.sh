@@ -14,7 +14,7 @@ run() { # run <gateway env...> -- <loadgen args...>
   local envs=() ; while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
   # The load generator is one identity per client, many clients per address, and queries the
   # API as fast as it can: the limits meant for the open internet are off here.
-  env HTTP_RATE_LIMIT_PER_SEC=0 MAX_CONNECTIONS_PER_USER=0 HANDSHAKE_RATE_PER_IP=0 "${envs[@]}" HOST=127.0.0.1 PORT=$PORT RUST_LOG=warn ${SERVER:-$GW} > /tmp/bench-gw.log 2>&1 &
+  env HTTP_RATE_LIMIT_PER_SEC=0 MAX_CONNECTIONS_PER_USER=0 HANDSHAKE_RATE_PER_IP=0 WIDGET_JOIN_RATE_PER_IP=0 "${envs[@]}" HOST=127.0.0.1 PORT=$PORT RUST_LOG=warn ${SERVER:-$GW} > /tmp/bench-gw.log 2>&1 &
   local pid=$!
   for _ in $(seq 1 100); do curl -sf "127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
   $LG --target 127.0.0.1:$PORT --pids $pid --json "$@" || true
@@ -53,7 +53,7 @@ run3() { # run3 <loadgen args...>
         exec env ${EXTRA_ENV:-} "${SRV_CPU[@]}" node server.js) > /tmp/bench-peer$i.log 2>&1 &
     else
       env REDIS_URL=${BENCH_REDIS_URL:-redis://127.0.0.1:6379} REDIS_KEY_PREFIX=bench$$-$run NODE_ID=bench-$i RATE_LIMIT_PER_SEC=0 \
-        HTTP_RATE_LIMIT_PER_SEC=0 MAX_CONNECTIONS_PER_USER=0 HANDSHAKE_RATE_PER_IP=0 \
+        HTTP_RATE_LIMIT_PER_SEC=0 MAX_CONNECTIONS_PER_USER=0 HANDSHAKE_RATE_PER_IP=0 WIDGET_JOIN_RATE_PER_IP=0 \
         HOST=127.0.0.1 PORT=$((PORT + i)) RUST_LOG=warn ${EXTRA_ENV:-} "${SRV_CPU[@]}" $GW > /tmp/bench-gw$i.log 2>&1 &
     fi
     pids+=($!); targets+=(127.0.0.1:$((PORT + i)))

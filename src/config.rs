@@ -123,6 +123,11 @@ pub struct Config {
     /// `MAX_CONNECTIONS_PER_USER`: `/` connections one user may hold at once, cluster-wide;
     /// 0: no limit.
     pub max_connections_per_user: u32,
+    /// `WIDGET_JOIN_RATE_PER_IP`, `WIDGET_JOIN_BURST_PER_IP` (ours): `/widget` joins per
+    /// second (and at once) from one client address, per replica; each join stores a
+    /// `widget_opened` row. Rate 0: no limit.
+    pub widget_join_rate_per_ip: u32,
+    pub widget_join_burst_per_ip: u32,
     /// `HANDSHAKE_RATE_PER_IP`, `HANDSHAKE_BURST_PER_IP`: new Socket.IO sessions per second
     /// (and at once) from one client address, per replica; rate 0: no limit.
     pub handshake_rate_per_ip: u32,
@@ -426,6 +431,8 @@ impl Config {
                 _ => return Err(err("PRESENCE_EVENT_BUFFER", "must be at most 1048576")),
             },
             max_connections_per_user: count("MAX_CONNECTIONS_PER_USER", 10)?,
+            widget_join_rate_per_ip: count("WIDGET_JOIN_RATE_PER_IP", 1)?,
+            widget_join_burst_per_ip: count("WIDGET_JOIN_BURST_PER_IP", 30)?,
             handshake_rate_per_ip: count("HANDSHAKE_RATE_PER_IP", 0)?,
             handshake_burst_per_ip: count("HANDSHAKE_BURST_PER_IP", 100)?,
             http_rate_limit_per_sec: count("HTTP_RATE_LIMIT_PER_SEC", 20)?,

@@ -183,6 +183,7 @@ async fn sweep_loop(state: AppState) {
         // minute, so a namespace reconnect finds the budget it left with.
         state.http_limits.prune(Duration::ZERO);
         state.handshake_limits.prune(Duration::ZERO);
+        state.widget_join_limits.prune(Duration::ZERO);
         state.session_budgets.prune(Duration::from_secs(60));
         // The store is back after an outage (and may have lost everything): have the next
         // heartbeat flush check, and restore, every local connection.

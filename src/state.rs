@@ -30,6 +30,8 @@ pub struct Shared {
     pub http_limits: crate::limits::KeyedLimiter<String>,
     /// New Socket.IO sessions per client address.
     pub handshake_limits: crate::limits::KeyedLimiter<std::net::IpAddr>,
+    /// `/widget` joins per client address (each stores a row).
+    pub widget_join_limits: crate::limits::KeyedLimiter<std::net::IpAddr>,
     /// Each Engine.IO session's request budget per namespace: a namespace reconnect inside the
     /// session (same socket id) gets the budget it left with, not a full one.
     pub session_budgets: crate::limits::ParkedBudgets<(socketioxide::socket::Sid, &'static str)>,
@@ -70,6 +72,10 @@ impl AppState {
             config.handshake_rate_per_ip,
             config.handshake_burst_per_ip,
         );
+        let widget_join_limits = crate::limits::KeyedLimiter::new(
+            config.widget_join_rate_per_ip,
+            config.widget_join_burst_per_ip,
+        );
         let session_budgets = crate::limits::ParkedBudgets::default();
         AppState(Arc::new(Shared {
             config: Arc::new(config),
@@ -81,6 +87,7 @@ impl AppState {
             gateway: Default::default(),
             http_limits,
             handshake_limits,
+            widget_join_limits,
             session_budgets,
             figures: Default::default(),
             upgrades: Default::default(),

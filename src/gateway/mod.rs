@@ -207,6 +207,10 @@ fn kept_query(query: &str) -> String {
         .join("&")
 }
 
+/// The client address a Socket.IO session was opened from ([`admit_session`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub std::net::IpAddr);
+
 /// New Engine.IO sessions per client address (`HANDSHAKE_RATE_PER_IP`): a request to
 /// `/socket.io` without a session id opens one. Over the budget: 429 in the API's error shape,
 /// before the Socket.IO layer spends anything on it. Runs before [`detach_request`], which
@@ -238,7 +242,8 @@ pub async fn admit_session(
             .uri()
             .query()
             .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("sid=")));
-    if opens_session && !state.handshake_limits.is_off() {
+    let mut req = req;
+    if opens_session {
         let peer = req
             .extensions()
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -251,6 +256,9 @@ pub async fn admit_session(
                 state.metrics.handshake_failed("rate_limited");
                 return crate::error::AppError::RateLimited.into_response();
             }
+            // Kept with the session's request (the header it may come from is not): the
+            // namespaces limit by it too.
+            req.extensions_mut().insert(ClientIp(ip));
         }
     }
     next.run(req).await

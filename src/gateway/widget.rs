@@ -83,6 +83,16 @@ pub async fn admit(
         // Each join pays from the session's budget (a rejoin does not refill it) before it
         // stores a row.
         super::handshake::charge_join(&state, s.id, "/widget")?;
+        // And from the address's budget: every join stores a row, and new sessions are free.
+        if let Some(super::ClientIp(ip)) = s.req_parts().extensions.get::<super::ClientIp>()
+            && !state
+                .widget_join_limits
+                .allow(&crate::limits::limit_key(*ip))
+        {
+            return Err(Refusal::rate_limited(
+                "too many widget joins from this address; slow down",
+            ));
+        }
         let v = visitor(&auth.unwrap_or(Value::Null))?;
         let stats = state
             .stats
