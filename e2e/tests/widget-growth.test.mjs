@@ -5,8 +5,9 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
-import { startGateway, waitUntil, withDeadline } from "../helpers.mjs";
-import { freshDatabase, psql } from "../db.mjs";
+import { spawn } from "node:child_process";
+import { startGateway, token, connect, waitUntil, withDeadline } from "../helpers.mjs";
+import { freshDatabase, psql, PG_SERVER } from "../db.mjs";
 
 const CYCLES = 1000;
 let gw, url;
@@ -88,4 +89,48 @@ test(`${CYCLES} sessions from one address, each joining once, add a bounded numb
   const seconds = (Date.now() - t0) / 1000;
   console.log(`${CYCLES} sessions from one address in ${seconds.toFixed(1)} s: ${joined} joins accepted, ${added} rows`);
   assert.ok(added <= 30 + Math.ceil(seconds) + 1, `${added} rows`);
+});
+
+test("a flood of widget messages from many sockets is refused before it can starve POST /api/events", async () => {
+  const dbUrl = freshDatabase();
+  // No per-socket or per-address limit: the flood is as large as fifty sockets can make it.
+  const own = await startGateway({ DATABASE_URL: dbUrl, RATE_LIMIT_PER_SEC: "0", WIDGET_JOIN_RATE_PER_IP: "0" });
+  const widgets = await Promise.all(Array.from({ length: 50 }, (_, i) => connect(`${own.url}/widget`, { visitorId: `flood-${i}`, channel: "web" })));
+  // Hold the statistics' commit lock, as a slow database would: everything queues.
+  const SEQ_LOCK = 0x0070677374617473n;
+  const holder = spawn("psql", [dbUrl, "-c", `SELECT pg_advisory_lock(${SEQ_LOCK})`, "-c", "SELECT pg_sleep(60)"], { stdio: "ignore" });
+  try {
+    await waitUntil(() => Number(psql(dbUrl, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")[0][0]) > 0, 10_000, "the lock held");
+    const acks = { refused: 0, other: 0 };
+    const pending = [];
+    for (let round = 0; round < 240; round++) {
+      for (const w of widgets) {
+        pending.push(
+          w.timeout(120_000).emitWithAck("widget:message", { text: "spam" }).then(
+            (a) => (a.ok ? null : a.error.code === "unavailable" ? acks.refused++ : acks.other++),
+            () => null,
+          ),
+        );
+      }
+      await new Promise((r) => setImmediate(r));
+    }
+    await waitUntil(() => acks.refused > 0, 20_000, "widget messages refused");
+    const publisher = token({ sub: "flood-bot", roles: ["publisher"] });
+    const posted = own.http("/api/events", {
+      token: publisher,
+      method: "POST",
+      body: { type: "new_message", visitorId: "publisher-v", channel: "web", sender: "user", text: "hi", humanMode: false },
+    });
+    // Let the database go: what was queued is stored, the publisher's event among it.
+    assert.equal(Number(psql(dbUrl, "SELECT count(*) FROM stats_events WHERE type = 'new_message'")[0][0]), 0, "nothing stored while locked");
+    holder.kill();
+    const r = await posted;
+    console.log(`widget messages sent ${pending.length}, refused ${acks.refused}; POST /api/events answered ${r.status}`);
+    assert.equal(r.status, 202, JSON.stringify(r.json));
+    assert.equal(acks.other, 0);
+    for (const w of widgets) w.disconnect();
+  } finally {
+    holder.kill();
+    await own.stop();
+  }
 });

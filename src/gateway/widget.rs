@@ -99,7 +99,7 @@ pub async fn admit(
             .as_ref()
             .ok_or_else(|| Refusal::unavailable("statistics need DATABASE_URL"))?;
         stats
-            .record(vec![event(EventType::WidgetOpened, &v, None)])
+            .record_widget(vec![event(EventType::WidgetOpened, &v, None)])
             .await
             .map_err(|_| Refusal::unavailable("statistics store unreachable; retry shortly"))?;
         s.extensions.insert(Arc::new(WidgetConn {
@@ -178,7 +178,7 @@ async fn record_message(
     if first {
         events.push(event(EventType::UserOnline, &w.visitor, None));
     }
-    match stats.record(events).await {
+    match stats.record_widget(events).await {
         Ok(stored) => Ok(match stored.first() {
             Some(crate::db::stats::Stored::New(u)) => u.seq,
             Some(crate::db::stats::Stored::Duplicate(seq)) => *seq,

@@ -41,6 +41,10 @@ use tokio::sync::{mpsc, oneshot};
 /// Events waiting for the committer; beyond this, recording answers `unavailable` rather
 /// than queue without bound behind a stalled database.
 const QUEUE: usize = 10_000;
+/// Queue room kept for events that are not a widget's own requests (publishers' `POST
+/// /api/events`, a visitor's going offline): past it, widget joins and messages are refused
+/// first, so a flood of them from many sockets cannot fill the queue everyone waits in.
+const RESERVED: usize = QUEUE / 5;
 /// Events per insert statement.
 const BATCH: usize = 500;
 /// How often the receiver checks for stored events nobody announced.
@@ -140,6 +144,17 @@ impl Stats {
 
     /// Store `events` (consecutive seqs, in this order) and have them announced. Returns when
     /// they are committed.
+    /// [`record`](Self::record), for a widget's own request (its join, its messages): refused
+    /// while the queue is down to its [`RESERVED`] room.
+    pub async fn record_widget(&self, events: Vec<NewEvent>) -> Result<Vec<Stored>, AppError> {
+        if self.jobs.capacity() < RESERVED {
+            return Err(AppError::Unavailable(
+                "statistics are busy; widget events are refused first, retry shortly".into(),
+            ));
+        }
+        self.record(events).await
+    }
+
     pub async fn record(&self, events: Vec<NewEvent>) -> Result<Vec<Stored>, AppError> {
         let (done, rx) = oneshot::channel();
         self.jobs
