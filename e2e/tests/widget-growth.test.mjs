@@ -70,7 +70,8 @@ test(`${CYCLES} join/leave cycles on a session add a bounded number of rows`, as
   console.log(`${CYCLES} join/leave cycles in ${seconds.toFixed(1)} s over ${total.sessions} sessions: ${total.joined} joins accepted, ${total.refused} refused, ${added} rows`);
   // The address's budget (30 at once, 1 a second) is the tighter one here.
   assert.ok(added <= 30 + Math.ceil(seconds) + 1, `${added} rows`);
-  assert.equal(added, total.joined);
+  // A join answered after its session was given up on still stored its row.
+  assert.ok(added >= total.joined, `${added} rows for ${total.joined} joins`);
 });
 
 test(`${CYCLES} sessions from one address, each joining once, add a bounded number of rows`, async () => {
