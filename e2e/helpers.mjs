@@ -5,6 +5,8 @@ import { createHmac } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 import os from "node:os";
+import net from "node:net";
+import WebSocket from "ws";
 import { io, Manager } from "socket.io-client";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -218,4 +220,43 @@ export async function multiplexed(gw, auth, who) {
       m._close?.();
     },
   };
+}
+
+/**
+ * The status of a request sent with exactly this request line target and these header lines
+ * (fetch would merge repeated header names into one line, and refuse some values).
+ */
+export function rawStatus(gw, target, lines) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(gw.port, "127.0.0.1", () =>
+      sock.write([`GET ${target} HTTP/1.1`, "Host: 127.0.0.1", "Connection: close", ...lines, "", ""].join("\r\n")),
+    );
+    let head = "";
+    sock.on("data", (d) => {
+      head += d;
+      const m = head.match(/^HTTP\/1\.1 (\d+)/);
+      if (m) {
+        resolve(Number(m[1]));
+        sock.destroy();
+      }
+    });
+    sock.on("error", (e) => (e.code === "ECONNRESET" || e.code === "EPIPE" ? resolve(0) : reject(e)));
+  });
+}
+
+/**
+ * A raw Engine.IO WebSocket session, as an attacker's script would open it: it answers pings
+ * and counts the answers to its joins of namespace `nsp` (`""` for `/`, or `"/widget"`).
+ */
+export async function rawSession(gw, nsp = "") {
+  const ws = new WebSocket(`${gw.url.replace("http", "ws")}/socket.io/?EIO=4&transport=websocket`);
+  const counts = { joined: 0, refused: 0 };
+  ws.on("message", (d) => {
+    const m = d.toString();
+    if (m === "2") ws.send("3");
+    else if (m.startsWith(`40${nsp}`)) counts.joined++;
+    else if (m.startsWith(`44${nsp}`)) counts.refused++;
+  });
+  await withDeadline(new Promise((resolve, reject) => (ws.once("message", resolve), ws.once("error", reject))), 5000, "open");
+  return { ws, counts };
 }

@@ -7,24 +7,10 @@
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
-import { startGateway, user, token, recorder, waitUntil, withDeadline } from "../helpers.mjs";
+import { startGateway, user, token, recorder, waitUntil, rawSession } from "../helpers.mjs";
 
 const REDIS_URL = process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
 const FLOOD_MS = 5000;
-
-/** A raw Engine.IO WebSocket session, as an attacker's script would open it. */
-async function session(gw) {
-  const ws = new WebSocket(`${gw.url.replace("http", "ws")}/socket.io/?EIO=4&transport=websocket`);
-  const counts = { joined: 0, refused: 0 };
-  ws.on("message", (d) => {
-    const m = d.toString();
-    if (m === "2") ws.send("3");
-    else if (m.startsWith("40")) counts.joined++;
-    else if (m.startsWith("44")) counts.refused++;
-  });
-  await withDeadline(new Promise((resolve, reject) => (ws.once("message", resolve), ws.once("error", reject))), 5000, "open");
-  return { ws, counts };
-}
 
 /**
  * Join `/` (`40{token}`) and, once the join is answered, leave it (`41`), for `ms`. A join sent
@@ -37,7 +23,7 @@ async function cycleJoins(gw, auth, ms) {
   const until = Date.now() + ms;
   const total = { sessions: 0, sent: 0, joined: 0, refused: 0 };
   while (Date.now() < until) {
-    const { ws, counts } = await session(gw);
+    const { ws, counts } = await rawSession(gw);
     total.sessions++;
     while (Date.now() < until && ws.readyState === WebSocket.OPEN) {
       const answered = counts.joined + counts.refused;
@@ -66,7 +52,7 @@ async function cycleSessions(gws, auth, ms) {
     while (Date.now() < until) {
       const gw = gws[(opened + k) % gws.length];
       opened++;
-      const { ws, counts } = await session(gw);
+      const { ws, counts } = await rawSession(gw);
       ws.send(`40${JSON.stringify(auth)}`);
       await waitUntil(() => counts.joined + counts.refused > 0 || ws.readyState !== WebSocket.OPEN, 5000, "join answered");
       joined += counts.joined;

@@ -4,8 +4,7 @@
 // sockets' backlogs together.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import net from "node:net";
-import { startGateway, token, user, ask, connect, recorder, waitUntil, multiplexed } from "../helpers.mjs";
+import { startGateway, token, user, ask, connect, recorder, waitUntil, multiplexed, rawStatus } from "../helpers.mjs";
 
 const redisUrl = process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
 
@@ -73,7 +72,7 @@ test("HANDSHAKE_RATE_PER_IP: new sessions from one address past the burst get 42
     assert.deepEqual([await as("9.9.9.2"), await as("9.9.9.2")], [200, 200], "another client has its own budget");
     // A proxy that appends its own header line leaves the client's forged one first: every
     // line counts, in order, so a new forged address each time changes nothing.
-    const twoLines = async (i) => rawStatus(behind, [`X-Forwarded-For: 7.7.7.${i}`, "X-Forwarded-For: 9.9.9.3"]);
+    const twoLines = async (i) => rawStatus(behind, "/socket.io/?EIO=4&transport=polling", [`X-Forwarded-For: 7.7.7.${i}`, "X-Forwarded-For: 9.9.9.3"]);
     assert.deepEqual([await twoLines(1), await twoLines(2), await twoLines(3)], [200, 200, 429], "a forged first line");
     // IPv6 per /64: a client rotating through its own network shares one budget.
     const v6 = ["2001:db8:5:6::1", "2001:db8:5:6::2", "2001:db8:5:6:ffff::9"];
@@ -86,25 +85,6 @@ test("HANDSHAKE_RATE_PER_IP: new sessions from one address past the burst get 42
   }
 });
 
-/** The status of a handshake request sent with exactly these header lines (fetch would merge
- * repeated names into one line). */
-function rawStatus(gw, lines) {
-  return new Promise((resolve, reject) => {
-    const sock = net.connect(gw.port, "127.0.0.1", () =>
-      sock.write(["GET /socket.io/?EIO=4&transport=polling HTTP/1.1", "Host: 127.0.0.1", "Connection: close", ...lines, "", ""].join("\r\n")),
-    );
-    let head = "";
-    sock.on("data", (d) => {
-      head += d;
-      const m = head.match(/^HTTP\/1\.1 (\d+)/);
-      if (m) {
-        resolve(Number(m[1]));
-        sock.destroy();
-      }
-    });
-    sock.on("error", reject);
-  });
-}
 
 test("the per-socket request budget is the Engine.IO session's: leaving and re-joining / does not refill it, and each join is paid from it", async () => {
   const gw = await startGateway({ RATE_LIMIT_PER_SEC: "1", RATE_LIMIT_BURST: "4" });

@@ -6,9 +6,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import net from "node:net";
 import WebSocket from "ws";
-import { startGateway, token, waitUntil } from "../helpers.mjs";
+import { startGateway, token, waitUntil, rawStatus } from "../helpers.mjs";
 
 const N = 2000;
 
@@ -39,25 +38,6 @@ async function open(gw, n, { query = "", headers = {} } = {}) {
     );
   }
   return { sockets, joined };
-}
-
-/** The status of a GET sent with exactly this request line and these header lines. */
-function rawStatus(gw, target, lines) {
-  return new Promise((resolve, reject) => {
-    const sock = net.connect(gw.port, "127.0.0.1", () =>
-      sock.write([`GET ${target} HTTP/1.1`, "Host: 127.0.0.1", "Connection: close", ...lines, "", ""].join("\r\n")),
-    );
-    let head = "";
-    sock.on("data", (d) => {
-      head += d;
-      const m = head.match(/^HTTP\/1\.1 (\d+)/);
-      if (m) {
-        resolve(Number(m[1]));
-        sock.destroy();
-      }
-    });
-    sock.on("error", (e) => (e.code === "ECONNRESET" || e.code === "EPIPE" ? resolve(0) : reject(e)));
-  });
 }
 
 test("a huge query string or Authorization header is refused; the largest accepted head costs no more memory than an ordinary one", async () => {

@@ -6,8 +6,8 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
 import { spawn } from "node:child_process";
-import { startGateway, token, connect, waitUntil, withDeadline } from "../helpers.mjs";
-import { freshDatabase, psql, PG_SERVER } from "../db.mjs";
+import { startGateway, token, connect, waitUntil, rawSession } from "../helpers.mjs";
+import { freshDatabase, psql } from "../db.mjs";
 
 const CYCLES = 1000;
 let gw, url;
@@ -19,20 +19,6 @@ before(async () => {
 after(async () => gw?.stop());
 
 const opened = () => Number(psql(url, "SELECT count(*) FROM stats_events WHERE type = 'widget_opened'")[0][0]);
-
-/** A raw Engine.IO WebSocket session. */
-async function session() {
-  const ws = new WebSocket(`${gw.url.replace("http", "ws")}/socket.io/?EIO=4&transport=websocket`);
-  const counts = { joined: 0, refused: 0 };
-  ws.on("message", (d) => {
-    const m = d.toString();
-    if (m === "2") ws.send("3");
-    else if (m.startsWith("40/widget")) counts.joined++;
-    else if (m.startsWith("44/widget")) counts.refused++;
-  });
-  await withDeadline(new Promise((resolve, reject) => (ws.once("message", resolve), ws.once("error", reject))), 5000, "open");
-  return { ws, counts };
-}
 
 const join = (visitorId) => `40/widget,${JSON.stringify({ visitorId, channel: "web" })}`;
 
@@ -50,7 +36,7 @@ test(`${CYCLES} join/leave cycles on a session add a bounded number of rows`, as
   // leave can go unanswered), a new session when the library ends one (a leave of a namespace
   // whose join was refused ends it).
   while (cycles < CYCLES) {
-    const { ws, counts } = await session();
+    const { ws, counts } = await rawSession(gw, "/widget");
     total.sessions++;
     while (cycles < CYCLES && ws.readyState === WebSocket.OPEN) {
       const n = counts.joined + counts.refused;
@@ -80,7 +66,7 @@ test(`${CYCLES} sessions from one address, each joining once, add a bounded numb
   const t0 = Date.now();
   let joined = 0;
   for (let i = 0; i < CYCLES; i++) {
-    const { ws, counts } = await session();
+    const { ws, counts } = await rawSession(gw, "/widget");
     ws.send(join(`growth-many-${i}`));
     await answered(ws, counts, 0);
     joined += counts.joined;

@@ -207,12 +207,15 @@ impl Database {
         // name read for a rare one. The substring index's own statistics tell, so the query
         // says which way.
         let short = q.chars().count() < MIN_TRIGRAM_CHARS;
-        let sql = if short && self.gram_share(&q.to_lowercase()).await < DENSE_GRAM {
-            SEARCH_SHORT_SQL
+        // `$5`: the one- or two-character substring the short form looks up.
+        let (sql, gram) = if short && self.gram_share(&q.to_lowercase()).await < DENSE_GRAM {
+            (SEARCH_SHORT_SQL, q.to_string())
         } else if !short && !trigram_servable(q) {
-            SEARCH_PREFIX_SQL
+            // Punctuation alone: the trigram index has nothing to look up, the substring index
+            // has its first two characters; names holding them are the candidates.
+            (SEARCH_SHORT_SQL, q.chars().take(2).collect())
         } else {
-            SEARCH_SQL
+            (SEARCH_SQL, q.to_string())
         };
         metrics::counter!("gateway_database_queries_total", "query" => "search").increment(1);
         // Unnamed statement: planned with the actual pattern, so the planner can choose
@@ -223,7 +226,7 @@ impl Database {
             .bind(genders)
             .bind(viewer.as_str())
             .bind(limit as i64)
-            .bind(q)
+            .bind(gram)
             .fetch_all(self.pool())
             .await
             .map_err(DbError::from);
@@ -346,7 +349,7 @@ const MIN_TRIGRAM_CHARS: usize = 3;
 
 /// Whether the trigram index can find names containing `q`: pg_trgm takes its trigrams from
 /// the letters and digits, so a query of punctuation alone (`---`) gives it none to look up,
-/// and "contains" would read every name.
+/// and "contains" would read every name: the substring index serves those instead.
 fn trigram_servable(q: &str) -> bool {
     q.chars().any(char::is_alphanumeric)
 }
@@ -389,11 +392,8 @@ ORDER BY m.rank, lower(m.name) COLLATE "C", m.id"#
 /// Three characters or more (the trigram index serves the LIKE), or a common substring of
 /// one or two (names read in order until the page is full); `$5` unused.
 const SEARCH_SQL: &str = search_sql!("($5::text IS NOT NULL)");
-/// Three characters or more that the trigram index cannot serve ([`trigram_servable`]): names
-/// that start with the query only (a range scan that stops at the page), none that merely
-/// contain it.
-const SEARCH_PREFIX_SQL: &str = search_sql!("false");
-/// One or two characters: the substring index finds the candidates.
+/// One or two characters, or punctuation alone ([`trigram_servable`]): the substring index
+/// finds the candidates (`$5`, one or two characters of the query).
 const SEARCH_SHORT_SQL: &str = search_sql!("user_name_grams(lower(u.name)) @> ARRAY[lower($5)]");
 
 pub struct SearchHit {
