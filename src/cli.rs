@@ -251,13 +251,20 @@ fn serve(config: Config) -> ExitCode {
             Ok(l) => l,
             Err(e) => return fail(format!("PORT: cannot listen on {addr}: {e}")),
         };
+        let shutdown = CancellationToken::new();
         if let Some(port) = gw.state.config.metrics_port {
             let at = std::net::SocketAddr::new(addr.ip(), port);
             match bind(at) {
                 Ok(l) => {
                     tracing::info!("metrics on {at}");
-                    let app = crate::http::metrics_router(gw.state.clone());
-                    tokio::spawn(async move { axum::serve(l, app).await });
+                    // The same server as the main port's (header timeout, head cap), stopped
+                    // with it.
+                    tokio::spawn(crate::http::serve::serve(
+                        l,
+                        crate::http::metrics_router(gw.state.clone()),
+                        gw.state.upgrades.clone(),
+                        shutdown.clone(),
+                    ));
                 }
                 Err(e) => return fail(format!("METRICS_PORT: cannot listen on {at}: {e}")),
             }
@@ -268,7 +275,6 @@ fn serve(config: Config) -> ExitCode {
             announce_development(&gw, bound.port());
         }
         tracing::info!(node = %gw.state.config.node_id, engine = gw.state.engine.kind(), "listening on {bound}");
-        let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
         match run(gw, listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,

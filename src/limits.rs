@@ -56,7 +56,11 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
         if map.len() >= MAX_KEYS {
             let idle = self.refill_time();
             map.retain(|_, (_, used)| now.duration_since(*used) < idle);
-            evict_oldest(&mut map, |(_, used)| *used);
+            // Freeing a few idle buckets would leave the next insert to scan again: make room
+            // for a tenth of the table at once.
+            if map.len() >= MAX_KEYS * 9 / 10 {
+                evict_to(&mut map, MAX_KEYS * 8 / 10, |(_, used)| *used);
+            }
         }
         let b = TokenBucket::shared(self.rate, self.burst);
         map.insert(key.clone(), (b.clone(), now));
@@ -121,10 +125,15 @@ impl<K: Hash + Eq> ParkedBudgets<K> {
         self.parked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A socket under `key` closed with `budget` left.
+    /// A socket under `key` closed with `budget` left. Of two budgets parked under one key
+    /// (a close and a refused join racing), the poorer is kept: neither refills the other.
     pub fn park(&self, key: K, budget: TokenBucket) {
         let mut map = self.lock();
         evict_oldest(&mut map, |(_, at)| *at);
+        let budget = match map.remove(&key) {
+            Some((old, _)) if old.tokens() < budget.tokens() => old,
+            _ => budget,
+        };
         map.insert(key, (budget, Instant::now()));
     }
 
@@ -139,14 +148,22 @@ impl<K: Hash + Eq> ParkedBudgets<K> {
     }
 }
 
-/// At `MAX_KEYS` entries or more, drop the least recently used tenth (by `used`), so that the
-/// newest entries, an attacker's spent bucket among them, stay.
+/// At `MAX_KEYS` entries or more, drop the least recently used down to nine tenths, so that
+/// the newest entries (an attacker's spent bucket among them) stay, and the next tenth of new
+/// keys finds room without another pass.
 fn evict_oldest<K: Hash + Eq, V>(map: &mut HashMap<K, V>, used: impl Fn(&V) -> Instant) {
-    if map.len() < MAX_KEYS {
+    if map.len() >= MAX_KEYS {
+        evict_to(map, MAX_KEYS * 9 / 10, used);
+    }
+}
+
+/// Drop the least recently used entries (by `used`) until at most about `keep` are left.
+fn evict_to<K: Hash + Eq, V>(map: &mut HashMap<K, V>, keep: usize, used: impl Fn(&V) -> Instant) {
+    if map.len() <= keep {
         return;
     }
     let mut times: Vec<Instant> = map.values().map(&used).collect();
-    let nth = map.len() / 10;
+    let nth = map.len() - keep - 1;
     let (_, cutoff, _) = times.select_nth_unstable(nth);
     let cutoff = *cutoff;
     map.retain(|_, v| used(v) > cutoff);
@@ -330,7 +347,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_drops_the_oldest_tenth_not_the_attackers_spent_bucket() {
+    fn a_full_table_drops_its_least_recently_used_not_the_attackers_spent_bucket() {
         let l = KeyedLimiter::new(1, 1);
         assert!(l.allow(&0u32));
         // An attacker floods the table with new keys while it keeps trying its own.
@@ -342,7 +359,7 @@ mod tests {
         }
         let map = l.buckets.lock().unwrap();
         assert!(
-            map.len() < MAX_KEYS && map.len() >= MAX_KEYS * 9 / 10 - 1,
+            map.len() < MAX_KEYS && map.len() >= MAX_KEYS * 8 / 10,
             "{}",
             map.len()
         );

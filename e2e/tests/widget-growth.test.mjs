@@ -1,6 +1,7 @@
 // Issue 25, point 2: no anonymous database growth. Every `/widget` join stores a
 // `widget_opened` row; joins pay from the session's budget and, by default, from the client
-// address's (WIDGET_JOIN_RATE_PER_IP / WIDGET_JOIN_BURST_PER_IP, 1/s and 30), so a visitor
+// address's (WIDGET_JOIN_RATE_PER_IP / WIDGET_JOIN_BURST_PER_IP, 2/s and 60 by default, 1/s
+// and 30 here), so a visitor
 // script joining and leaving as fast as it can adds a bounded number of rows.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -14,7 +15,7 @@ let gw, url;
 
 before(async () => {
   url = freshDatabase();
-  gw = await startGateway({ DATABASE_URL: url });
+  gw = await startGateway({ DATABASE_URL: url, WIDGET_JOIN_RATE_PER_IP: "1", WIDGET_JOIN_BURST_PER_IP: "30" });
 });
 after(async () => gw?.stop());
 

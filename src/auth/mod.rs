@@ -243,7 +243,9 @@ impl Authenticator {
             roles,
             // Accepted until then, clock-skew leeway included: a socket is closed when a
             // handshake with the same token would first be refused.
-            expires_at: c.exp.map(|e| e as i64 + self.validation.leeway as i64),
+            expires_at: c
+                .exp
+                .map(|e| (e as i64).saturating_add(self.validation.leeway as i64)),
             static_admin: false,
         })
     }

@@ -26,6 +26,9 @@ pub async fn admit(
     State(state): State<AppState>,
 ) -> Result<(), Refusal> {
     let admit = async {
+        // A join is a request, paid from the session's budget (and each is watched for its
+        // token's expiry).
+        super::handshake::charge_join(&state, s.id, NAMESPACE)?;
         // A dashboard token in the URL ends up in every proxy's access log, where it
         // outlives its use: refused here, where a token sees the whole cluster.
         let token = match find_token_outside_url(&s, &auth.unwrap_or(Value::Null)) {

@@ -54,16 +54,21 @@ impl Expiries {
         out
     }
 
-    /// Keep only the entries `alive` says are still connected, if closed ones have piled up.
-    fn compact(&self, live: usize, alive: impl Fn(Sid, &'static str) -> bool) {
+    /// Keep only the entries of sockets still connected with that very expiry (`current` says
+    /// a socket's, `None` when it is gone), one per socket, if others have piled up: closed
+    /// sockets, and rejoins of one session (each join is watched).
+    fn compact(&self, live: usize, current: impl Fn(Sid, &'static str) -> Option<i64>) {
         let mut heap = self.lock();
         if heap.len() < REBUILD_MIN || heap.len() <= 2 * live {
             return;
         }
+        let mut seen = std::collections::HashSet::new();
         let kept: Vec<_> = std::mem::take(&mut *heap)
             .into_vec()
             .into_iter()
-            .filter(|Reverse((_, sid, ns))| alive(*sid, ns))
+            .filter(|Reverse((exp, sid, ns))| {
+                current(*sid, ns) == Some(*exp) && seen.insert((*sid, *ns))
+            })
             .collect();
         *heap = BinaryHeap::from(kept);
     }
@@ -102,7 +107,9 @@ pub async fn run(state: AppState) {
         let live =
             state.gateway.sockets.len() + io.of("/dashboard").map_or(0, |n| n.sockets().len());
         state.gateway.expiries.compact(live, |sid, ns| {
-            io.of(ns).and_then(|n| n.get_socket(sid)).is_some()
+            io.of(ns)
+                .and_then(|n| n.get_socket(sid))
+                .and_then(|s| super::token_expiry(&s))
         });
     }
 }
@@ -123,7 +130,8 @@ mod tests {
         for _ in 0..REBUILD_MIN * 2 {
             e.watch(99, Sid::new(), "/");
         }
-        e.compact(10, |sid, _| sid == a);
-        assert_eq!(e.len(), 1, "only the live socket's entry is left");
+        e.watch(30, a, "/");
+        e.compact(10, |sid, _| (sid == a).then_some(30));
+        assert_eq!(e.len(), 1, "only the live socket's entry is left, once");
     }
 }

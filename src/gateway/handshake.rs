@@ -212,11 +212,14 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refus
             }
         }
         Err(crate::engine::EngineError::TooManyConnections(n)) => {
+            // Refused after it took its budget: left parked for the next attempt.
+            state.session_budgets.park((s.id, "/"), handle.budget());
             return Err(Refusal::rate_limited(format!(
                 "this user holds the most connections allowed ({n})"
             )));
         }
         Err(e) => {
+            state.session_budgets.park((s.id, "/"), handle.budget());
             tracing::warn!(error = %e, "could not register a connection");
             return Err(Refusal::unavailable(
                 "presence store unreachable; retry shortly",

@@ -35,10 +35,16 @@ impl TokenBucket {
         self.try_take_n(1)
     }
 
-    /// Take `n` tokens if there are that many (none otherwise). A cost above the burst is
-    /// the whole burst: what a full budget buys is never refused for ever.
+    /// The tokens left (as of the last take).
+    pub fn tokens(&self) -> f64 {
+        self.tokens
+    }
+
+    /// Take `n` tokens if there are that many (none otherwise). A cost above the burst less
+    /// one (the request that carries it already paid one) is that: what a full budget buys is
+    /// never refused for ever, however small `RATE_LIMIT_BURST` is.
     pub fn try_take_n(&mut self, n: u32) -> bool {
-        let n = f64::from(n).min(self.burst);
+        let n = f64::from(n).min((self.burst - 1.0).max(1.0));
         if self.rate == 0.0 {
             return true;
         }

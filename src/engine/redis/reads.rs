@@ -52,34 +52,12 @@ impl RedisEngine {
                 (b, u.to_string())
             }
         };
-        // Every bucket from the cursor's on, each gender's index, in one round trip (they
-        // were read one command at a time: up to 192 round trips for a sparse page). Each
-        // read asks for a page and one more; the first bucket resumes after the cursor.
-        let want = limit + 1;
+        // The buckets from the cursor's on, read in rounds of growing size (4, 8, 16, then the
+        // rest), each round one pipeline of every gender's index in its buckets: a page found
+        // in the first buckets reads no more of them, and a sparse one takes four round trips,
+        // not one per bucket and gender (up to 192). Each read asks for what the page still
+        // lacks, and one more; the first bucket resumes after the cursor.
         let genders: Vec<_> = filter.genders.iter().collect();
-        let mut cmds = Vec::with_capacity((BUCKETS - b) as usize * genders.len());
-        for bk in b..BUCKETS {
-            let min = if bk == b && !after.is_empty() {
-                format!("({after}")
-            } else {
-                "-".to_string()
-            };
-            for g in &genders {
-                cmds.push((
-                    "ZRANGEBYLEX",
-                    vec![
-                        self.keys.online(bk, *g),
-                        min.clone(),
-                        "+".into(),
-                        "LIMIT".into(),
-                        "0".into(),
-                        want.to_string(),
-                    ],
-                ));
-            }
-        }
-        let replies = self.batch(cmds).await?;
-        let mut replies = replies.into_iter();
         // The viewer is always in their own list: online, they are added to their bucket.
         let me_online = match &filter.include {
             Some(me) if bucket(me.as_str()) >= b => self
@@ -92,31 +70,63 @@ impl RedisEngine {
             _ => false,
         };
         let mut ids: Vec<(u32, String)> = Vec::new();
+        let mut round = 4u32;
         while b < BUCKETS && ids.len() <= limit {
+            let end = if round >= 32 {
+                BUCKETS
+            } else {
+                (b + round).min(BUCKETS)
+            };
+            round *= 2;
             let want = limit + 1 - ids.len();
-            let mut in_bucket: Vec<String> = Vec::new();
-            for _ in &genders {
-                let got: Vec<String> = replies
-                    .next()
-                    .and_then(|v| v.convert().ok())
-                    .unwrap_or_default();
-                in_bucket.extend(got);
+            let mut cmds = Vec::with_capacity((end - b) as usize * genders.len());
+            for bk in b..end {
+                let min = if bk == b && !after.is_empty() {
+                    format!("({after}")
+                } else {
+                    "-".to_string()
+                };
+                for g in &genders {
+                    cmds.push((
+                        "ZRANGEBYLEX",
+                        vec![
+                            self.keys.online(bk, *g),
+                            min.clone(),
+                            "+".into(),
+                            "LIMIT".into(),
+                            "0".into(),
+                            want.to_string(),
+                        ],
+                    ));
+                }
             }
-            if let Some(me) = &filter.include
-                && me_online
-                && bucket(me.as_str()) == b
-                && (after.is_empty() || me.as_str() > after.as_str())
-                && !in_bucket.iter().any(|u| u == me.as_str())
-            {
-                in_bucket.push(me.to_string());
-            }
-            in_bucket.sort();
-            in_bucket.dedup();
-            in_bucket.truncate(want);
-            ids.extend(in_bucket.into_iter().map(|u| (b, u)));
-            if ids.len() <= limit {
-                b += 1;
-                after.clear();
+            let mut replies = self.batch(cmds).await?.into_iter();
+            while b < end && ids.len() <= limit {
+                let want = limit + 1 - ids.len();
+                let mut in_bucket: Vec<String> = Vec::new();
+                for _ in &genders {
+                    let got: Vec<String> = replies
+                        .next()
+                        .and_then(|v| v.convert().ok())
+                        .unwrap_or_default();
+                    in_bucket.extend(got);
+                }
+                if let Some(me) = &filter.include
+                    && me_online
+                    && bucket(me.as_str()) == b
+                    && (after.is_empty() || me.as_str() > after.as_str())
+                    && !in_bucket.iter().any(|u| u == me.as_str())
+                {
+                    in_bucket.push(me.to_string());
+                }
+                in_bucket.sort();
+                in_bucket.dedup();
+                in_bucket.truncate(want);
+                ids.extend(in_bucket.into_iter().map(|u| (b, u)));
+                if ids.len() <= limit {
+                    b += 1;
+                    after.clear();
+                }
             }
         }
         let more = ids.len() > limit;
