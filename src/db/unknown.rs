@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 /// How long an unknown id is remembered.
 const TTL: Duration = Duration::from_secs(60);
-/// Ids kept at most; past it the expired go, then (still full) all of them.
+/// Ids kept at most; past it the expired go, and if that freed less than a tenth, all of them
+/// (a few freed would leave the next insert to scan the table again).
 const CAP: usize = 100_000;
 
 #[derive(Default)]
@@ -38,7 +39,7 @@ impl UnknownIds {
         for id in ids {
             if map.len() >= CAP {
                 map.retain(|_, until| *until > now);
-                if map.len() >= CAP {
+                if map.len() >= CAP * 9 / 10 {
                     map.clear();
                 }
             }
