@@ -28,11 +28,17 @@ pub struct Mode {
 /// whoever holds it can poll, post to or close that session. So it never leaves the process;
 /// this keyed hash of it (a key drawn at start-up) names the socket instead, stable for its
 /// life and meaningless to anyone else.
+///
+/// Unique per socket, not per session id: a session that leaves `/` and joins again gets a new
+/// one, so the old socket's close, recorded in the background, can never remove the new
+/// socket's connection from the engine.
 pub fn public_id(sid: Sid) -> String {
     static KEY: OnceLock<std::hash::RandomState> = OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let h = std::hash::BuildHasher::hash_one(
         KEY.get_or_init(std::hash::RandomState::new),
-        sid.as_str(),
+        (sid.as_str(), n),
     );
     format!("{h:016x}")
 }

@@ -314,7 +314,19 @@ async fn disconnected(
         _ => cfg.offline_grace_ms,
     };
     debug_assert_eq!(s.id, h.sid);
-    record_close(&state, &h, grace).await;
+    // Parked now: a join of this session that comes before the close below is recorded must
+    // find the budget this socket left with, not a full one.
+    state.session_budgets.park((h.sid, "/"), h.budget());
+    // The rest waits on the presence store. socketioxide keeps the socket in its namespace
+    // until this handler returns, and ignores a CONNECT for it meanwhile: a client that leaves
+    // `/` and joins again at once (a token refresh) would never hear back. So the close is
+    // recorded in the background (the replica's shutdown waits for it); the new socket has a
+    // connection id of its own, so the two never touch each other's registration.
+    let st = state.clone();
+    state
+        .background
+        .tasks
+        .spawn(async move { record_close(&st, &h, grace).await });
 }
 
 /// Record that a socket closed: out of the registry, and the engine told, at most once
