@@ -422,11 +422,13 @@ impl Reader {
         }
     }
 
-    /// How long until the next change is due (long if none is).
+    /// How long until the next change is due (long if none is). Before the start is known,
+    /// a look every 100 ms: the start is set at least 200 ms ahead, so the first changes are
+    /// still scheduled in time, without a wake-up per millisecond meanwhile.
     fn until_next_change(&self) -> Duration {
         match self.due.peek() {
             Some(Reverse((at, _))) => Duration::from_micros(at.saturating_sub(now_us())),
-            None if self.changes.is_some() && !self.scheduled => Duration::from_millis(1),
+            None if self.changes.is_some() && !self.scheduled => Duration::from_millis(100),
             None => Duration::from_secs(1),
         }
     }
