@@ -402,8 +402,21 @@ pub async fn run(
         left = left.len(),
         "recording closes the library did not report"
     );
+    // All at once, and within the deadline: one at a time, with the presence store gone, each
+    // would wait out its command timeout (thousands of sockets: a replica that never exits).
+    // What is not recorded by then, the sweep of the replicas that stay removes.
+    let mut closes = tokio::task::JoinSet::new();
     for h in left {
-        gateway::events::record_close(&state, &h, state.config.shutdown_grace_ms).await;
+        let st = state.clone();
+        closes.spawn(async move {
+            gateway::events::record_close(&st, &h, st.config.shutdown_grace_ms).await;
+        });
+    }
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, closes.join_all())
+        .await
+        .is_err()
+    {
+        tracing::warn!("closes not all recorded in time; the sweep will remove the rest");
     }
     if !state.background.shut_down(SHUTDOWN_DEADLINE).await {
         tracing::warn!("background tasks did not stop in time");
