@@ -178,13 +178,8 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refus
         policy.audience_of(gender),
         mode,
         now,
-        // A namespace reconnect inside the session gets back the budget it left with.
-        state.session_budgets.take(&(s.id, "/")).unwrap_or_else(|| {
-            TokenBucket::new(
-                state.config.rate_limit_per_sec,
-                state.config.rate_limit_burst,
-            )
-        }),
+        // The budget the join was charged to (`charge_join` parked it).
+        session_budget(state, s.id, "/"),
     ));
     // Decided here, before the library writes the CONNECT this socket's frames wait for.
     let sid = s.id.as_str();
@@ -230,6 +225,23 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refus
     Ok(())
 }
 
+/// The session's request budget in `namespace`: the one it left with (parked), or a full one.
+pub fn session_budget(
+    state: &AppState,
+    sid: socketioxide::socket::Sid,
+    namespace: &'static str,
+) -> TokenBucket {
+    state
+        .session_budgets
+        .take(&(sid, namespace))
+        .unwrap_or_else(|| {
+            TokenBucket::new(
+                state.config.rate_limit_per_sec,
+                state.config.rate_limit_burst,
+            )
+        })
+}
+
 /// Take one request from the session's budget in `namespace` for joining it (the budget the
 /// session left that namespace with: a rejoin does not refill it), and park the budget for
 /// the join to pick up, or for the next attempt if this one fails. `rate_limited` when spent.
@@ -238,15 +250,7 @@ pub fn charge_join(
     sid: socketioxide::socket::Sid,
     namespace: &'static str,
 ) -> Result<(), Refusal> {
-    let mut bucket = state
-        .session_budgets
-        .take(&(sid, namespace))
-        .unwrap_or_else(|| {
-            TokenBucket::new(
-                state.config.rate_limit_per_sec,
-                state.config.rate_limit_burst,
-            )
-        });
+    let mut bucket = session_budget(state, sid, namespace);
     let paid = bucket.try_take();
     state.session_budgets.park((sid, namespace), bucket);
     if paid {

@@ -105,17 +105,8 @@ pub async fn admit(
         s.extensions.insert(Arc::new(WidgetConn {
             visitor: v,
             online: AtomicBool::new(false),
-            rate: Mutex::new(
-                state
-                    .session_budgets
-                    .take(&(s.id, "/widget"))
-                    .unwrap_or_else(|| {
-                        TokenBucket::new(
-                            state.config.rate_limit_per_sec,
-                            state.config.rate_limit_burst,
-                        )
-                    }),
-            ),
+            // The budget the join was charged to (`charge_join` parked it).
+            rate: Mutex::new(super::handshake::session_budget(&state, s.id, "/widget")),
         }));
         s.on("widget:message", message);
         s.on_disconnect(closed);
