@@ -106,6 +106,8 @@ pub struct Config {
     pub visibility_policy: VisibilityPolicy,
     /// `STATS_SESSION_GAP_MS`: a visitor's messages further apart start a new session.
     pub stats_session_gap_ms: u64,
+    /// `STATS_RETENTION_DAYS`: statistics events older than this are deleted (rollups kept).
+    pub stats_retention_days: u64,
     /// `ADMIN_TOKEN`: static bearer token with the admin role.
     pub admin_token: Option<String>,
     /// `RATE_LIMIT_PER_SEC`: per-socket requests per second (0 disables limiting).
@@ -414,6 +416,10 @@ impl Config {
             db_offline_debounce_ms: ms("PRESENCE_DB_OFFLINE_DEBOUNCE_MS", 0, 0)?,
             visibility_policy,
             stats_session_gap_ms: ms("STATS_SESSION_GAP_MS", 1_800_000, 1)?,
+            stats_retention_days: match ms("STATS_RETENTION_DAYS", 400, 1)? {
+                n if n <= 100_000 => n,
+                _ => return Err(err("STATS_RETENTION_DAYS", "must be at most 100000")),
+            },
             admin_token,
             rate_limit_per_sec: count("RATE_LIMIT_PER_SEC", DEFAULT_RATE_LIMIT_PER_SEC)?,
             rate_limit_burst: count("RATE_LIMIT_BURST", DEFAULT_RATE_LIMIT_BURST)?,

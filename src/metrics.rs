@@ -140,6 +140,10 @@ fn describe() {
     );
     describe_counter!("stats_events_total", "Statistics events recorded, by type");
     describe_counter!(
+        "stats_events_retired_total",
+        "Statistics events deleted past STATS_RETENTION_DAYS (their rollups are kept)"
+    );
+    describe_counter!(
         "stats_report_cache_hits_total",
         "Statistics reports answered from this replica's cache"
     );
@@ -330,6 +334,7 @@ impl Metrics {
         ] {
             counter!("stats_events_total", "type" => t).increment(0);
         }
+        counter!("stats_events_retired_total").increment(0);
         m
     }
 
@@ -386,6 +391,11 @@ impl Metrics {
 /// A statistics event was stored (`stats_events_total{type}`).
 pub fn stats_event_recorded(kind: &'static str) {
     counter!("stats_events_total", "type" => kind).increment(1);
+}
+
+/// Statistics events deleted past `STATS_RETENTION_DAYS` (`stats_events_retired_total`).
+pub fn stats_events_retired(n: u64) {
+    counter!("stats_events_retired_total").increment(n);
 }
 
 /// A report came from the cache (`stats_report_cache_hits_total`).

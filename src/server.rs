@@ -237,6 +237,11 @@ async fn database_loop(
         }
     }
     db.set_schema_ready();
+    let (retention, stop) = (db.clone(), state.background.stop.clone());
+    let days = state.config.stats_retention_days;
+    state
+        .background
+        .spawn(async move { retention.run_retention(days, stop).await });
     let rollups = db.clone();
     let gap = state.config.stats_session_gap_ms;
     tokio::spawn(async move {

@@ -1,7 +1,10 @@
 -- The /api/stats report over [lo, hi) from the rollups of migration 0003, reading raw
 -- events only at the window's edges. Parameters: $1 lo, $2 hi, $3 lo rounded up and $4 hi
 -- rounded down to a quarter hour (microseconds since the epoch), $5 time zone, $6 sessions
--- listed. The result equals that of the raw-event report (db/stats.rs, REPORT_RAW).
+-- listed, $7 the retention horizon (migration 0007). The result equals that of the
+-- raw-event report (db/stats.rs, REPORT_RAW) while the window's edges are not older than the
+-- horizon. An edge older than it is on a quarter hour (the caller rounds it down), and a
+-- span across it, whose events are gone, counts whole in the window where it ends.
 WITH
 -- Events by time and type: whole quarters from the rollup, the rest from the events.
 counted AS (
@@ -31,8 +34,13 @@ firsts AS (
 -- events inside the window.
 edges AS (
     SELECT s.kind, s.value, s.visitor_id, s.first_at < stats_us($1) AS before,
-           c.n, c.first_at, c.last_at
+           CASE WHEN w.whole THEN s.n ELSE c.n END AS n,
+           CASE WHEN w.whole THEN s.first_at ELSE c.first_at END AS first_at,
+           CASE WHEN w.whole THEN s.last_at ELSE c.last_at END AS last_at
     FROM stats_spans s,
+    LATERAL (
+        SELECT $1 < $7 AND s.first_at < stats_us($1) AND s.last_at < stats_us($2) AS whole
+    ) w,
     LATERAL (
         SELECT count(*) AS n, min(e.at) AS first_at, max(e.at) AS last_at
         FROM stats_events e
@@ -96,7 +104,7 @@ sessions AS (
     FROM listed l,
     LATERAL (
         SELECT array_agg(e.at ORDER BY e.at, e.seq) AS stamps,
-               bool_or(COALESCE(e.human_mode, false)) AS human,
+               COALESCE(bool_or(COALESCE(e.human_mode, false)), false) AS human,
                (array_agg(e.visitor_name ORDER BY e.at DESC, e.seq DESC) FILTER (WHERE e.visitor_name IS NOT NULL))[1] AS name,
                (array_agg(e.country ORDER BY e.at DESC, e.seq DESC) FILTER (WHERE e.country IS NOT NULL))[1] AS country,
                (array_agg(e.city ORDER BY e.at DESC, e.seq DESC) FILTER (WHERE e.city IS NOT NULL))[1] AS city,
@@ -137,7 +145,7 @@ SELECT json_build_object(
                stats_iso(first_at) AS "firstActivity",
                stats_iso(last_at) AS "lastActivity",
                n AS "messageCount",
-               (SELECT array_agg(stats_iso(t)) FROM unnest(stamps) t) AS "messageTimestamps",
+               COALESCE((SELECT array_agg(stats_iso(t)) FROM unnest(stamps) t), '{}') AS "messageTimestamps",
                human AS "isHumanMode",
                country, city, channel
         FROM sessions

@@ -150,8 +150,9 @@ impl Database {
     /// statement (one snapshot: `lastEventSeq` and every figure agree).
     pub async fn stats_report(&self, q: &ReportQuery) -> Result<serde_json::Value, DbError> {
         let r = async {
-            if self.rollup_gap_ms().await? == q.session_gap_ms as i64 {
-                self.report_from_rollups(q).await
+            let (gap_ms, horizon) = self.rollup_settings().await?;
+            if gap_ms == q.session_gap_ms as i64 {
+                self.report_from_rollups(q, horizon).await
             } else {
                 self.report_from_events(q).await
             }
@@ -161,8 +162,21 @@ impl Database {
         r
     }
 
-    async fn report_from_rollups(&self, q: &ReportQuery) -> Result<serde_json::Value, DbError> {
-        let (lo, hi) = (q.from.as_micros(), q.to.as_micros());
+    /// `horizon`: the retention horizon (microseconds; events before it may be deleted). An
+    /// edge before it is rounded down to its quarter hour, where the rollups still count.
+    async fn report_from_rollups(
+        &self,
+        q: &ReportQuery,
+        horizon: i64,
+    ) -> Result<serde_json::Value, DbError> {
+        let retained = |t: i64| {
+            if t < horizon {
+                t.div_euclid(QUARTER_US) * QUARTER_US
+            } else {
+                t
+            }
+        };
+        let (lo, hi) = (retained(q.from.as_micros()), retained(q.to.as_micros()));
         // Not persistent: planned with this window's values, which decide the plan.
         Ok(sqlx::query_scalar::<_, serde_json::Value>(REPORT)
             .persistent(false)
@@ -179,6 +193,7 @@ impl Database {
             .bind(hi.div_euclid(QUARTER_US) * QUARTER_US)
             .bind(&q.tz)
             .bind(q.limit as i64)
+            .bind(horizon)
             .fetch_one(self.pool())
             .await?)
     }
@@ -198,11 +213,32 @@ impl Database {
 
     /// The session gap the rollups were computed with.
     pub async fn rollup_gap_ms(&self) -> Result<i64, DbError> {
-        Ok(
-            sqlx::query_scalar("SELECT session_gap_ms FROM stats_settings")
-                .fetch_one(self.pool())
-                .await?,
+        Ok(self.rollup_settings().await?.0)
+    }
+
+    /// The rollups' session gap, and the retention horizon (microseconds since the epoch;
+    /// `i64::MIN` while nothing was deleted).
+    async fn rollup_settings(&self) -> Result<(i64, i64), DbError> {
+        Ok(sqlx::query_as(
+            "SELECT session_gap_ms, CASE WHEN retained_from = '-infinity' THEN -9223372036854775808
+                    ELSE (extract(epoch FROM retained_from) * 1000000)::int8 END
+             FROM stats_settings",
         )
+        .fetch_one(self.pool())
+        .await?)
+    }
+
+    /// Delete at most `batch` events older than `before`, keeping the rollups (migration
+    /// 0007); returns how many. One short transaction: inserts wait for one batch at most.
+    pub async fn retain_events(&self, before: Timestamp, batch: i32) -> Result<i32, DbError> {
+        let r = sqlx::query_scalar::<_, i32>("SELECT stats_retain(stats_us($1), $2)")
+            .bind(before.as_micros())
+            .bind(batch)
+            .fetch_one(self.pool())
+            .await
+            .map_err(DbError::from);
+        self.observe(&r);
+        r
     }
 
     /// Recompute the rollups if they were built with another session gap than `gap_ms`.
@@ -257,5 +293,7 @@ mod tests {
         let migration = include_str!("../../migrations/0003_stats_rollups.sql");
         let taken = format!("pg_advisory_xact_lock({})", super::SEQ_LOCK);
         assert_eq!(migration.matches(&taken).count(), 2, "{taken}");
+        let retention = include_str!("../../migrations/0007_stats_retention.sql");
+        assert_eq!(retention.matches(&taken).count(), 2, "{taken}");
     }
 }

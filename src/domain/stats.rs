@@ -138,6 +138,20 @@ pub struct StatsUpdate {
     pub at: Timestamp,
 }
 
+const QUARTER_US: i64 = 15 * 60 * 1_000_000;
+const DAY_US: i64 = 24 * 60 * 60 * 1_000_000;
+
+/// The statistics retention horizon at `now` (`STATS_RETENTION_DAYS`): `days` earlier,
+/// rounded down to a quarter hour, where the rollups' buckets begin (none is half deleted).
+pub fn retention_horizon(now: Timestamp, days: u64) -> Timestamp {
+    let t = now.as_micros().saturating_sub(
+        i64::try_from(days)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(DAY_US),
+    );
+    Timestamp(t.div_euclid(QUARTER_US).saturating_mul(QUARTER_US))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +178,16 @@ mod tests {
             serde_json::to_string(&u).unwrap(),
             r#"{"seq":7,"type":"user_online","channel":"premium","visitorId":"v1","at":"1970-01-01T00:00:00.000Z"}"#
         );
+    }
+
+    #[test]
+    fn the_retention_horizon_is_a_quarter_hour_days_ago() {
+        use super::{DAY_US, QUARTER_US, retention_horizon};
+        let now = Timestamp(1_765_000_000_123_456);
+        let h = retention_horizon(now, 400).as_micros();
+        assert_eq!(h % QUARTER_US, 0);
+        assert!(now.as_micros() - h >= 400 * DAY_US);
+        assert!(now.as_micros() - h < 400 * DAY_US + QUARTER_US);
+        assert!(retention_horizon(Timestamp(0), u64::MAX).as_micros() < 0);
     }
 }

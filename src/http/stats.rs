@@ -254,6 +254,13 @@ pub async fn publish(
     if at.as_micros() > now.as_micros() + DAY_US {
         return Err(AppError::bad_request("at: more than a day in the future"));
     }
+    // It would be deleted at once, and its rollups could not be kept exact.
+    let days = state.config.stats_retention_days;
+    if at < crate::domain::stats::retention_horizon(now, days) {
+        return Err(AppError::bad_request(format!(
+            "at: older than the statistics retention ({days} days)"
+        )));
+    }
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())

@@ -57,6 +57,8 @@ fn every_bad_value_names_its_variable() {
         ("PRESENCE_DB_OFFLINE_DEBOUNCE_MS", "x"),
         ("VISIBILITY_POLICY", "none"),
         ("STATS_SESSION_GAP_MS", "0"),
+        ("STATS_RETENTION_DAYS", "0"),
+        ("STATS_RETENTION_DAYS", "100001"),
         ("RATE_LIMIT_PER_SEC", "fast"),
         ("RATE_LIMIT_BURST", "-1"),
         ("SHUTDOWN_DELAY_MS", "x"),

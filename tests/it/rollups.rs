@@ -294,3 +294,308 @@ async fn the_report_from_rollups_equals_the_report_from_raw_events() {
     .unwrap();
     assert_eq!(after, 0);
 }
+
+/// Quarter-hour boundaries in `[lo, hi]` that no span of any key crosses: windows between
+/// them cut no session, so retention must leave their reports exactly as they were.
+async fn uncut_quarters(db: &Database, lo: i64, hi: i64) -> Vec<i64> {
+    sqlx::query_scalar(
+        "SELECT (extract(epoch FROM b) * 1000000)::int8
+         FROM generate_series(stats_us($1), stats_us($2), interval '15 minutes') b
+         WHERE NOT EXISTS (SELECT 1 FROM stats_spans s WHERE s.first_at < b AND s.last_at >= b)
+         ORDER BY b",
+    )
+    .bind(lo)
+    .bind(hi)
+    .fetch_all(db.pool())
+    .await
+    .unwrap()
+}
+
+/// What retention keeps of a report: every figure, and each listed session without the
+/// details only its events held.
+fn kept(mut report: serde_json::Value) -> serde_json::Value {
+    for u in report["users"].as_array_mut().unwrap() {
+        for k in [
+            "messageTimestamps",
+            "userName",
+            "country",
+            "city",
+            "channel",
+            "isHumanMode",
+        ] {
+            u.as_object_mut().unwrap().remove(k);
+        }
+    }
+    report.as_object_mut().unwrap().remove("online");
+    report
+}
+
+async fn rollup_rows(db: &Database) -> (Vec<(String, String, String, i64)>, i64) {
+    let quarters = sqlx::query_as(
+        "SELECT quarter::text, type, channel, n FROM stats_quarters WHERE n <> 0 ORDER BY 1, 2, 3",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    let spans = sqlx::query_scalar(
+        "SELECT count(*) FROM stats_spans s WHERE EXISTS (SELECT 1 FROM stats_spans_before b
+            WHERE (b.kind, b.value, b.visitor_id, b.first_at, b.last_at, b.n, b.prev_last_at)
+              IS NOT DISTINCT FROM (s.kind, s.value, s.visitor_id, s.first_at, s.last_at, s.n, s.prev_last_at))",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    (quarters, spans)
+}
+
+#[tokio::test]
+async fn retention_deletes_in_batches_and_old_reports_keep_their_figures() {
+    let url = fresh_database().await;
+    let db = Database::new(DbSettings {
+        url: &url,
+        max_connections: 4,
+        online_debounce: Duration::ZERO,
+        offline_debounce: Duration::ZERO,
+        node: "it",
+    })
+    .unwrap();
+    db.migrate().await.unwrap();
+    let mut rng = StdRng::seed_from_u64(20261207);
+    let mut events = history(&mut rng);
+    events.shuffle(&mut rng);
+    for chunk in events.chunks(37) {
+        insert(&db, chunk).await;
+    }
+    const DAY: i64 = 24 * 60 * MIN_US;
+    let horizon = t0() + 3 * DAY;
+
+    // Windows before the horizon between boundaries that cut no session, and windows after it.
+    let edges = uncut_quarters(&db, t0(), horizon).await;
+    assert!(edges.len() > 20, "{} uncut boundaries", edges.len());
+    let mut windows = vec![(edges[0], *edges.last().unwrap())];
+    for _ in 0..20 {
+        let a = rng.random_range(0..edges.len() - 1);
+        let b = rng.random_range(a + 1..edges.len());
+        windows.push((edges[a], edges[b]));
+    }
+    let late: Vec<(i64, i64)> = (0..10)
+        .map(|_| {
+            let a = rng.random_range(horizon..horizon + 5 * DAY);
+            (a, a + rng.random_range(MIN_US..3 * DAY))
+        })
+        .collect();
+    let mut before = Vec::new();
+    for &(a, b) in windows.iter().chain(&late) {
+        before.push(
+            db.stats_report(&query(a, b, "UTC", 50, 1_800_000))
+                .await
+                .unwrap(),
+        );
+    }
+    sqlx::raw_sql("CREATE TABLE stats_spans_before AS SELECT * FROM stats_spans")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let spans: i64 = sqlx::query_scalar("SELECT count(*) FROM stats_spans")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    let (quarters, _) = rollup_rows(&db).await;
+    let old: i64 = sqlx::query_scalar("SELECT count(*) FROM stats_events WHERE at < stats_us($1)")
+        .bind(horizon)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM stats_events")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert!(old > 200, "{old} old events");
+    // The newest event stays whatever its age (it holds the cluster's last seq).
+    let newest_old: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM stats_events WHERE at < stats_us($1)
+           AND seq = (SELECT max(seq) FROM stats_events)",
+    )
+    .bind(horizon)
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    let old = old - newest_old;
+
+    // In batches of 50: each call deletes at most that, and they add up to every old event.
+    let (mut deleted, mut calls) = (0i64, 0);
+    loop {
+        let n = db.retain_events(Timestamp(horizon), 50).await.unwrap();
+        assert!(n <= 50);
+        deleted += n as i64;
+        calls += 1;
+        if n < 50 {
+            break;
+        }
+    }
+    assert_eq!(
+        deleted, old,
+        "every event older than the horizon, in {calls} calls"
+    );
+    assert_eq!(calls, old / 50 + 1);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM stats_events")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, total - old);
+
+    // The rollups are untouched, and so is every report's figure.
+    assert_eq!(rollup_rows(&db).await, (quarters.clone(), spans));
+    let check = |label: &'static str, before: Vec<serde_json::Value>| {
+        let db = &db;
+        let windows = windows.clone();
+        let late = late.clone();
+        async move {
+            for (i, &(a, b)) in windows.iter().chain(&late).enumerate() {
+                let after = db
+                    .stats_report(&query(a, b, "UTC", 50, 1_800_000))
+                    .await
+                    .unwrap();
+                if i < windows.len() {
+                    assert_eq!(
+                        kept(after),
+                        kept(before[i].clone()),
+                        "{label}: window {a}..{b}"
+                    );
+                } else {
+                    assert_eq!(
+                        after["totalMessages"], before[i]["totalMessages"],
+                        "{label}: {a}..{b}"
+                    );
+                    assert_eq!(
+                        after["totalSessions"], before[i]["totalSessions"],
+                        "{label}: {a}..{b}"
+                    );
+                    assert_eq!(after["users"], before[i]["users"], "{label}: {a}..{b}");
+                }
+            }
+        }
+    };
+    check("after retention", before.clone()).await;
+
+    // New events of visitors whose old spans are kept, and a late one older than the horizon:
+    // old spans are never recomputed from the events that are left.
+    let mut fresh = history(&mut rng);
+    for e in &mut fresh {
+        e.at += 6 * DAY;
+    }
+    insert(&db, &fresh).await;
+    insert(
+        &db,
+        &[Event {
+            kind: "new_message",
+            channel: "web",
+            visitor: "V-1".into(),
+            at: horizon - 7 * MIN_US,
+            country: None,
+            name: None,
+        }],
+    )
+    .await;
+    let (_, still) = rollup_rows(&db).await;
+    let old_spans: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM stats_spans_before WHERE first_at < stats_us($1)")
+            .bind(horizon)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert!(
+        still >= old_spans,
+        "spans before the horizon kept: {still} of {old_spans}"
+    );
+
+    // A new session gap rebuilds only what starts after the horizon; before it, figures stay.
+    let sessions_before: i64 = before[0]["totalSessions"].as_i64().unwrap();
+    assert!(db.ensure_rollup_gap(600_000).await.unwrap());
+    let (lo, hi) = windows[0];
+    let r = db
+        .stats_report(&query(lo, hi, "UTC", 50, 600_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        r["totalSessions"].as_i64().unwrap(),
+        sessions_before,
+        "old sessions kept through a rebuild"
+    );
+    // Plus the late message, counted in its quarter.
+    let late_in = (lo..hi).contains(&(horizon - 7 * MIN_US)) as i64;
+    assert_eq!(
+        r["totalMessages"].as_i64().unwrap(),
+        before[0]["totalMessages"].as_i64().unwrap() + late_in
+    );
+}
+
+#[tokio::test]
+async fn a_session_across_an_old_edge_counts_once_in_the_window_where_it_ends() {
+    let url = fresh_database().await;
+    let db = Database::new(DbSettings {
+        url: &url,
+        max_connections: 2,
+        online_debounce: Duration::ZERO,
+        offline_debounce: Duration::ZERO,
+        node: "it",
+    })
+    .unwrap();
+    db.migrate().await.unwrap();
+    // One visitor, a message every 10 minutes from 23:00 to 01:00 across midnight.
+    let midnight = t0();
+    let events: Vec<Event> = (0..13)
+        .map(|i| Event {
+            kind: "new_message",
+            channel: "web",
+            visitor: "edge".into(),
+            at: midnight - 60 * MIN_US + i * 10 * MIN_US,
+            country: Some("TR"),
+            name: None,
+        })
+        .collect();
+    insert(&db, &events).await;
+    insert(
+        &db,
+        &[Event {
+            kind: "widget_opened",
+            channel: "web",
+            visitor: "newest".into(),
+            at: midnight + 30 * 24 * 60 * MIN_US,
+            country: None,
+            name: None,
+        }],
+    )
+    .await;
+    let report = |a: i64, b: i64| {
+        let db = &db;
+        async move {
+            db.stats_report(&query(a, b, "UTC", 10, 1_800_000))
+                .await
+                .unwrap()
+        }
+    };
+    let (day_before, day_after) = (midnight - 24 * 60 * MIN_US, midnight + 24 * 60 * MIN_US);
+    // While the events are there, the session is cut at midnight: 6 and 7 messages.
+    assert_eq!(report(day_before, midnight).await["totalSessions"], 1);
+    assert_eq!(report(midnight, day_after).await["totalSessions"], 1);
+    while db.retain_events(Timestamp(day_after), 1000).await.unwrap() == 1000 {}
+    let (first, second) = (
+        report(day_before, midnight).await,
+        report(midnight, day_after).await,
+    );
+    // Now it counts whole where it ends, once; messages still per quarter hour.
+    assert_eq!(first["totalSessions"], 0);
+    assert_eq!(second["totalSessions"], 1);
+    assert_eq!(second["users"][0]["messageCount"], 13);
+    assert_eq!(first["totalMessages"], 6);
+    assert_eq!(second["totalMessages"], 7);
+    assert_eq!(first["totalUsers"], 1);
+    assert_eq!(second["totalUsers"], 1);
+    let whole = report(day_before, day_after).await;
+    assert_eq!(whole["totalSessions"], 1);
+    assert_eq!(whole["totalMessages"], 13);
+    // An edge inside a quarter hour is rounded down to it: the report says so.
+    let r = report(day_before + 7 * MIN_US, midnight).await;
+    assert_eq!(r["from"], first["from"]);
+}
