@@ -108,6 +108,8 @@ pub struct Config {
     pub stats_session_gap_ms: u64,
     /// `STATS_RETENTION_DAYS`: statistics events older than this are deleted (rollups kept).
     pub stats_retention_days: u64,
+    /// `WEBHOOK_*` (§12): where and how the app's backend is told; `None` without `WEBHOOK_URL`.
+    pub webhook: Option<crate::domain::webhook::WebhookSettings>,
     /// `ADMIN_TOKEN`: static bearer token with the admin role.
     pub admin_token: Option<String>,
     /// `RATE_LIMIT_PER_SEC`: per-socket requests per second (0 disables limiting).
@@ -416,6 +418,11 @@ impl Config {
             db_offline_debounce_ms: ms("PRESENCE_DB_OFFLINE_DEBOUNCE_MS", 0, 0)?,
             visibility_policy,
             stats_session_gap_ms: ms("STATS_SESSION_GAP_MS", 1_800_000, 1)?,
+            webhook: crate::domain::webhook::WebhookSettings::from_lookup(
+                &get,
+                app_env == AppEnv::Production,
+            )
+            .map_err(|(var, m)| err(var, m))?,
             stats_retention_days: match ms("STATS_RETENTION_DAYS", 400, 1)? {
                 n if n <= 100_000 => n,
                 _ => return Err(err("STATS_RETENTION_DAYS", "must be at most 100000")),

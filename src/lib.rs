@@ -43,6 +43,7 @@ pub mod server;
 pub mod state;
 pub mod stats;
 pub mod telemetry;
+pub mod webhook;
 pub mod wire;
 
 pub use server::{Gateway, run};

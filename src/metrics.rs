@@ -128,6 +128,19 @@ fn describe() {
         "gateway_connected_sockets",
         "Sockets connected to this replica, by namespace"
     );
+    describe_counter!(
+        "webhook_events_total",
+        "Webhook events by result: delivered (2xx), retried (per attempt), dropped (refused, too old or past WEBHOOK_QUEUE_MAX)"
+    );
+    describe_gauge!(
+        "webhook_queue_depth",
+        "Webhook events waiting on this replica"
+    );
+    describe_histogram!(
+        "webhook_delivery_latency_seconds",
+        metrics::Unit::Seconds,
+        "From a change's commit to the webhook receiver's 2xx"
+    );
     describe_histogram!(
         "presence_fanout_latency_seconds",
         metrics::Unit::Seconds,
@@ -335,6 +348,9 @@ impl Metrics {
             counter!("stats_events_total", "type" => t).increment(0);
         }
         counter!("stats_events_retired_total").increment(0);
+        for r in ["delivered", "retried", "dropped"] {
+            counter!("webhook_events_total", "result" => r).increment(0);
+        }
         m
     }
 
@@ -391,6 +407,30 @@ impl Metrics {
 /// A statistics event was stored (`stats_events_total{type}`).
 pub fn stats_event_recorded(kind: &'static str) {
     counter!("stats_events_total", "type" => kind).increment(1);
+}
+
+/// Webhook events that reached the receiver (`webhook_events_total{result="delivered"}`),
+/// with their delay from commit to the receiver's 2xx.
+pub fn webhook_delivered(seconds: f64) {
+    counter!("webhook_events_total", "result" => "delivered").increment(1);
+    histogram!("webhook_delivery_latency_seconds").record(seconds);
+}
+
+/// Webhook events retried or dropped (`webhook_events_total{result}`).
+pub fn webhook_result(result: &'static str, n: u64) {
+    counter!("webhook_events_total", "result" => result).increment(n);
+}
+
+/// Events waiting to be sent (`webhook_queue_depth`).
+pub fn webhook_depth(n: f64) {
+    gauge!("webhook_queue_depth").set(n);
+}
+
+/// The last delivery error, for the console (`webhook_last_error_timestamp_seconds`, and the
+/// reason in the log).
+pub fn webhook_error(_why: &str) {
+    gauge!("webhook_last_error_timestamp_seconds")
+        .set(crate::domain::Timestamp::now().as_micros() as f64 / 1e6);
 }
 
 /// Statistics events deleted past `STATS_RETENTION_DAYS` (`stats_events_retired_total`).

@@ -118,6 +118,7 @@ impl Gateway {
         let state = &self.state;
         gateway::spawn(state);
         crate::figures::spawn(state);
+        crate::webhook::spawn(state);
         let bg = &state.background;
         bg.spawn(sweep_loop(state.clone()));
         if state.config.enable_server_heartbeat {

@@ -14,6 +14,7 @@ pub mod text;
 pub mod time;
 pub mod user;
 pub mod visibility;
+pub mod webhook;
 
 pub use flap::{FlapRule, FlapWindow};
 pub use presence::{Details, Presence, PresenceRecord, Status, StatusError};

@@ -181,6 +181,7 @@ impl Inner {
             committed_at: now,
             origin: events.node.clone(),
             was_online_as,
+            was_online: before.is_online(),
         });
     }
 

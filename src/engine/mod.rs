@@ -56,6 +56,9 @@ pub struct PresenceEvent {
     /// another: viewers who could see that one and may not see the new one must be told the
     /// user is gone.
     pub was_online_as: Option<Gender>,
+    /// Whether the user was online until this change (a webhook tells online, offline and
+    /// status changes apart by it).
+    pub was_online: bool,
 }
 
 /// What happened to the user when one of their connections closed.

@@ -56,6 +56,7 @@ pub fn decode_event(text: &str) -> Option<PresenceEvent> {
         committed_at: s("at").as_deref().and_then(ts).unwrap_or_default(),
         origin: Arc::from(s("o").unwrap_or_default().as_str()),
         was_online_as: s("pg").and_then(|g| g.parse().ok()),
+        was_online: s("wo").is_some_and(|w| w == "1"),
     })
 }
 

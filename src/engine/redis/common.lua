@@ -30,7 +30,10 @@ local function encode(p)
   -- pg: the gender the user was online with until this change, when it changed.
   local pg = ''
   if p.was_on and p.was_g ~= p.g then pg = p.was_g end
-  return cjson.encode({ u = uid, st = p.st, g = p.g, ls = p.ls, ua = p.ua, v = fmt(p.v), d = p.det, at = fmt(now), o = node, pg = pg })
+  -- wo: whether the user was online until this change.
+  local wo = ''
+  if p.was_on then wo = '1' end
+  return cjson.encode({ u = uid, st = p.st, g = p.g, ls = p.ls, ua = p.ua, v = fmt(p.v), d = p.det, at = fmt(now), o = node, pg = pg, wo = wo })
 end
 
 -- Commit a change: version, record, online index, TTL, announcement. Nothing is announced

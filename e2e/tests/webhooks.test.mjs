@@ -1,0 +1,131 @@
+// Section 12: webhooks to the app's backend, against a real HTTP receiver. Memory engine.
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { startGateway, user, ask, waitUntil } from "../helpers.mjs";
+import { startReceiver, verify } from "../webhook-receiver.mjs";
+
+const SECRET = "whsec-test-0123456789abcdef0123456789";
+const base = (r, extra = {}) => ({ WEBHOOK_URL: r.url, WEBHOOK_SECRET: SECRET, PRESENCE_OFFLINE_GRACE_MS: "0", ...extra });
+const of = (events, id) => events.filter((e) => e.presence?.userId === id);
+
+test("online, status and offline reach the receiver signed, batched, in version order, as an admin sees them", async () => {
+  const r = await startReceiver();
+  const gw = await startGateway(base(r, { WEBHOOK_OFFLINE_DELAY_MS: "300", WEBHOOK_BATCH_MAX: "2" }));
+  try {
+    const alice = await gw.connect(user("wh-alice", "female"));
+    await waitUntil(() => of(r.taken, "wh-alice").length === 1, 5000, "online sent");
+    assert.equal((await ask(alice, "presence:set-status", { status: "live", details: { streamId: "s" } })).ok, true);
+    assert.equal((await ask(alice, "presence:set-status", { status: "in_call" })).ok, true);
+    const t = Date.now();
+    alice.disconnect();
+    await waitUntil(() => of(r.taken, "wh-alice").length === 4, 5000, "offline sent");
+    const ev = of(r.taken, "wh-alice");
+    assert.deepEqual(ev.map((e) => e.type), ["user.online", "user.status", "user.status", "user.offline"]);
+    assert.deepEqual(ev.map((e) => e.presence.status), ["online", "live", "in_call", "offline"]);
+    assert.equal(ev[0].presence.gender, "female");
+    assert.deepEqual(ev[1].presence.details, { streamId: "s" });
+    for (let i = 1; i < ev.length; i++) assert.ok(ev[i].presence.version > ev[i - 1].presence.version, "version order");
+    assert.equal(new Set(ev.map((e) => e.id)).size, 4, "ids unique");
+    assert.ok(ev.every((e) => /^\d{4}-\d\d-\d\dT/.test(e.at)));
+    // The offline waited for the delay.
+    const offReq = r.requests.find((q) => q.json.events.some((e) => e.type === "user.offline"));
+    assert.ok(offReq.at - t >= 250, `offline sent ${offReq.at - t} ms after the disconnect`);
+    for (const q of r.requests) {
+      assert.equal(q.method, "POST");
+      assert.match(q.headers["content-type"], /^application\/json/);
+      assert.ok(q.json.events.length <= 2, "WEBHOOK_BATCH_MAX");
+      assert.match(q.headers["x-presence-signature"], /^sha256=[0-9a-f]{64}$/);
+      assert.ok(verify(SECRET, q.headers["x-presence-timestamp"], q.body, q.headers["x-presence-signature"]), "signature verifies");
+      assert.ok(!verify("another secret", q.headers["x-presence-timestamp"], q.body, q.headers["x-presence-signature"]));
+    }
+  } finally {
+    await gw.stop();
+    await r.close();
+  }
+});
+
+test("an offline followed within WEBHOOK_OFFLINE_DELAY_MS by the same user online again is sent as neither", async () => {
+  const r = await startReceiver();
+  const gw = await startGateway(base(r, { WEBHOOK_OFFLINE_DELAY_MS: "1500" }));
+  try {
+    let s = await gw.connect(user("wh-flap", "male"));
+    await waitUntil(() => of(r.taken, "wh-flap").length === 1, 5000, "online sent");
+    for (let i = 0; i < 4; i++) {
+      s.disconnect();
+      s = await gw.connect(user("wh-flap", "male"));
+    }
+    const t = Date.now();
+    s.disconnect();
+    await waitUntil(() => of(r.taken, "wh-flap").length === 2, 6000, "honest offline sent");
+    const sent = of(r.taken, "wh-flap");
+    assert.deepEqual(sent.map((e) => e.type), ["user.online", "user.offline"]);
+    const offReq = r.requests.find((q) => q.json.events.some((e) => e.type === "user.offline"));
+    assert.ok(offReq.at - t >= 1300, `honest offline ${offReq.at - t} ms after the disconnect`);
+    const m = (await gw.http("/metrics")).text;
+    assert.match(m, /webhook_events_total\{result="delivered"\} 2\b/);
+  } finally {
+    await gw.stop();
+    await r.close();
+  }
+});
+
+test("a receiver that fails then recovers gets every event afterwards, in order, with the same ids; a 400 drops", async () => {
+  const r = await startReceiver();
+  r.answer = 500;
+  const gw = await startGateway(base(r, { WEBHOOK_OFFLINE_DELAY_MS: "0", WEBHOOK_TIMEOUT_MS: "500" }));
+  try {
+    const socks = [];
+    for (let i = 0; i < 5; i++) socks.push(await gw.connect(user(`wh-out-${i}`, "other")));
+    for (const s of socks) await ask(s, "presence:set-status", { status: "live" });
+    for (const s of socks) s.disconnect();
+    await waitUntil(() => r.requests.length >= 3, 5000, "retried while failing");
+    const firstIds = r.requests[0].json.events.map((e) => e.id);
+    r.answer = "hang";
+    await waitUntil(() => r.requests.length >= 4, 5000, "a request that times out");
+    r.answer = 200;
+    await waitUntil(() => r.taken.length === 15, 15000, "all 15 events after the outage");
+    const taken = r.taken;
+    assert.deepEqual(taken.slice(0, firstIds.length).map((e) => e.id), firstIds, "the resend keeps ids");
+    for (let i = 0; i < 5; i++) {
+      const ev = of(taken, `wh-out-${i}`);
+      assert.deepEqual(ev.map((e) => e.type), ["user.online", "user.status", "user.offline"]);
+    }
+    assert.equal(new Set(taken.map((e) => e.id)).size, 15, "each once after the outage");
+    const m = (await gw.http("/metrics")).text;
+    assert.match(m, /webhook_events_total\{result="retried"\} [1-9]/);
+
+    // A 4xx other than 408/429: dropped, counted, not retried.
+    r.answer = 400;
+    const n = r.requests.length;
+    const s = await gw.connect(user("wh-refused", "other"));
+    await waitUntil(() => r.requests.length === n + 1, 5000, "sent once");
+    r.answer = 200;
+    await waitUntil(async () => /webhook_events_total\{result="dropped"\} 1\b/.test((await gw.http("/metrics")).text), 5000, "drop counted");
+    s.disconnect();
+    await waitUntil(() => of(r.taken, "wh-refused").length === 1, 5000, "the next event goes through");
+    assert.equal(of(r.seen, "wh-refused").filter((e) => e.type === "user.online").length, 1, "the refused one was not resent");
+  } finally {
+    await gw.stop();
+    await r.close();
+  }
+});
+
+for (const [env, variable] of [
+  [{ WEBHOOK_URL: "ftp://backend/hook", WEBHOOK_SECRET: "s" }, "WEBHOOK_URL"],
+  [{ WEBHOOK_URL: "http://backend/hook" }, "WEBHOOK_SECRET"],
+  [{ WEBHOOK_SECRET: "s" }, "WEBHOOK_SECRET"],
+  [{ WEBHOOK_URL: "http://backend/hook", WEBHOOK_SECRET: "s", WEBHOOK_EVENTS: "user.typing" }, "WEBHOOK_EVENTS"],
+  [{ WEBHOOK_URL: "http://backend/hook", WEBHOOK_SECRET: "s", WEBHOOK_OFFLINE_DELAY_MS: "soon" }, "WEBHOOK_OFFLINE_DELAY_MS"],
+  [{ WEBHOOK_URL: "http://backend/hook", WEBHOOK_SECRET: "s", WEBHOOK_BATCH_MAX: "0" }, "WEBHOOK_BATCH_MAX"],
+  [{ WEBHOOK_URL: "http://backend/hook", WEBHOOK_SECRET: "s", WEBHOOK_QUEUE_MAX: "-1" }, "WEBHOOK_QUEUE_MAX"],
+  [{ APP_ENV: "production", JWT_SECRET: "p".repeat(40), WEBHOOK_URL: "https://backend/hook", WEBHOOK_SECRET: "short" }, "WEBHOOK_SECRET"],
+]) {
+  test(`bad ${variable} (${JSON.stringify(env)}) stops start-up with exit 2`, async () => {
+    const r = await startGateway(env, { expectExit: true });
+    assert.equal(r.code, 2, r.output);
+    const lines = r.output.trim().split("\n");
+    assert.equal(lines.length, 1, r.output);
+    assert.match(lines[0], new RegExp(`^error: ${variable}: `));
+  });
+}

@@ -1,0 +1,46 @@
+// A real HTTP receiver for webhook tests: records every request (headers and raw body), and
+// answers what the test says (`answer`: a status, or "hang" to never answer).
+import http from "node:http";
+import crypto from "node:crypto";
+
+/** The README's verification snippet (Node). */
+export function verify(secret, timestamp, body, signature, toleranceSeconds = 300) {
+  const expected = "sha256=" + crypto.createHmac("sha256", secret).update(`${timestamp}.${body}`).digest("hex");
+  const fresh = Math.abs(Date.now() / 1000 - Number(timestamp)) <= toleranceSeconds;
+  return fresh && expected.length === signature.length && crypto.timingSafeEqual(Buffer.from(expected), Buffer.from(signature));
+}
+
+export async function startReceiver() {
+  const r = {
+    requests: [],
+    answer: 200,
+    /** Every event of every request that was answered 2xx, in arrival order. */
+    get taken() {
+      return r.requests.filter((q) => q.status >= 200 && q.status < 300).flatMap((q) => q.json.events);
+    },
+    /** Every event received, answered or not. */
+    get seen() {
+      return r.requests.flatMap((q) => q.json.events);
+    },
+  };
+  const server = http.createServer((req, res) => {
+    const chunks = [];
+    req.on("data", (c) => chunks.push(c));
+    req.on("end", () => {
+      const body = Buffer.concat(chunks).toString();
+      const status = r.answer;
+      const q = { at: Date.now(), headers: req.headers, body, json: JSON.parse(body), status, method: req.method, url: req.url };
+      r.requests.push(q);
+      if (status === "hang") return;
+      res.writeHead(status, { "content-type": "application/json" });
+      res.end("{}");
+    });
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  r.url = `http://127.0.0.1:${server.address().port}/hooks/presence`;
+  r.close = () => {
+    server.closeAllConnections();
+    return new Promise((resolve) => server.close(resolve));
+  };
+  return r;
+}

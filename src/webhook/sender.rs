@@ -1,0 +1,147 @@
+//! Sending the queue: signed batches, one request at a time, each batch retried with growing
+//! delays until the receiver takes it (2xx), refuses it for good (4xx other than 408/429:
+//! dropped, counted) or its events are older than `WEBHOOK_MAX_AGE_MS` (dropped, counted).
+//! A resend is the same events with the same ids; later events wait behind it, so each
+//! user's events arrive in version order.
+
+use super::Event;
+use super::queue::Queue;
+use crate::domain::Timestamp;
+use crate::domain::webhook::{WebhookSettings, signature};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+const LAST_RETRY: Duration = Duration::from_secs(30);
+
+/// How one attempt went.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Taken,
+    Retry(String),
+    Refused(String),
+}
+
+pub struct Sender {
+    settings: WebhookSettings,
+    client: reqwest::Client,
+}
+
+impl Sender {
+    pub fn new(settings: WebhookSettings) -> Result<Self, String> {
+        // One process-wide TLS provider (ring: no C toolchain beyond cc, no cmake).
+        #[allow(deprecated)] // aws-lc, its successor, needs cmake to build; ring needs cc only.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.timeout_ms))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("presence-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("webhook client: {e}"))?;
+        Ok(Sender { settings, client })
+    }
+
+    async fn attempt(&self, body: &[u8]) -> Outcome {
+        let ts = (Timestamp::now().as_micros() / 1_000_000).max(0) as u64;
+        let r = self
+            .client
+            .post(&self.settings.url)
+            .header("content-type", "application/json")
+            .header("x-presence-timestamp", ts.to_string())
+            .header(
+                "x-presence-signature",
+                signature(self.settings.secret.as_bytes(), ts, body),
+            )
+            .body(body.to_vec())
+            .send()
+            .await;
+        match r {
+            Ok(res) => {
+                let s = res.status();
+                if s.is_success() {
+                    Outcome::Taken
+                } else if s.is_server_error() || s.as_u16() == 408 || s.as_u16() == 429 {
+                    Outcome::Retry(format!("HTTP {}", s.as_u16()))
+                } else {
+                    Outcome::Refused(format!("HTTP {}", s.as_u16()))
+                }
+            }
+            Err(e) if e.is_timeout() => Outcome::Retry("timeout".into()),
+            Err(e) => Outcome::Retry(format!("{e}")),
+        }
+    }
+
+    /// Send `batch` until it is taken, refused, too old, or the replica stops.
+    async fn deliver(&self, mut batch: Vec<Event>, stop: &CancellationToken) {
+        let mut wait = FIRST_RETRY;
+        loop {
+            let body = serde_json::to_vec(&serde_json::json!({
+                "events": batch.iter().map(|e| &e.json).collect::<Vec<_>>()
+            }))
+            .expect("JSON values serialise");
+            match self.attempt(&body).await {
+                Outcome::Taken => {
+                    let now = Timestamp::now();
+                    for e in &batch {
+                        crate::metrics::webhook_delivered(
+                            now.micros_since(e.committed_at) as f64 / 1e6,
+                        );
+                    }
+                    return;
+                }
+                Outcome::Refused(why) => {
+                    tracing::warn!(events = batch.len(), reason = %why, "webhook receiver refused a batch; dropped");
+                    crate::metrics::webhook_result("dropped", batch.len() as u64);
+                    crate::metrics::webhook_error(&why);
+                    return;
+                }
+                Outcome::Retry(why) => {
+                    crate::metrics::webhook_result("retried", batch.len() as u64);
+                    crate::metrics::webhook_error(&why);
+                    let oldest =
+                        Timestamp::now().as_micros() - self.settings.max_age_ms as i64 * 1000;
+                    let before = batch.len();
+                    batch.retain(|e| e.committed_at.as_micros() >= oldest);
+                    if batch.len() < before {
+                        tracing::warn!(
+                            events = before - batch.len(),
+                            "webhook events older than WEBHOOK_MAX_AGE_MS dropped"
+                        );
+                        crate::metrics::webhook_result("dropped", (before - batch.len()) as u64);
+                    }
+                    if batch.is_empty() {
+                        return;
+                    }
+                    tracing::debug!(reason = %why, retry_in_ms = wait.as_millis() as u64, "webhook batch retried");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(LAST_RETRY);
+                }
+            }
+        }
+    }
+
+    /// Send what the queue holds, as it comes, until `stop`.
+    pub async fn run(&self, queue: &Queue, stop: CancellationToken) {
+        loop {
+            let (batch, due) = queue.take(Timestamp::now(), self.settings.batch_max);
+            crate::metrics::webhook_depth(queue.depth() as f64);
+            if !batch.is_empty() {
+                self.deliver(batch, &stop).await;
+                continue;
+            }
+            let nap = due.map_or(Duration::from_secs(1), |t| {
+                Duration::from_micros(
+                    (t.as_micros() - Timestamp::now().as_micros()).clamp(0, 1_000_000) as u64,
+                )
+            });
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = queue.ready.notified() => {}
+                _ = tokio::time::sleep(nap) => {}
+            }
+        }
+    }
+}
