@@ -64,6 +64,7 @@ impl Gateway {
                 .map(|e| {
                     e.with_max_connections_per_user(config.max_connections_per_user)
                         .with_flap_rule(config.flap)
+                        .with_webhooks(config.webhook.is_some())
                 })
                 .map_err(|e| ConfigError {
                     var: "REDIS_URL",

@@ -286,4 +286,45 @@ pub trait PresenceEngine: Send + Sync + 'static {
     /// Whether other replicas share this engine's state (Redis): then there is a store to be
     /// up or down, and a replica is not the whole cluster.
     fn is_shared(&self) -> bool;
+
+    /// The store's webhook queue, when the engine keeps one (Redis, with webhooks on): then
+    /// the transitions append to it themselves. Without one, the webhook module queues this
+    /// replica's changes in memory.
+    fn webhook_log(&self) -> Option<&dyn WebhookLog> {
+        None
+    }
+}
+
+/// One entry of a webhook queue: its id in the store, and the change.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    pub bucket: u32,
+    pub id: String,
+    /// `None` when the entry is gone (trimmed past `WEBHOOK_QUEUE_MAX`) or unreadable.
+    pub event: Option<PresenceEvent>,
+}
+
+/// A store's webhook queue: per bucket, the changes in commit order, each bucket sent by one
+/// replica at a time (a lease), entries taken off once sent.
+#[async_trait]
+pub trait WebhookLog: Send + Sync {
+    /// Take or renew this replica's leases (`ttl_ms`); returns the buckets it holds and, of
+    /// those, the ones it did not hold before (whose unacknowledged entries it must resend).
+    async fn lease(&self, ttl_ms: u64) -> Result<(Vec<u32>, Vec<u32>), EngineError>;
+
+    /// Give the leases up (the replica is stopping).
+    async fn release(&self, buckets: &[u32]) -> Result<(), EngineError>;
+
+    /// Bucket `b`'s entries: with `claim`, every entry read but not taken yet (by any
+    /// replica), in order; else the next unread ones, at most `n`.
+    async fn read(&self, b: u32, claim: bool, n: usize) -> Result<Vec<LogEntry>, EngineError>;
+
+    /// These entries are done with (sent, refused, or cancelled by the offline delay).
+    async fn take(&self, b: u32, ids: &[String]) -> Result<(), EngineError>;
+
+    /// Entries waiting in bucket `b`; trims the oldest past `max`, returning (left, dropped).
+    async fn bound(&self, b: u32, max: usize) -> Result<(u64, u64), EngineError>;
+
+    /// The bucket of a user's changes.
+    fn bucket_of(&self, user: &UserId) -> u32;
 }

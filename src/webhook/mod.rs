@@ -9,6 +9,7 @@
 
 pub mod queue;
 pub mod sender;
+pub mod stream;
 
 use crate::domain::webhook::{Change, Kind, WebhookSettings};
 use crate::domain::{Presence, Timestamp};
@@ -21,6 +22,8 @@ pub struct Event {
     pub json: Value,
     /// When the change was committed (the latency histogram's start; the max age's).
     pub committed_at: Timestamp,
+    /// Its entry in the store's queue (bucket, id), to take off once done with.
+    pub ack: Option<(u32, String)>,
 }
 
 /// The event a committed change makes, if the deployment sends that type: its `id` is the
@@ -30,6 +33,7 @@ pub fn event_of(
     was_online: bool,
     p: &Presence,
     committed_at: Timestamp,
+    ack: Option<(u32, String)>,
 ) -> Option<Change<Event>> {
     let kind = Kind::of_change(was_online, p)?;
     // The delay needs offlines and onlines even when only one of them is sent: a flap
@@ -47,12 +51,16 @@ pub fn event_of(
         kind,
         user: p.user_id.clone(),
         at: committed_at,
-        item: Event { json, committed_at },
+        item: Event {
+            json,
+            committed_at,
+            ack,
+        },
     })
 }
 
-/// Start the webhook producer (this replica's committed changes into the queue) and the
-/// sender, when `WEBHOOK_URL` is set.
+/// Start the webhooks when `WEBHOOK_URL` is set: the sender, and what fills its queue (the
+/// store's streams when the engine keeps them, else this replica's committed changes).
 pub fn spawn(state: &crate::state::AppState) {
     let Some(settings) = state.config.webhook.clone() else {
         return;
@@ -64,42 +72,63 @@ pub fn spawn(state: &crate::state::AppState) {
             return;
         }
     };
+    let (acks, acks_rx) = tokio::sync::mpsc::unbounded_channel();
+    let shared = state.engine.webhook_log().is_some();
     let queue = std::sync::Arc::new(queue::Queue::new(
         settings.offline_delay_ms,
         settings.kinds,
-        settings.queue_max,
+        // In the store, the streams are bounded (`stream::run`); here, the queue is.
+        if shared {
+            usize::MAX
+        } else {
+            settings.queue_max
+        },
+        shared.then_some(acks),
     ));
     let bg = &state.background;
     let (q, stop) = (queue.clone(), bg.stop.clone());
     bg.spawn(async move { sender.run(&q, stop).await });
-    let (st, mut rx) = (state.clone(), state.engine.subscribe());
-    bg.spawn(async move {
-        use tokio::sync::broadcast::error::RecvError;
-        let node = st.config.node_id.clone();
-        loop {
-            let ev = tokio::select! {
-                _ = st.background.stop.cancelled() => return,
-                r = rx.recv() => r,
-            };
-            match ev {
-                // Each change once, from the replica that committed it.
-                Ok(ev) if *ev.origin == *node => {
-                    if let Some(c) =
-                        event_of(&settings, ev.was_online, &ev.presence, ev.committed_at)
-                    {
-                        let dropped = queue.push(c);
-                        if dropped > 0 {
-                            crate::metrics::webhook_result("dropped", dropped as u64);
-                        }
-                    }
+    if shared {
+        let (st, q) = (state.clone(), queue.clone());
+        bg.spawn(async move { stream::run(st, settings, q, acks_rx).await });
+    } else {
+        bg.spawn(local(state.clone(), settings, queue));
+    }
+}
+
+/// The memory engine's queue: each change this replica committed, as it commits it.
+async fn local(
+    st: crate::state::AppState,
+    settings: WebhookSettings,
+    queue: std::sync::Arc<queue::Queue>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut rx = st.engine.subscribe();
+    let node = st.config.node_id.clone();
+    loop {
+        let ev = tokio::select! {
+            _ = st.background.stop.cancelled() => return,
+            r = rx.recv() => r,
+        };
+        match ev {
+            Ok(ev) if *ev.origin == *node => {
+                if let Some(c) = event_of(
+                    &settings,
+                    ev.was_online,
+                    &ev.presence,
+                    ev.committed_at,
+                    None,
+                ) {
+                    queue.push(c);
+                    crate::metrics::webhook_depth(queue.depth() as f64);
                 }
-                Ok(_) => {}
-                Err(RecvError::Lagged(n)) => {
-                    tracing::error!(missed = n, "webhook producer fell behind the change stream");
-                    crate::metrics::webhook_result("dropped", n);
-                }
-                Err(RecvError::Closed) => return,
             }
+            Ok(_) => {}
+            Err(RecvError::Lagged(n)) => {
+                tracing::error!(missed = n, "webhook queue fell behind the change stream");
+                crate::metrics::webhook_result("dropped", n);
+            }
+            Err(RecvError::Closed) => return,
         }
-    });
+    }
 }

@@ -1,27 +1,42 @@
-//! The webhook queue of one process: changes in commit order through the offline delay,
-//! bounded by `WEBHOOK_QUEUE_MAX` (the oldest dropped and counted past it, never the
-//! replica's memory).
+//! The events on their way out of this replica: changes in commit order through the offline
+//! delay. Bounded by `WEBHOOK_QUEUE_MAX` when it is the whole queue (memory engine; the
+//! oldest dropped and counted past it, never the replica's memory); with the Redis engine it
+//! holds what was read from the streams, which are bounded themselves.
+//!
+//! Every event that leaves it (sent, refused, too old, cancelled by the delay, dropped, or of
+//! a type the deployment does not send) is handed to `acks`, when there is a store to take it
+//! off.
 
 use super::Event;
 use crate::domain::Timestamp;
 use crate::domain::webhook::{Change, Delay, Kinds};
 use std::sync::Mutex;
 use tokio::sync::Notify;
+use tokio::sync::mpsc::UnboundedSender;
+
+pub type Ack = (u32, String);
 
 pub struct Queue {
     inner: Mutex<Delay<Event>>,
     kinds: Kinds,
     max: usize,
+    acks: Option<UnboundedSender<Ack>>,
     /// Wakes the sender when something is ready.
     pub ready: Notify,
 }
 
 impl Queue {
-    pub fn new(delay_ms: u64, kinds: Kinds, max: usize) -> Self {
+    pub fn new(
+        delay_ms: u64,
+        kinds: Kinds,
+        max: usize,
+        acks: Option<UnboundedSender<Ack>>,
+    ) -> Self {
         Queue {
             inner: Mutex::new(Delay::new(delay_ms)),
             kinds,
             max,
+            acks,
             ready: Notify::new(),
         }
     }
@@ -30,41 +45,66 @@ impl Queue {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Take a change in (in commit order). Returns how many events were dropped to make room.
-    pub fn push(&self, c: Change<Event>) -> usize {
-        let dropped = {
+    /// These events are done with.
+    pub fn done<'a>(&self, events: impl IntoIterator<Item = &'a Event>) {
+        if let Some(tx) = &self.acks {
+            for e in events {
+                if let Some(a) = &e.ack {
+                    let _ = tx.send(a.clone());
+                }
+            }
+        }
+    }
+
+    /// An entry of the store that makes no event: take it off at once.
+    pub fn skip(&self, ack: Ack) {
+        if let Some(tx) = &self.acks {
+            let _ = tx.send(ack);
+        }
+    }
+
+    /// Take a change in (in commit order).
+    pub fn push(&self, c: Change<Event>) {
+        let (cancelled, dropped) = {
             let mut d = self.lock();
             d.push(c);
-            let _ = d.cancelled();
-            let mut dropped = 0;
+            let cancelled = d.cancelled();
+            let mut dropped = vec![];
             while d.ready_len() + d.held() > self.max && d.ready_len() > 0 {
-                d.ready(1);
-                dropped += 1;
+                dropped.extend(d.ready(1).into_iter().map(|c| c.item));
             }
-            dropped
+            (cancelled, dropped)
         };
-        crate::metrics::webhook_depth(self.depth() as f64);
+        if !dropped.is_empty() {
+            crate::metrics::webhook_result("dropped", dropped.len() as u64);
+        }
+        self.done(cancelled.iter().chain(&dropped));
         self.ready.notify_one();
-        dropped
     }
 
     /// Up to `n` events that may be sent at `now`, in order (types the deployment does not
     /// send are taken and skipped), and when the next held offline is due.
     pub fn take(&self, now: Timestamp, n: usize) -> (Vec<Event>, Option<Timestamp>) {
-        let mut d = self.lock();
-        d.tick(now);
-        let mut out = Vec::new();
-        while out.len() < n && d.ready_len() > 0 {
-            for c in d.ready(n - out.len()) {
-                if self.kinds.contains(c.kind) {
-                    out.push(c.item);
+        let (out, skipped, due) = {
+            let mut d = self.lock();
+            d.tick(now);
+            let (mut out, mut skipped) = (Vec::new(), Vec::new());
+            while out.len() < n && d.ready_len() > 0 {
+                for c in d.ready(n - out.len()) {
+                    if self.kinds.contains(c.kind) {
+                        out.push(c.item);
+                    } else {
+                        skipped.push(c.item);
+                    }
                 }
             }
-        }
-        (out, d.next_due())
+            (out, skipped, d.next_due())
+        };
+        self.done(&skipped);
+        (out, due)
     }
 
-    /// Events waiting (held offlines included).
+    /// Events waiting here (held offlines included).
     pub fn depth(&self) -> usize {
         let d = self.lock();
         d.ready_len() + d.held()

@@ -71,8 +71,10 @@ impl Sender {
         }
     }
 
-    /// Send `batch` until it is taken, refused, too old, or the replica stops.
-    async fn deliver(&self, mut batch: Vec<Event>, stop: &CancellationToken) {
+    /// Send `batch` until it is taken, refused, too old, or the replica stops; returns the
+    /// events done with (not those left when stopping: they stay in the store, if any).
+    async fn deliver(&self, mut batch: Vec<Event>, stop: &CancellationToken) -> Vec<Event> {
+        let mut gone = vec![];
         let mut wait = FIRST_RETRY;
         loop {
             let body = serde_json::to_vec(&serde_json::json!({
@@ -87,34 +89,39 @@ impl Sender {
                             now.micros_since(e.committed_at) as f64 / 1e6,
                         );
                     }
-                    return;
+                    gone.extend(batch);
+                    return gone;
                 }
                 Outcome::Refused(why) => {
                     tracing::warn!(events = batch.len(), reason = %why, "webhook receiver refused a batch; dropped");
                     crate::metrics::webhook_result("dropped", batch.len() as u64);
                     crate::metrics::webhook_error(&why);
-                    return;
+                    gone.extend(batch);
+                    return gone;
                 }
                 Outcome::Retry(why) => {
                     crate::metrics::webhook_result("retried", batch.len() as u64);
                     crate::metrics::webhook_error(&why);
                     let oldest =
                         Timestamp::now().as_micros() - self.settings.max_age_ms as i64 * 1000;
-                    let before = batch.len();
-                    batch.retain(|e| e.committed_at.as_micros() >= oldest);
-                    if batch.len() < before {
+                    let (keep, old): (Vec<_>, Vec<_>) = batch
+                        .into_iter()
+                        .partition(|e| e.committed_at.as_micros() >= oldest);
+                    batch = keep;
+                    if !old.is_empty() {
                         tracing::warn!(
-                            events = before - batch.len(),
+                            events = old.len(),
                             "webhook events older than WEBHOOK_MAX_AGE_MS dropped"
                         );
-                        crate::metrics::webhook_result("dropped", (before - batch.len()) as u64);
+                        crate::metrics::webhook_result("dropped", old.len() as u64);
+                        gone.extend(old);
                     }
                     if batch.is_empty() {
-                        return;
+                        return gone;
                     }
                     tracing::debug!(reason = %why, retry_in_ms = wait.as_millis() as u64, "webhook batch retried");
                     tokio::select! {
-                        _ = stop.cancelled() => return,
+                        _ = stop.cancelled() => return gone,
                         _ = tokio::time::sleep(wait) => {}
                     }
                     wait = (wait * 2).min(LAST_RETRY);
@@ -127,9 +134,12 @@ impl Sender {
     pub async fn run(&self, queue: &Queue, stop: CancellationToken) {
         loop {
             let (batch, due) = queue.take(Timestamp::now(), self.settings.batch_max);
-            crate::metrics::webhook_depth(queue.depth() as f64);
             if !batch.is_empty() {
-                self.deliver(batch, &stop).await;
+                let gone = self.deliver(batch, &stop).await;
+                queue.done(&gone);
+                if stop.is_cancelled() {
+                    return;
+                }
                 continue;
             }
             let nap = due.map_or(Duration::from_secs(1), |t| {

@@ -2,7 +2,8 @@
 -- on one cluster slot): 1 user record (hash; also `i:<conn>`, when each connection was last
 -- indexed), 2 user's connections (set), 3-5 the bucket's
 -- online users by gender (male, female, other; sorted sets read by lex), 6 the bucket's
--- counters (hash), 7 the bucket's pending offlines (sorted set, score = deadline).
+-- counters (hash), 7 the bucket's pending offlines (sorted set, score = deadline), and 8,
+-- when webhooks are on, the bucket's webhook stream.
 -- ARGV: 1 user id, 2 now (µs), 3 how to announce: "PUBLISH <channel>" or, on Redis Cluster,
 -- "SPUBLISH <channel>" (the bucket's channel, in this slot), 4 this replica's id, 5 offline
 -- retention (ms), then the script's own arguments from 6 on.
@@ -57,7 +58,10 @@ local function commit(p)
   else
     redis.call('PEXPIRE', U, retention)
   end
-  redis.call(pubcmd, chan, encode(p))
+  local msg = encode(p)
+  redis.call(pubcmd, chan, msg)
+  -- The webhook's queue, in the same atomic step: a replica killed right after cannot lose it.
+  if KEYS[8] then redis.call('XADD', KEYS[8], '*', 'e', msg) end
 end
 
 local function clear_pending(p)

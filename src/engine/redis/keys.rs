@@ -94,6 +94,17 @@ impl Keys {
         format!("{}:ncx:{{{node}}}", self.prefix)
     }
 
+    /// Bucket `b`'s webhook events (stream, consumer group `wh`), appended by the transition
+    /// scripts in the same step as the change (`common.lua`'s `commit`) when webhooks are on.
+    pub fn webhook_stream(&self, b: u32) -> String {
+        format!("{}:wh:{}", self.prefix, self.tag(b))
+    }
+
+    /// Who sends bucket `b`'s webhook events (a replica's id, with a TTL: `lease.lua`).
+    pub fn webhook_lease(&self, b: u32) -> String {
+        format!("{}:whl:{}", self.prefix, self.tag(b))
+    }
+
     /// The live replicas (set).
     pub fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)

@@ -15,14 +15,15 @@
 //!
 //! By job: `keys` builds every key and channel, `codec` reads and writes presence as
 //! Redis holds it, `bus` is the pub/sub subscription (owned by the engine, stopped with
-//! it), `sweep` expires stale connections, `reads` answers queries; this file connects
-//! and runs the transitions.
+//! it), `sweep` expires stale connections, `reads` answers queries, `webhook` reads and
+//! takes the webhook streams; this file connects and runs the transitions.
 
 mod bus;
 mod codec;
 mod keys;
 mod reads;
 mod sweep;
+mod webhook;
 
 pub use keys::{BUCKETS, bucket};
 
@@ -78,6 +79,9 @@ pub struct RedisEngine {
     flap: crate::domain::FlapRule,
     /// Pipelines of reads in flight at once (see [`READS_IN_FLIGHT`]).
     reads: tokio::sync::Semaphore,
+    /// Whether transitions append to the webhook streams (`WEBHOOK_URL` is set).
+    webhooks: bool,
+    lease: Script,
 }
 
 /// Pipelines of reads (`presence:get`, subscription snapshots, refetches) one replica has in
@@ -147,6 +151,8 @@ impl RedisEngine {
             max_conns: 0,
             flap: crate::domain::FlapRule::default(),
             reads: tokio::sync::Semaphore::new(READS_IN_FLIGHT),
+            webhooks: false,
+            lease: Script::from_lua(webhook::LEASE),
         };
         engine.sadd_node().await?;
         Ok(engine)
@@ -155,6 +161,12 @@ impl RedisEngine {
     /// At most `n` connections per user, cluster-wide (0: no limit).
     pub fn with_max_connections_per_user(mut self, n: u32) -> Self {
         self.max_conns = n;
+        self
+    }
+
+    /// Append every committed change to its bucket's webhook stream.
+    pub fn with_webhooks(mut self, on: bool) -> Self {
+        self.webhooks = on;
         self
     }
 
@@ -198,12 +210,12 @@ impl RedisEngine {
         now: Timestamp,
         extra: &[String],
     ) -> Result<Vec<fred::types::Value>, EngineError> {
+        let mut keys = self.keys.user(uid);
+        if self.webhooks {
+            keys.push(self.keys.webhook_stream(keys::bucket(uid)));
+        }
         let r: Vec<fred::types::Value> = s
-            .evalsha_with_reload(
-                &self.client,
-                self.keys.user(uid),
-                self.args(uid, now, extra),
-            )
+            .evalsha_with_reload(&self.client, keys, self.args(uid, now, extra))
             .await
             .map_err(unavailable)?;
         let delta = if r.len() >= 3 {
@@ -557,6 +569,10 @@ impl PresenceEngine for RedisEngine {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    fn webhook_log(&self) -> Option<&dyn WebhookLog> {
+        self.webhooks.then_some(self as &dyn WebhookLog)
     }
 
     async fn ping(&self) -> Result<(), EngineError> {

@@ -1,0 +1,188 @@
+//! Filling the queue from the store's streams (Redis engine): this replica takes the leases
+//! of the buckets no live replica holds, reads their streams in order (what a dead holder
+//! read but never sent first, claimed from it), and takes each entry off the stream once it
+//! is done with. A bucket is read when a change of one of its users goes by on the bus, and
+//! every second regardless.
+
+use super::event_of;
+use super::queue::{Ack, Queue};
+use crate::domain::webhook::WebhookSettings;
+use crate::engine::WebhookLog;
+use crate::state::AppState;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// A lease outlives its holder by this much: the longest a dead replica's buckets wait.
+const LEASE_TTL_MS: u64 = 10_000;
+const LEASE_EVERY: Duration = Duration::from_secs(2);
+const READ_EVERY: Duration = Duration::from_secs(1);
+const READ_MAX: usize = 1_000;
+
+pub async fn run(
+    st: AppState,
+    settings: WebhookSettings,
+    queue: Arc<Queue>,
+    acks: UnboundedReceiver<Ack>,
+) {
+    let engine = st.engine.clone();
+    let Some(log) = engine.webhook_log() else {
+        return;
+    };
+    let stop = st.background.stop.clone();
+    let per_bucket = settings
+        .queue_max
+        .div_ceil(crate::engine::redis::BUCKETS as usize)
+        .max(1);
+    let mut rx = engine.subscribe();
+    let mut held: Vec<u32> = vec![];
+    let mut claim: BTreeSet<u32> = BTreeSet::new();
+    let mut dirty: BTreeSet<u32> = BTreeSet::new();
+    let mut lease_tick = tokio::time::interval(LEASE_EVERY);
+    let mut read_tick = tokio::time::interval(READ_EVERY);
+    let acker = tokio::spawn(take_off(engine.clone(), acks, stop.clone()));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = lease_tick.tick() => {
+                match log.lease(LEASE_TTL_MS).await {
+                    Ok((h, new)) => {
+                        held = h;
+                        claim.extend(new);
+                        bound(log, &held, per_bucket).await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "webhook leases not renewed"),
+                }
+            }
+            _ = read_tick.tick() => dirty.extend(held.iter().copied()),
+            ev = rx.recv() => match ev {
+                Ok(ev) => { dirty.insert(log.bucket_of(&ev.presence.user_id)); }
+                Err(_) => dirty.extend(held.iter().copied()),
+            },
+        }
+        while let Ok(ev) = rx.try_recv() {
+            dirty.insert(log.bucket_of(&ev.presence.user_id));
+        }
+        for &b in &held {
+            let claiming = claim.contains(&b);
+            if !claiming && !dirty.contains(&b) {
+                continue;
+            }
+            if read(log, &settings, &queue, b, claiming).await {
+                claim.remove(&b);
+                dirty.remove(&b);
+            }
+        }
+        dirty.retain(|b| held.contains(b));
+    }
+    // Whatever this replica read and did not send stays in the streams for the next holder,
+    // which need not wait for the leases to expire.
+    let _ = log.release(&held).await;
+    let _ = acker.await;
+}
+
+/// Read bucket `b` into the queue; false if the store did not answer.
+async fn read(
+    log: &dyn WebhookLog,
+    settings: &WebhookSettings,
+    queue: &Queue,
+    b: u32,
+    claim: bool,
+) -> bool {
+    loop {
+        let entries = match log.read(b, claim, READ_MAX).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, bucket = b, "webhook stream not read");
+                return false;
+            }
+        };
+        let n = entries.len();
+        for e in entries {
+            let ack = (e.bucket, e.id);
+            let Some(ev) = e.event else {
+                // Trimmed past WEBHOOK_QUEUE_MAX (counted then), or unreadable.
+                queue.skip(ack);
+                continue;
+            };
+            match event_of(
+                settings,
+                ev.was_online,
+                &ev.presence,
+                ev.committed_at,
+                Some(ack.clone()),
+            ) {
+                Some(c) => queue.push(c),
+                None => queue.skip(ack),
+            }
+        }
+        if claim || n < READ_MAX {
+            return true;
+        }
+    }
+}
+
+/// Trim each held stream to its share of `WEBHOOK_QUEUE_MAX`; report what waits.
+async fn bound(log: &dyn WebhookLog, held: &[u32], per_bucket: usize) {
+    let mut waiting = 0;
+    for &b in held {
+        match log.bound(b, per_bucket).await {
+            Ok((left, dropped)) => {
+                waiting += left;
+                if dropped > 0 {
+                    tracing::warn!(
+                        events = dropped,
+                        bucket = b,
+                        "webhook events past WEBHOOK_QUEUE_MAX dropped"
+                    );
+                    crate::metrics::webhook_result("dropped", dropped);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "webhook stream not measured"),
+        }
+    }
+    crate::metrics::webhook_depth(waiting as f64);
+}
+
+/// Take done entries off their streams, a bucket's at a time; what the store refuses is tried
+/// again a moment later (until the replica stops: then the entries are resent by the next
+/// holder, at least once).
+async fn take_off(
+    engine: Arc<dyn crate::engine::PresenceEngine>,
+    mut acks: UnboundedReceiver<Ack>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let Some(log) = engine.webhook_log() else {
+        return;
+    };
+    let mut waiting: HashMap<u32, Vec<String>> = HashMap::new();
+    loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => None,
+            a = acks.recv() => a,
+        };
+        let stopping = first.is_none();
+        if let Some((b, id)) = first {
+            waiting.entry(b).or_default().push(id);
+        }
+        while let Ok((b, id)) = acks.try_recv() {
+            waiting.entry(b).or_default().push(id);
+        }
+        let mut failed = false;
+        for (b, ids) in waiting.iter_mut() {
+            if log.take(*b, ids).await.is_ok() {
+                ids.clear();
+            } else {
+                failed = true;
+            }
+        }
+        waiting.retain(|_, ids| !ids.is_empty());
+        if stopping {
+            return;
+        }
+        if failed {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
