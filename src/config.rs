@@ -350,6 +350,22 @@ impl Config {
             ));
         }
 
+        let webhook = crate::domain::webhook::WebhookSettings::from_lookup(
+            &get,
+            app_env == AppEnv::Production,
+        )
+        .map_err(|(var, m)| err(var, m))?;
+        if webhook
+            .as_ref()
+            .is_some_and(|w| w.kinds.contains(crate::domain::webhook::Kind::Stats))
+            && database_url.is_none()
+        {
+            return Err(err(
+                "WEBHOOK_EVENTS",
+                "stats.event needs DATABASE_URL (the statistics events are stored there)",
+            ));
+        }
+
         let jwt_secret = get("JWT_SECRET");
         let jwt_public_key_file = get("JWT_PUBLIC_KEY_FILE").map(PathBuf::from);
         if jwt_secret.is_some() && jwt_public_key_file.is_some() {
@@ -418,11 +434,7 @@ impl Config {
             db_offline_debounce_ms: ms("PRESENCE_DB_OFFLINE_DEBOUNCE_MS", 0, 0)?,
             visibility_policy,
             stats_session_gap_ms: ms("STATS_SESSION_GAP_MS", 1_800_000, 1)?,
-            webhook: crate::domain::webhook::WebhookSettings::from_lookup(
-                &get,
-                app_env == AppEnv::Production,
-            )
-            .map_err(|(var, m)| err(var, m))?,
+            webhook,
             stats_retention_days: match ms("STATS_RETENTION_DAYS", 400, 1)? {
                 n if n <= 100_000 => n,
                 _ => return Err(err("STATS_RETENTION_DAYS", "must be at most 100000")),

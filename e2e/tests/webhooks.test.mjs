@@ -2,7 +2,8 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { startGateway, user, ask, waitUntil } from "../helpers.mjs";
+import { startGateway, user, ask, waitUntil, token } from "../helpers.mjs";
+import { freshDatabase, psql } from "../db.mjs";
 import { startReceiver, verify } from "../webhook-receiver.mjs";
 
 const SECRET = "whsec-test-0123456789abcdef0123456789";
@@ -111,7 +112,54 @@ test("a receiver that fails then recovers gets every event afterwards, in order,
   }
 });
 
+test("stats.event: statistics events from PostgreSQL, only the types asked for, none lost over a restart", async () => {
+  const r = await startReceiver();
+  const url = freshDatabase();
+  const publisher = token({ sub: "bot", roles: ["publisher"] });
+  const env = base(r, { DATABASE_URL: url, WEBHOOK_EVENTS: "user.online,stats.event" });
+  let gw = await startGateway(env);
+  try {
+    await waitUntil(() => {
+      try {
+        return psql(url, "SELECT count(*) FROM webhook_cursors")[0][0] === "1";
+      } catch {
+        return false;
+      }
+    }, 15000, "the cursor made");
+    const publish = async (visitorId) => {
+      const res = await gw.http("/api/events", { token: publisher, method: "POST", body: { type: "new_message", visitorId, channel: "web", text: "hi" } });
+      assert.equal(res.status, 202, res.text);
+      return res.json.seq;
+    };
+    const seqs = [await publish("wh-v1"), await publish("wh-v2"), await publish("wh-v1")];
+    await waitUntil(() => r.taken.filter((e) => e.type === "stats.event").length === 3, 5000, "three stats.event");
+    const stats = r.taken.filter((e) => e.type === "stats.event");
+    assert.deepEqual(stats.map((e) => e.event.seq), seqs);
+    assert.deepEqual(stats.map((e) => e.id), seqs.map((n) => `stats-${n}`));
+    assert.deepEqual(Object.keys(stats[0].event).sort(), ["at", "channel", "seq", "type", "visitorId"]);
+    assert.equal(stats[0].event.type, "new_message");
+    const s = await gw.connect(user("wh-stats-user", "male"));
+    await ask(s, "presence:set-status", { status: "live" });
+    await waitUntil(() => of(r.taken, "wh-stats-user").length === 1, 5000, "the online");
+    s.disconnect();
+
+    // The receiver down, the replica restarted: what it had not sent is sent by the next run.
+    r.answer = 500;
+    const later = [await publish("wh-v3"), await publish("wh-v4")];
+    await waitUntil(() => r.requests.some((q) => q.status === 500 && q.json.events.some((e) => e.id === `stats-${later[1]}`)), 5000, "tried");
+    await gw.stop();
+    r.answer = 200;
+    gw = await startGateway(env);
+    await waitUntil(() => later.every((n) => r.taken.some((e) => e.id === `stats-${n}`)), 10000, "sent after the restart");
+    assert.ok(!of(r.seen, "wh-stats-user").some((e) => e.type !== "user.online"), "only the types asked for");
+  } finally {
+    await gw.stop();
+    await r.close();
+  }
+});
+
 for (const [env, variable] of [
+  [{ WEBHOOK_URL: "http://backend/hook", WEBHOOK_SECRET: "s", WEBHOOK_EVENTS: "stats.event" }, "WEBHOOK_EVENTS"],
   [{ WEBHOOK_URL: "ftp://backend/hook", WEBHOOK_SECRET: "s" }, "WEBHOOK_URL"],
   [{ WEBHOOK_URL: "http://backend/hook" }, "WEBHOOK_SECRET"],
   [{ WEBHOOK_SECRET: "s" }, "WEBHOOK_SECRET"],

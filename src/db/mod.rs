@@ -16,6 +16,7 @@ pub mod retention;
 pub mod stats;
 pub mod unknown;
 pub mod users;
+pub mod webhook;
 pub mod writer;
 
 use sqlx::PgPool;

@@ -174,7 +174,8 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change<T> {
     pub kind: Kind,
-    pub user: UserId,
+    /// The user of a presence change (`None`: a statistics event, which no delay holds).
+    pub user: Option<UserId>,
     /// When it was committed.
     pub at: Timestamp,
     /// What the queue needs to take it (acknowledge it) once it is sent or cancelled.
@@ -207,7 +208,11 @@ impl<T: Clone> Delay<T> {
     }
 
     pub fn push(&mut self, c: Change<T>) {
-        if let Some(off) = self.held.remove(&c.user) {
+        let Some(user) = c.user.clone() else {
+            self.out.push_back(c);
+            return;
+        };
+        if let Some(off) = self.held.remove(&user) {
             if c.kind == Kind::Online && c.at.as_micros() <= off.at.as_micros() + self.delay_us {
                 // Back within the delay: the backend hears of neither.
                 self.cancelled.push(off.item);
@@ -217,8 +222,8 @@ impl<T: Clone> Delay<T> {
             self.out.push_back(off);
         }
         if c.kind == Kind::Offline && self.delay_us > 0 {
-            self.order.push_back((c.at, c.user.clone()));
-            self.held.insert(c.user.clone(), c);
+            self.order.push_back((c.at, user.clone()));
+            self.held.insert(user, c);
         } else {
             self.out.push_back(c);
         }
@@ -274,7 +279,7 @@ mod tests {
     fn ch(kind: Kind, user: &str, at_ms: i64, item: u32) -> Change<u32> {
         Change {
             kind,
-            user: UserId::parse(user).unwrap(),
+            user: Some(UserId::parse(user).unwrap()),
             at: Timestamp(at_ms * 1000),
             item,
         }

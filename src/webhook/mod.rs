@@ -9,11 +9,17 @@
 
 pub mod queue;
 pub mod sender;
+pub mod stats;
 pub mod stream;
 
 use crate::domain::webhook::{Change, Kind, WebhookSettings};
 use crate::domain::{Presence, Timestamp};
+use crate::state::AppState;
 use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 /// One event as the receiver gets it, with what the sender needs to know about it.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,7 +55,7 @@ pub fn event_of(
     });
     Some(Change {
         kind,
-        user: p.user_id.clone(),
+        user: Some(p.user_id.clone()),
         at: committed_at,
         item: Event {
             json,
@@ -59,8 +65,15 @@ pub fn event_of(
     })
 }
 
-/// Start the webhooks when `WEBHOOK_URL` is set: the sender, and what fills its queue (the
-/// store's streams when the engine keeps them, else this replica's committed changes).
+/// The pseudo-bucket of statistics events' acknowledgements (their seq moves the cursor).
+pub const STATS_BUCKET: u32 = u32::MAX;
+/// Events read ahead into this replica's queue at most, from the store's streams or from
+/// PostgreSQL: while the receiver is down they wait there, not in the replica's memory.
+pub const BUFFER: usize = 10_000;
+
+/// Start the webhooks when `WEBHOOK_URL` is set: the sender, what fills its queue (the
+/// store's streams when the engine keeps them, else this replica's committed changes; the
+/// statistics events from PostgreSQL when asked for), and what takes sent events off.
 pub fn spawn(state: &crate::state::AppState) {
     let Some(settings) = state.config.webhook.clone() else {
         return;
@@ -74,34 +87,43 @@ pub fn spawn(state: &crate::state::AppState) {
     };
     let (acks, acks_rx) = tokio::sync::mpsc::unbounded_channel();
     let shared = state.engine.webhook_log().is_some();
-    let queue = std::sync::Arc::new(queue::Queue::new(
+    let queue = Arc::new(queue::Queue::new(
         settings.offline_delay_ms,
         settings.kinds,
-        // In the store, the streams are bounded (`stream::run`); here, the queue is.
+        // With a store, the streams are bounded (`stream::run`); here, the queue is.
         if shared {
             usize::MAX
         } else {
             settings.queue_max
         },
-        shared.then_some(acks),
+        acks,
     ));
+    // Whether this replica sends the statistics events (with Redis, bucket 0's holder).
+    let lead_stats = Arc::new(AtomicBool::new(!shared));
     let bg = &state.background;
     let (q, stop) = (queue.clone(), bg.stop.clone());
     bg.spawn(async move { sender.run(&q, stop).await });
+    bg.spawn(take_off(state.clone(), acks_rx));
+    if settings.kinds.contains(Kind::Stats)
+        && let Some(db) = &state.db
+    {
+        bg.spawn(stats::run(
+            state.clone(),
+            db.clone(),
+            queue.clone(),
+            lead_stats.clone(),
+        ));
+    }
     if shared {
         let (st, q) = (state.clone(), queue.clone());
-        bg.spawn(async move { stream::run(st, settings, q, acks_rx).await });
+        bg.spawn(async move { stream::run(st, settings, q, lead_stats).await });
     } else {
         bg.spawn(local(state.clone(), settings, queue));
     }
 }
 
 /// The memory engine's queue: each change this replica committed, as it commits it.
-async fn local(
-    st: crate::state::AppState,
-    settings: WebhookSettings,
-    queue: std::sync::Arc<queue::Queue>,
-) {
+async fn local(st: AppState, settings: WebhookSettings, queue: Arc<queue::Queue>) {
     use tokio::sync::broadcast::error::RecvError;
     let mut rx = st.engine.subscribe();
     let node = st.config.node_id.clone();
@@ -129,6 +151,54 @@ async fn local(
                 crate::metrics::webhook_result("dropped", n);
             }
             Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Take done events off: stream entries off their streams, a bucket's at a time; statistics
+/// events by moving the cursor. What the store refuses is tried again a moment later (until
+/// the replica stops: then the next sender resends it, at least once).
+async fn take_off(st: AppState, mut acks: UnboundedReceiver<queue::Ack>) {
+    let mut waiting: HashMap<u32, Vec<String>> = HashMap::new();
+    let stop = st.background.stop.clone();
+    loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => None,
+            a = acks.recv() => a,
+        };
+        let stopping = first.is_none();
+        for (b, id) in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| acks.try_recv().ok()))
+        {
+            waiting.entry(b).or_default().push(id);
+        }
+        let mut failed = false;
+        for (b, ids) in waiting.iter_mut() {
+            let done = if *b == STATS_BUCKET {
+                let top = ids.iter().filter_map(|i| i.parse::<i64>().ok()).max();
+                match (&st.db, top) {
+                    (Some(db), Some(seq)) => db.advance_webhook_stats_cursor(seq).await.is_ok(),
+                    _ => true,
+                }
+            } else {
+                match st.engine.webhook_log() {
+                    Some(log) => log.take(*b, ids).await.is_ok(),
+                    None => true,
+                }
+            };
+            if done {
+                ids.clear();
+            } else {
+                failed = true;
+            }
+        }
+        waiting.retain(|_, ids| !ids.is_empty());
+        if stopping {
+            return;
+        }
+        if failed {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
     }
 }

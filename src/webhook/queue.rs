@@ -4,8 +4,8 @@
 //! holds what was read from the streams, which are bounded themselves.
 //!
 //! Every event that leaves it (sent, refused, too old, cancelled by the delay, dropped, or of
-//! a type the deployment does not send) is handed to `acks`, when there is a store to take it
-//! off.
+//! a type the deployment does not send) with an entry in a store is handed to `acks`, to be
+//! taken off there.
 
 use super::Event;
 use crate::domain::Timestamp;
@@ -20,18 +20,13 @@ pub struct Queue {
     inner: Mutex<Delay<Event>>,
     kinds: Kinds,
     max: usize,
-    acks: Option<UnboundedSender<Ack>>,
+    acks: UnboundedSender<Ack>,
     /// Wakes the sender when something is ready.
     pub ready: Notify,
 }
 
 impl Queue {
-    pub fn new(
-        delay_ms: u64,
-        kinds: Kinds,
-        max: usize,
-        acks: Option<UnboundedSender<Ack>>,
-    ) -> Self {
+    pub fn new(delay_ms: u64, kinds: Kinds, max: usize, acks: UnboundedSender<Ack>) -> Self {
         Queue {
             inner: Mutex::new(Delay::new(delay_ms)),
             kinds,
@@ -47,20 +42,16 @@ impl Queue {
 
     /// These events are done with.
     pub fn done<'a>(&self, events: impl IntoIterator<Item = &'a Event>) {
-        if let Some(tx) = &self.acks {
-            for e in events {
-                if let Some(a) = &e.ack {
-                    let _ = tx.send(a.clone());
-                }
+        for e in events {
+            if let Some(a) = &e.ack {
+                let _ = self.acks.send(a.clone());
             }
         }
     }
 
     /// An entry of the store that makes no event: take it off at once.
     pub fn skip(&self, ack: Ack) {
-        if let Some(tx) = &self.acks {
-            let _ = tx.send(ack);
-        }
+        let _ = self.acks.send(ack);
     }
 
     /// Take a change in (in commit order).

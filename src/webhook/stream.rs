@@ -5,14 +5,14 @@
 //! every second regardless.
 
 use super::event_of;
-use super::queue::{Ack, Queue};
+use super::queue::Queue;
 use crate::domain::webhook::WebhookSettings;
 use crate::engine::WebhookLog;
 use crate::state::AppState;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 /// A lease outlives its holder by this much: the longest a dead replica's buckets wait.
 const LEASE_TTL_MS: u64 = 10_000;
@@ -24,7 +24,7 @@ pub async fn run(
     st: AppState,
     settings: WebhookSettings,
     queue: Arc<Queue>,
-    acks: UnboundedReceiver<Ack>,
+    lead_stats: Arc<AtomicBool>,
 ) {
     let engine = st.engine.clone();
     let Some(log) = engine.webhook_log() else {
@@ -41,7 +41,6 @@ pub async fn run(
     let mut dirty: BTreeSet<u32> = BTreeSet::new();
     let mut lease_tick = tokio::time::interval(LEASE_EVERY);
     let mut read_tick = tokio::time::interval(READ_EVERY);
-    let acker = tokio::spawn(take_off(engine.clone(), acks, stop.clone()));
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -49,6 +48,7 @@ pub async fn run(
                 match log.lease(LEASE_TTL_MS).await {
                     Ok((h, new)) => {
                         held = h;
+                        lead_stats.store(held.contains(&0), Ordering::Release);
                         claim.extend(new);
                         bound(log, &held, per_bucket).await;
                     }
@@ -66,7 +66,8 @@ pub async fn run(
         }
         for &b in &held {
             let claiming = claim.contains(&b);
-            if !claiming && !dirty.contains(&b) {
+            // While the receiver is down, entries wait in the stream, not here.
+            if (!claiming && !dirty.contains(&b)) || queue.depth() >= super::BUFFER {
                 continue;
             }
             if read(log, &settings, &queue, b, claiming).await {
@@ -79,7 +80,6 @@ pub async fn run(
     // Whatever this replica read and did not send stays in the streams for the next holder,
     // which need not wait for the leases to expire.
     let _ = log.release(&held).await;
-    let _ = acker.await;
 }
 
 /// Read bucket `b` into the queue; false if the store did not answer.
@@ -117,7 +117,7 @@ async fn read(
                 None => queue.skip(ack),
             }
         }
-        if claim || n < READ_MAX {
+        if claim || n < READ_MAX || queue.depth() >= super::BUFFER {
             return true;
         }
     }
@@ -143,46 +143,4 @@ async fn bound(log: &dyn WebhookLog, held: &[u32], per_bucket: usize) {
         }
     }
     crate::metrics::webhook_depth(waiting as f64);
-}
-
-/// Take done entries off their streams, a bucket's at a time; what the store refuses is tried
-/// again a moment later (until the replica stops: then the entries are resent by the next
-/// holder, at least once).
-async fn take_off(
-    engine: Arc<dyn crate::engine::PresenceEngine>,
-    mut acks: UnboundedReceiver<Ack>,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let Some(log) = engine.webhook_log() else {
-        return;
-    };
-    let mut waiting: HashMap<u32, Vec<String>> = HashMap::new();
-    loop {
-        let first = tokio::select! {
-            _ = stop.cancelled() => None,
-            a = acks.recv() => a,
-        };
-        let stopping = first.is_none();
-        if let Some((b, id)) = first {
-            waiting.entry(b).or_default().push(id);
-        }
-        while let Ok((b, id)) = acks.try_recv() {
-            waiting.entry(b).or_default().push(id);
-        }
-        let mut failed = false;
-        for (b, ids) in waiting.iter_mut() {
-            if log.take(*b, ids).await.is_ok() {
-                ids.clear();
-            } else {
-                failed = true;
-            }
-        }
-        waiting.retain(|_, ids| !ids.is_empty());
-        if stopping {
-            return;
-        }
-        if failed {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
 }
