@@ -1,14 +1,11 @@
 // A real HTTP receiver for webhook tests: records every request (headers and raw body), and
 // answers what the test says (`answer`: a status, or "hang" to never answer).
 import http from "node:http";
-import crypto from "node:crypto";
 
 /** The README's verification snippet (Node). */
-export function verify(secret, timestamp, body, signature, toleranceSeconds = 300) {
-  const expected = "sha256=" + crypto.createHmac("sha256", secret).update(`${timestamp}.${body}`).digest("hex");
-  const fresh = Math.abs(Date.now() / 1000 - Number(timestamp)) <= toleranceSeconds;
-  return fresh && expected.length === signature.length && crypto.timingSafeEqual(Buffer.from(expected), Buffer.from(signature));
-}
+export { verifyWebhook } from "./examples/verify-webhook.mjs";
+import { verifyWebhook } from "./examples/verify-webhook.mjs";
+export const verify = (secret, timestamp, body, signature) => verifyWebhook(secret, body, timestamp, signature);
 
 export async function startReceiver() {
   const r = {

@@ -2,6 +2,8 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import { startGateway, user, ask, waitUntil, token } from "../helpers.mjs";
 import { freshDatabase, psql } from "../db.mjs";
 import { startReceiver, verify } from "../webhook-receiver.mjs";
@@ -40,6 +42,35 @@ test("online, status and offline reach the receiver signed, batched, in version 
       assert.ok(verify(SECRET, q.headers["x-presence-timestamp"], q.body, q.headers["x-presence-signature"]), "signature verifies");
       assert.ok(!verify("another secret", q.headers["x-presence-timestamp"], q.body, q.headers["x-presence-signature"]));
     }
+  } finally {
+    await gw.stop();
+    await r.close();
+  }
+});
+
+test("the README's verification snippets (Node and Python) accept real deliveries and refuse altered ones", async () => {
+  const here = (p) => fileURLToPath(new URL(p, import.meta.url));
+  const readme = readFileSync(here("../../README.md"), "utf8");
+  const node = readFileSync(here("../examples/verify-webhook.mjs"), "utf8");
+  const py = readFileSync(here("../examples/verify_webhook.py"), "utf8");
+  assert.ok(readme.includes("```js\n" + node.slice(node.indexOf("import crypto")).trim() + "\n```"), "README's Node snippet differs from e2e/examples/verify-webhook.mjs");
+  assert.ok(readme.includes("```python\n" + py.slice(py.indexOf("import hashlib"), py.indexOf("\n\nif __name__")).trim() + "\n```"), "README's Python snippet differs from e2e/examples/verify_webhook.py");
+  const { verifyWebhook } = await import("../examples/verify-webhook.mjs");
+  const r = await startReceiver();
+  const gw = await startGateway(base(r));
+  try {
+    const s = await gw.connect(user("wh-readme", "female"));
+    await waitUntil(() => r.requests.length >= 1, 5000, "a delivery");
+    s.disconnect();
+    const q = r.requests[0];
+    const [ts, sig] = [q.headers["x-presence-timestamp"], q.headers["x-presence-signature"]];
+    const python = (body) => spawnSync("python3", [here("../examples/verify_webhook.py"), SECRET, ts, sig], { input: body }).stdout.toString().trim();
+    assert.equal(verifyWebhook(SECRET, q.body, ts, sig), true);
+    assert.equal(python(q.body), "verified");
+    const altered = q.body.replace("wh-readme", "wh-readmf");
+    assert.equal(verifyWebhook(SECRET, altered, ts, sig), false);
+    assert.equal(python(altered), "refused");
+    assert.equal(verifyWebhook(SECRET, q.body, String(Number(ts) - 3600), sig), false, "an old timestamp");
   } finally {
     await gw.stop();
     await r.close();

@@ -42,17 +42,31 @@ fn is_event(s: &str) -> bool {
 
 /// Variables read by the configuration: literals passed to its readers.
 fn code_vars() -> BTreeSet<String> {
-    let src = read("src/config.rs");
-    literals(&src)
+    // The configuration, and the webhook settings it reads through the domain.
+    ["src/config.rs", "src/domain/webhook.rs"]
         .into_iter()
-        .filter(|(i, s)| {
-            let before = src[..*i].trim_end();
-            is_var(s)
-                && ["get(", "ms(", "flag(", "flag_or_true(", "count(", "var("]
-                    .iter()
-                    .any(|f| before.ends_with(f))
+        .flat_map(|file| {
+            let src = read(file);
+            literals(&src)
+                .into_iter()
+                .filter(|(i, s)| {
+                    let before = src[..*i].trim_end();
+                    is_var(s)
+                        && [
+                            "get(",
+                            "ms(",
+                            "flag(",
+                            "flag_or_true(",
+                            "count(",
+                            "var(",
+                            "number(",
+                        ]
+                        .iter()
+                        .any(|f| before.ends_with(f))
+                })
+                .map(|(_, s)| s.to_string())
+                .collect::<Vec<_>>()
         })
-        .map(|(_, s)| s.to_string())
         .collect()
 }
 
