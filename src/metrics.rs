@@ -136,6 +136,10 @@ fn describe() {
         "webhook_queue_depth",
         "Webhook events waiting on this replica"
     );
+    describe_gauge!(
+        "webhook_last_error_timestamp_seconds",
+        "When a webhook request last failed (unix seconds)"
+    );
     describe_histogram!(
         "webhook_delivery_latency_seconds",
         metrics::Unit::Seconds,
@@ -409,28 +413,64 @@ pub fn stats_event_recorded(kind: &'static str) {
     counter!("stats_events_total", "type" => kind).increment(1);
 }
 
+/// This replica's webhook figures, for its report to the console's Overview (`None` while
+/// webhooks are off).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookStatus {
+    pub queued: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<crate::domain::Timestamp>,
+}
+
+static WEBHOOK: std::sync::Mutex<Option<WebhookStatus>> = std::sync::Mutex::new(None);
+
+fn webhook_status_mut(f: impl FnOnce(&mut WebhookStatus)) {
+    let mut w = WEBHOOK.lock().unwrap_or_else(|e| e.into_inner());
+    f(w.get_or_insert_with(WebhookStatus::default));
+}
+
+/// Webhooks are on here.
+pub fn webhook_started() {
+    webhook_status_mut(|_| {});
+}
+
+pub fn webhook_status() -> Option<WebhookStatus> {
+    WEBHOOK.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 /// Webhook events that reached the receiver (`webhook_events_total{result="delivered"}`),
 /// with their delay from commit to the receiver's 2xx.
 pub fn webhook_delivered(seconds: f64) {
     counter!("webhook_events_total", "result" => "delivered").increment(1);
     histogram!("webhook_delivery_latency_seconds").record(seconds);
+    webhook_status_mut(|w| w.delivered += 1);
 }
 
 /// Webhook events retried or dropped (`webhook_events_total{result}`).
 pub fn webhook_result(result: &'static str, n: u64) {
     counter!("webhook_events_total", "result" => result).increment(n);
+    if result == "dropped" {
+        webhook_status_mut(|w| w.dropped += n);
+    }
 }
 
 /// Events waiting to be sent (`webhook_queue_depth`).
 pub fn webhook_depth(n: f64) {
     gauge!("webhook_queue_depth").set(n);
+    webhook_status_mut(|w| w.queued = n as u64);
 }
 
-/// The last delivery error, for the console (`webhook_last_error_timestamp_seconds`, and the
-/// reason in the log).
-pub fn webhook_error(_why: &str) {
-    gauge!("webhook_last_error_timestamp_seconds")
-        .set(crate::domain::Timestamp::now().as_micros() as f64 / 1e6);
+/// The last delivery error, for the console (`webhook_last_error_timestamp_seconds`).
+pub fn webhook_error(why: &str) {
+    let now = crate::domain::Timestamp::now();
+    gauge!("webhook_last_error_timestamp_seconds").set(now.as_micros() as f64 / 1e6);
+    webhook_status_mut(|w| {
+        w.last_error = Some(why.chars().take(200).collect());
+        w.last_error_at = Some(now);
+    });
 }
 
 /// Statistics events deleted past `STATS_RETENTION_DAYS` (`stats_events_retired_total`).

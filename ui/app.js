@@ -208,8 +208,18 @@ function overviewUpdate(p) {
   series.latency.push({ t: now, v: latencies.length ? Math.max(...latencies) : 0 });
   for (const s of Object.values(series)) while (s.length && s[0].t < now - CHART_SPAN_MS) s.shift();
   overviewReplicas = replicas;
+  overviewWebhooks(replicas.map((r) => r.webhook).filter(Boolean));
   drawOverview();
   busy($("overview"), false);
+}
+
+/** The webhook queue over the replicas that send, and the latest delivery error of any. */
+function overviewWebhooks(hooks) {
+  $("ov-webhooks").hidden = hooks.length === 0;
+  if (!hooks.length) return;
+  $("ov-wh-queue").textContent = hooks.reduce((n, h) => n + (h.queued || 0), 0);
+  const last = hooks.filter((h) => h.lastErrorAt).sort((a, b) => (a.lastErrorAt < b.lastErrorAt ? 1 : -1))[0];
+  $("ov-wh-error").textContent = last ? `${last.lastError}, ${ago(last.lastErrorAt)}` : "none";
 }
 
 let overviewReplicas = [];

@@ -13,6 +13,7 @@ import puppeteer from "puppeteer-core";
 import { io } from "socket.io-client";
 import { startGateway, token, user, waitUntil, withDeadline } from "../helpers.mjs";
 import { freshDatabase, psql } from "../db.mjs";
+import { startReceiver } from "../webhook-receiver.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const SHOTS = path.join(here, "..", "..", "target", "console-screenshots");
@@ -47,7 +48,7 @@ after(async () => {
 
 /** A fresh tab on the console that records what went wrong in it, and every time an element
  * became busy (aria-busy="true"). */
-async function openConsole({ width = 1280, height = 860 } = {}) {
+async function openConsole({ width = 1280, height = 860, url = gw.url } = {}) {
   const context = await browser.createBrowserContext();
   const page = await context.newPage();
   await page.setViewport({ width, height });
@@ -65,7 +66,7 @@ async function openConsole({ width = 1280, height = 860 } = {}) {
       }
     }).observe(document, { subtree: true, attributes: true, attributeFilter: ["aria-busy"] });
   });
-  await page.goto(`${gw.url}/`, { waitUntil: "networkidle0" });
+  await page.goto(`${url}/`, { waitUntil: "networkidle0" });
   return { page, problems, close: () => context.close() };
 }
 
@@ -290,3 +291,28 @@ test("a dashboard token sees Overview and Statistics, no Users; phone-width scre
     await desk.close();
   }
 });
+
+test("overview: the webhook queue and the last delivery error, while the backend fails", async () => {
+  const r = await startReceiver();
+  r.answer = 503;
+  const g = await startGateway({ WEBHOOK_URL: r.url, WEBHOOK_SECRET: "w".repeat(32), WEBHOOK_OFFLINE_DELAY_MS: "0" });
+  const { page, problems, close } = await openConsole({ url: g.url });
+  try {
+    await signIn(page, admin);
+    const s = await g.connect(user("console-webhook", "female"));
+    await page.waitForFunction(
+      () => !document.querySelector("#ov-webhooks").hidden && /HTTP 503/.test(document.querySelector("#ov-wh-error").textContent),
+      { timeout: 8000 },
+    );
+    assert.ok(Number(await text(page, "#ov-wh-queue")) >= 1, "the unsent online waits");
+    r.answer = 200;
+    await page.waitForFunction(() => document.querySelector("#ov-wh-queue").textContent.trim() === "0", { timeout: 8000 });
+    s.disconnect();
+    assert.deepEqual(problems, []);
+  } finally {
+    await close();
+    await g.stop();
+    await r.close();
+  }
+});
+

@@ -170,6 +170,7 @@ async fn report(state: AppState) {
             "updatesPublished": now_totals.published,
             "updatesDelivered": now_totals.delivered,
             "fanoutLatencyMs": latency,
+            "webhook": crate::metrics::webhook_status(),
         });
         if let Err(e) = state
             .engine

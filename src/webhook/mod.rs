@@ -85,17 +85,14 @@ pub fn spawn(state: &crate::state::AppState) {
             return;
         }
     };
+    crate::metrics::webhook_started();
     let (acks, acks_rx) = tokio::sync::mpsc::unbounded_channel();
     let shared = state.engine.webhook_log().is_some();
     let queue = Arc::new(queue::Queue::new(
         settings.offline_delay_ms,
         settings.kinds,
         // With a store, the streams are bounded (`stream::run`); here, the queue is.
-        if shared {
-            usize::MAX
-        } else {
-            settings.queue_max
-        },
+        (!shared).then_some(settings.queue_max),
         acks,
     ));
     // Whether this replica sends the statistics events (with Redis, bucket 0's holder).

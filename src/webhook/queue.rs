@@ -21,17 +21,27 @@ pub struct Queue {
     kinds: Kinds,
     max: usize,
     acks: UnboundedSender<Ack>,
+    /// Whether a store holds the events too (then the store's length is the depth reported).
+    pub stored: bool,
     /// Wakes the sender when something is ready.
     pub ready: Notify,
 }
 
 impl Queue {
-    pub fn new(delay_ms: u64, kinds: Kinds, max: usize, acks: UnboundedSender<Ack>) -> Self {
+    /// `max`: the bound when this is the whole queue; `None` when a store holds the events
+    /// (and bounds them).
+    pub fn new(
+        delay_ms: u64,
+        kinds: Kinds,
+        max: Option<usize>,
+        acks: UnboundedSender<Ack>,
+    ) -> Self {
         Queue {
             inner: Mutex::new(Delay::new(delay_ms)),
             kinds,
-            max,
+            max: max.unwrap_or(usize::MAX),
             acks,
+            stored: max.is_none(),
             ready: Notify::new(),
         }
     }

@@ -135,8 +135,14 @@ impl Sender {
         loop {
             let (batch, due) = queue.take(Timestamp::now(), self.settings.batch_max);
             if !batch.is_empty() {
+                if !queue.stored {
+                    crate::metrics::webhook_depth((queue.depth() + batch.len()) as f64);
+                }
                 let gone = self.deliver(batch, &stop).await;
                 queue.done(&gone);
+                if !queue.stored {
+                    crate::metrics::webhook_depth(queue.depth() as f64);
+                }
                 if stop.is_cancelled() {
                     return;
                 }
