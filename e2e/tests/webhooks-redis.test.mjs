@@ -3,6 +3,10 @@
 // that produced events and held them unsent loses none of them.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { startGateway, user, ask, waitUntil } from "../helpers.mjs";
 import { startReceiver, verify } from "../webhook-receiver.mjs";
 
@@ -81,3 +85,52 @@ test("kill -9 of the replica holding unsent events loses none: another replica s
     await r.close();
   }
 });
+
+test("Redis restarts: with its append-only file the waiting events survive and are sent; empty, the next ones still are", async () => {
+  const port = 17000 + (process.pid % 1000);
+  const dir = mkdtempSync(path.join(os.tmpdir(), "wh-redis-"));
+  const up = () => {
+    try {
+      return execFileSync("redis-cli", ["-p", String(port), "ping"]).toString().trim() === "PONG";
+    } catch {
+      return false;
+    }
+  };
+  const start = (persist) =>
+    spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--appendonly", persist ? "yes" : "no", "--appendfsync", "always"], { stdio: "ignore" });
+  let redis = start(true);
+  await waitUntil(up, 5000, "test Redis up");
+  const r = await startReceiver();
+  r.answer = 503;
+  const gw = await startGateway(env(r, { REDIS_URL: `redis://127.0.0.1:${port}` }));
+  try {
+    const s = await gw.connect(user("whrr-a", "male"));
+    await ask(s, "presence:set-status", { status: "live" });
+    await waitUntil(() => r.requests.length >= 1, 5000, "tried and failed");
+    execFileSync("redis-cli", ["-p", String(port), "shutdown"]);
+    await waitUntil(() => !up(), 5000, "Redis down");
+    redis = start(true);
+    await waitUntil(up, 5000, "Redis back with its file");
+    r.answer = 200;
+    await waitUntil(() => of(r.taken, "whrr-a").length >= 2, 20000, "the events that waited in Redis");
+    assert.deepEqual([...new Set(of(r.taken, "whrr-a").map((e) => e.type))], ["user.online", "user.status"]);
+
+    // Empty this time: what waited is gone with it, but the gateway rebuilds its group and
+    // leases and sends what follows.
+    execFileSync("redis-cli", ["-p", String(port), "shutdown", "nosave"]);
+    await waitUntil(() => !up(), 5000, "Redis down");
+    execFileSync("rm", ["-f", "-r", path.join(dir, "appendonlydir")]);
+    redis = start(false);
+    await waitUntil(up, 5000, "Redis back empty");
+    await waitUntil(async () => (await gw.http("/readyz")).status === 200, 10000, "ready again");
+    const t = await gw.connect(user("whrr-b", "female"));
+    await waitUntil(() => of(r.taken, "whrr-b").length === 1, 20000, "a change after the empty restart");
+    s.disconnect();
+    t.disconnect();
+  } finally {
+    await gw.stop();
+    await r.close();
+    redis.kill("SIGKILL");
+  }
+});
+

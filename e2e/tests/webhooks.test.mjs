@@ -189,6 +189,31 @@ test("stats.event: statistics events from PostgreSQL, only the types asked for, 
   }
 });
 
+test("bounded: past WEBHOOK_QUEUE_MAX the oldest are dropped and counted; past WEBHOOK_MAX_AGE_MS too", async () => {
+  const r = await startReceiver();
+  r.answer = 503;
+  const gw = await startGateway(base(r, { WEBHOOK_QUEUE_MAX: "5", WEBHOOK_OFFLINE_DELAY_MS: "0", WEBHOOK_MAX_AGE_MS: "1000" }));
+  const metric = async (result) => Number(((await gw.http("/metrics")).text.match(new RegExp(`webhook_events_total\\{result="${result}"\\} (\\d+)`)) ?? [])[1] ?? 0);
+  try {
+    const socks = [];
+    for (let i = 0; i < 12; i++) socks.push(await gw.connect(user(`wh-bound-${i}`, "other")));
+    // One in flight, five waiting: six dropped at once; the rest, a second old, by age.
+    await waitUntil(async () => (await metric("dropped")) >= 6, 5000, "the oldest dropped");
+    const depth = Number((await gw.http("/metrics")).text.match(/webhook_queue_depth (\d+)/)[1]);
+    assert.ok(depth <= 6, `queue depth ${depth}`);
+    await waitUntil(async () => (await metric("dropped")) === 12, 10000, "the rest dropped by age");
+    r.answer = 200;
+    const t = await gw.connect(user("wh-bound-after", "other"));
+    await waitUntil(() => r.taken.length === 1, 5000, "a fresh event goes through");
+    assert.equal(r.taken[0].presence.userId, "wh-bound-after", "nothing older than WEBHOOK_MAX_AGE_MS was sent");
+    t.disconnect();
+    for (const s of socks) s.disconnect();
+  } finally {
+    await gw.stop();
+    await r.close();
+  }
+});
+
 for (const [env, variable] of [
   [{ WEBHOOK_URL: "http://backend/hook", WEBHOOK_SECRET: "s", WEBHOOK_EVENTS: "stats.event" }, "WEBHOOK_EVENTS"],
   [{ WEBHOOK_URL: "ftp://backend/hook", WEBHOOK_SECRET: "s" }, "WEBHOOK_URL"],
