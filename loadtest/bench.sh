@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproducible benchmarks on this machine: builds release binaries, starts one gateway per
 # scenario (memory engine, production mode with a fixed secret), runs loadgen against it,
-# prints loadgen's JSON. Usage: loadtest/bench.sh [idle5k|idle10k|floor10k|floor-fanout2|idle15k|fanout|fanout5|storm|storm-db|churn|redis-idle10k|redis-fanout|redis-fanout10k|redis-fanout10k-slow|redis-deaf10k-x5|search|report|all]
+# prints loadgen's JSON. Usage: loadtest/bench.sh [webhooks|idle5k|idle10k|floor10k|floor-fanout2|idle15k|fanout|fanout5|storm|storm-db|churn|redis-idle10k|redis-fanout|redis-fanout10k|redis-fanout10k-slow|redis-deaf10k-x5|search|report|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace -q
@@ -74,6 +74,9 @@ run3() { # run3 <loadgen args...>
   else
     "${LG_CPU[@]}" $LG --target "$(IFS=,; echo "${targets[*]}")" --pids "$(IFS=,; echo "${pids[*]}")" --json "$@" || true
   fi
+  # BEFORE_STOP: a command run while the replicas still serve (the webhook scenario waits
+  # there for the last events and reads the replicas' counters).
+  ${BEFORE_STOP:-true}
   echo "{\"server\": \"$([ "${PEER:-0}" = 1 ] && echo node-presence || echo presence-gateway)\", \"redis_commands\": $(( $(redis_calls) - before )), \"redis_publishes\": $(( $(redis_calls publish) + $(redis_calls spublish) - before_pub )), \"redis_cpu_s\": $(awk -v a="$(redis_cpu)" -v b="$before_cpu" 'BEGIN {printf "%.3f", a - b}')}"
   kill -TERM "${pids[@]}"; wait "${pids[@]}" || true
 }
@@ -100,6 +103,23 @@ side() {
     if [ -n "${OLD_GW:-}" ] && [ $((r % 2)) = 0 ]; then echo "round $r: presence-gateway (old)"; GW=$OLD_GW run3 "$@"; fi
     if [ "${ONLY:-peer}" = peer ]; then echo "round $r: node-presence"; PEER=1 run3 "$@"; fi
   done
+}
+
+WEBHOOK_BENCH_SECRET=bench-webhook-secret-0123456789abcdef
+# Until the receiver has had nothing new for 5 s (the offline delay is 3 s), then its figures
+# and the changes the three replicas committed.
+wait_webhooks() {
+  local last=-1 now same=0
+  while [ $same -lt 5 ]; do
+    now=$(curl -sf 127.0.0.1:3399/summary | python3 -c 'import json,sys; print(json.load(sys.stdin)["events"])')
+    if [ "$now" = "$last" ]; then same=$((same + 1)); else same=0; last=$now; fi
+    sleep 1
+  done
+  local published=0 i
+  for i in 0 1 2; do
+    published=$(( published + $(curl -sf "127.0.0.1:$((PORT + i))/metrics" | awk '/^presence_updates_published_total/ {n+=$2} END {print n+0}') ))
+  done
+  echo "{\"webhook_receiver\": $(curl -sf 127.0.0.1:3399/summary), \"changes_committed\": $published}"
 }
 
 # A throwaway 3-master Redis Cluster on 7101-7103.
@@ -217,6 +237,18 @@ case "${1:-all}" in
   subs-cost) for r in 1 2 3; do for rate in 100 0; do
       echo "round $r: 5,000 online, $rate changes/s"; EXTRA_ENV="PRESENCE_HEARTBEAT_TIMEOUT_MS=120000" run3 subs --subscribers 5000 --per 50 --rate $rate --duration-s 20 --heartbeat-ms 60000
       echo "round $r: 20,000 online, $rate changes/s"; EXTRA_ENV="PRESENCE_HEARTBEAT_TIMEOUT_MS=120000" LOADGENS=2 run3 subs --subscribers 10000 --watching 2500 --per 50 --rate $((rate / 2)) --duration-s 20 --heartbeat-ms 60000; done; done ;;&
+  # Issue 27: webhooks at the subscription benchmark's change rate (200 changes/s over 20,000
+  # sockets on three Redis replicas), on and off alternately. The receiver
+  # (loadtest/webhook-receiver.mjs) counts what arrives and when; before the replicas stop,
+  # wait_webhooks waits until nothing more arrives and prints it with the changes the replicas
+  # committed (presence_updates_published_total), which must all have arrived.
+  webhooks) for r in $(seq 1 "${ROUNDS:-3}"); do
+      echo "round $r: webhooks off"; LOADGENS=2 run3 subs --subscribers 10000 --per 50 --rate 100 --duration-s 30
+      node loadtest/webhook-receiver.mjs 3399 "$WEBHOOK_BENCH_SECRET" & recv=$!
+      echo "round $r: webhooks on"; EXTRA_ENV="WEBHOOK_URL=http://127.0.0.1:3399/hook WEBHOOK_SECRET=$WEBHOOK_BENCH_SECRET" \
+        BEFORE_STOP=wait_webhooks LOADGENS=2 run3 subs --subscribers 10000 --per 50 --rate 100 --duration-s 30
+      kill $recv; wait $recv 2>/dev/null || true
+    done ;;&
   search|all)
     seeded pgw_bench_search users loadtest/seed-users.sql
     run DATABASE_URL=$PGURL/pgw_bench_search -- search --rounds 100 ;;&

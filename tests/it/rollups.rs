@@ -107,6 +107,21 @@ async fn insert(db: &Database, events: &[Event]) {
         .unwrap();
 }
 
+/// A fresh database, migrated.
+async fn migrated(max_connections: u32) -> Database {
+    let url = fresh_database().await;
+    let db = Database::new(DbSettings {
+        url: &url,
+        max_connections,
+        online_debounce: Duration::ZERO,
+        offline_debounce: Duration::ZERO,
+        node: "it",
+    })
+    .unwrap();
+    db.migrate().await.unwrap();
+    db
+}
+
 fn query(from: i64, to: i64, tz: &str, limit: usize, gap_ms: u64) -> ReportQuery {
     ReportQuery {
         from: Timestamp(from),
@@ -183,16 +198,7 @@ async fn same_reports(db: &Database, rng: &mut StdRng, gap_ms: u64) -> i64 {
 
 #[tokio::test]
 async fn the_report_from_rollups_equals_the_report_from_raw_events() {
-    let url = fresh_database().await;
-    let db = Database::new(DbSettings {
-        url: &url,
-        max_connections: 4,
-        online_debounce: Duration::ZERO,
-        offline_debounce: Duration::ZERO,
-        node: "it",
-    })
-    .unwrap();
-    db.migrate().await.unwrap();
+    let db = migrated(4).await;
     let mut rng = StdRng::seed_from_u64(20261122);
 
     // Inserted in random order and random batches: many events arrive before earlier ones.
@@ -350,16 +356,7 @@ async fn rollup_rows(db: &Database) -> (Vec<(String, String, String, i64)>, i64)
 
 #[tokio::test]
 async fn retention_deletes_in_batches_and_old_reports_keep_their_figures() {
-    let url = fresh_database().await;
-    let db = Database::new(DbSettings {
-        url: &url,
-        max_connections: 4,
-        online_debounce: Duration::ZERO,
-        offline_debounce: Duration::ZERO,
-        node: "it",
-    })
-    .unwrap();
-    db.migrate().await.unwrap();
+    let db = migrated(4).await;
     let mut rng = StdRng::seed_from_u64(20261207);
     let mut events = history(&mut rng);
     events.shuffle(&mut rng);
@@ -532,16 +529,7 @@ async fn retention_deletes_in_batches_and_old_reports_keep_their_figures() {
 
 #[tokio::test]
 async fn a_session_across_an_old_edge_counts_once_in_the_window_where_it_ends() {
-    let url = fresh_database().await;
-    let db = Database::new(DbSettings {
-        url: &url,
-        max_connections: 2,
-        online_debounce: Duration::ZERO,
-        offline_debounce: Duration::ZERO,
-        node: "it",
-    })
-    .unwrap();
-    db.migrate().await.unwrap();
+    let db = migrated(2).await;
     // One visitor, a message every 10 minutes from 23:00 to 01:00 across midnight.
     let midnight = t0();
     let events: Vec<Event> = (0..13)
