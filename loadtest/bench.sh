@@ -115,11 +115,15 @@ wait_webhooks() {
     if [ "$now" = "$last" ]; then same=$((same + 1)); else same=0; last=$now; fi
     sleep 1
   done
-  local published=0 i
+  local published=0 unsent=0 i m
   for i in 0 1 2; do
-    published=$(( published + $(curl -sf "127.0.0.1:$((PORT + i))/metrics" | awk '/^presence_updates_published_total/ {n+=$2} END {print n+0}') ))
+    m=$(curl -sf "127.0.0.1:$((PORT + i))/metrics")
+    published=$(( published + $(awk '/^presence_updates_published_total/ {n+=$2} END {print n+0}' <<<"$m") ))
+    unsent=$(( unsent + $(awk '/^webhook_changes_unsent_total/ {n+=$2} END {print n+0}' <<<"$m") ))
   done
-  echo "{\"webhook_receiver\": $(curl -sf 127.0.0.1:3399/summary), \"changes_committed\": $published}"
+  local x=""
+  for c in xadd xreadgroup xack xdel xautoclaim xlen xtrim; do x="$x\"$c\": $(redis_calls $c), "; done
+  echo "{\"webhook_receiver\": $(curl -sf 127.0.0.1:3399/summary), \"changes_committed\": $published, \"changes_unsent\": $unsent, \"redis_stream_commands\": {${x%, }}}"
 }
 
 # A throwaway 3-master Redis Cluster on 7101-7103.
@@ -245,6 +249,7 @@ case "${1:-all}" in
   webhooks) for r in $(seq 1 "${ROUNDS:-3}"); do
       echo "round $r: webhooks off"; LOADGENS=2 run3 subs --subscribers 10000 --per 50 --rate 100 --duration-s 30
       node loadtest/webhook-receiver.mjs 3399 "$WEBHOOK_BENCH_SECRET" & recv=$!
+      redis-cli config resetstat >/dev/null  # the stream commands below are this round's
       echo "round $r: webhooks on"; EXTRA_ENV="WEBHOOK_URL=http://127.0.0.1:3399/hook WEBHOOK_SECRET=$WEBHOOK_BENCH_SECRET" \
         BEFORE_STOP=wait_webhooks LOADGENS=2 run3 subs --subscribers 10000 --per 50 --rate 100 --duration-s 30
       kill $recv; wait $recv 2>/dev/null || true

@@ -132,6 +132,10 @@ fn describe() {
         "webhook_events_total",
         "Webhook events by result: delivered (2xx), retried (per attempt), dropped (refused, too old or past WEBHOOK_QUEUE_MAX)"
     );
+    describe_counter!(
+        "webhook_changes_unsent_total",
+        "Committed changes that became no webhook request: flap (cancelled by the offline delay), type (not in WEBHOOK_EVENTS), no_event (a change while offline)"
+    );
     describe_gauge!(
         "webhook_queue_depth",
         "Webhook events waiting on this replica"
@@ -455,6 +459,13 @@ pub fn webhook_result(result: &'static str, n: u64) {
     if result == "dropped" {
         webhook_status_mut(|w| w.dropped += n);
     }
+}
+
+/// Committed changes that became no request (`webhook_changes_unsent_total{reason}`): `flap`
+/// (an offline and the online that cancelled it), `type` (a type `WEBHOOK_EVENTS` leaves
+/// out), `no_event` (a change while offline).
+pub fn webhook_unsent(reason: &'static str, n: u64) {
+    counter!("webhook_changes_unsent_total", "reason" => reason).increment(n);
 }
 
 /// Events waiting to be sent (`webhook_queue_depth`).

@@ -315,12 +315,16 @@ pub trait WebhookLog: Send + Sync {
     /// Give the leases up (the replica is stopping).
     async fn release(&self, buckets: &[u32]) -> Result<(), EngineError>;
 
-    /// Bucket `b`'s entries: with `claim`, every entry read but not taken yet (by any
-    /// replica), in order; else the next unread ones, at most `n`.
-    async fn read(&self, b: u32, claim: bool, n: usize) -> Result<Vec<LogEntry>, EngineError>;
+    /// Bucket `b`'s entries read but not taken yet (by any replica), in order.
+    async fn claim(&self, b: u32) -> Result<Vec<LogEntry>, EngineError>;
 
-    /// These entries are done with (sent, refused, or cancelled by the offline delay).
-    async fn take(&self, b: u32, ids: &[String]) -> Result<(), EngineError>;
+    /// The next unread entries of these buckets, at most `n` of each, in order per bucket, in
+    /// one round trip.
+    async fn read(&self, buckets: &[u32], n: usize) -> Result<Vec<LogEntry>, EngineError>;
+
+    /// These entries (bucket, ids) are done with (sent, refused, or cancelled by the offline
+    /// delay), in one round trip.
+    async fn take(&self, done: &[(u32, Vec<String>)]) -> Result<(), EngineError>;
 
     /// Entries waiting in bucket `b`; trims the oldest past `max`, returning (left, dropped).
     async fn bound(&self, b: u32, max: usize) -> Result<(u64, u64), EngineError>;

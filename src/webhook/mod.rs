@@ -41,10 +41,14 @@ pub fn event_of(
     committed_at: Timestamp,
     ack: Option<(u32, String)>,
 ) -> Option<Change<Event>> {
-    let kind = Kind::of_change(was_online, p)?;
+    let Some(kind) = Kind::of_change(was_online, p) else {
+        crate::metrics::webhook_unsent("no_event", 1);
+        return None;
+    };
     // The delay needs offlines and onlines even when only one of them is sent: a flap
     // cancels both. Which types go out is decided when sending.
     if !settings.kinds.contains(kind) && kind == Kind::Status {
+        crate::metrics::webhook_unsent("type", 1);
         return None;
     }
     let json = json!({
@@ -164,6 +168,10 @@ async fn take_off(st: AppState, mut acks: UnboundedReceiver<queue::Ack>) {
             a = acks.recv() => a,
         };
         let stopping = first.is_none();
+        if !stopping {
+            // A moment for more: one round trip takes them all.
+            tokio::time::sleep(stream::LINGER).await;
+        }
         for (b, id) in first
             .into_iter()
             .chain(std::iter::from_fn(|| acks.try_recv().ok()))
@@ -171,21 +179,29 @@ async fn take_off(st: AppState, mut acks: UnboundedReceiver<queue::Ack>) {
             waiting.entry(b).or_default().push(id);
         }
         let mut failed = false;
-        for (b, ids) in waiting.iter_mut() {
-            let done = if *b == STATS_BUCKET {
-                let top = ids.iter().filter_map(|i| i.parse::<i64>().ok()).max();
-                match (&st.db, top) {
-                    (Some(db), Some(seq)) => db.advance_webhook_stats_cursor(seq).await.is_ok(),
-                    _ => true,
-                }
-            } else {
-                match st.engine.webhook_log() {
-                    Some(log) => log.take(*b, ids).await.is_ok(),
-                    None => true,
-                }
+        if let Some(ids) = waiting.get_mut(&STATS_BUCKET) {
+            let top = ids.iter().filter_map(|i| i.parse::<i64>().ok()).max();
+            let moved = match (&st.db, top) {
+                (Some(db), Some(seq)) => db.advance_webhook_stats_cursor(seq).await.is_ok(),
+                _ => true,
             };
-            if done {
+            if moved {
                 ids.clear();
+            } else {
+                failed = true;
+            }
+        }
+        waiting.retain(|_, ids| !ids.is_empty());
+        if let Some(log) = st.engine.webhook_log()
+            && !waiting.is_empty()
+        {
+            let done: Vec<(u32, Vec<String>)> = waiting
+                .iter()
+                .filter(|(b, _)| **b != STATS_BUCKET)
+                .map(|(b, ids)| (*b, ids.clone()))
+                .collect();
+            if log.take(&done).await.is_ok() {
+                waiting.retain(|b, _| *b == STATS_BUCKET);
             } else {
                 failed = true;
             }

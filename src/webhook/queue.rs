@@ -70,6 +70,9 @@ impl Queue {
             let mut d = self.lock();
             d.push(c);
             let cancelled = d.cancelled();
+            if !cancelled.is_empty() {
+                crate::metrics::webhook_unsent("flap", cancelled.len() as u64);
+            }
             let mut dropped = vec![];
             while d.ready_len() + d.held() > self.max && d.ready_len() > 0 {
                 dropped.extend(d.ready(1).into_iter().map(|c| c.item));
@@ -101,6 +104,9 @@ impl Queue {
             }
             (out, skipped, d.next_due())
         };
+        if !skipped.is_empty() {
+            crate::metrics::webhook_unsent("type", skipped.len() as u64);
+        }
         self.done(&skipped);
         (out, due)
     }

@@ -133,7 +133,13 @@ impl Sender {
     /// Send what the queue holds, as it comes, until `stop`.
     pub async fn run(&self, queue: &Queue, stop: CancellationToken) {
         loop {
-            let (batch, due) = queue.take(Timestamp::now(), self.settings.batch_max);
+            let max = self.settings.batch_max;
+            let (mut batch, due) = queue.take(Timestamp::now(), max);
+            if !batch.is_empty() && batch.len() < max {
+                // A moment for more: a request per change would cost one each.
+                tokio::time::sleep(super::stream::LINGER).await;
+                batch.extend(queue.take(Timestamp::now(), max - batch.len()).0);
+            }
             if !batch.is_empty() {
                 if !queue.stored {
                     crate::metrics::webhook_depth((queue.depth() + batch.len()) as f64);

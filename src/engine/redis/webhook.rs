@@ -119,11 +119,13 @@ impl WebhookLog for RedisEngine {
         Ok(())
     }
 
-    async fn read(&self, b: u32, claim: bool, n: usize) -> Result<Vec<LogEntry>, EngineError> {
-        let key = self.keys.webhook_stream(b);
-        if !claim {
-            let r: Value = self
-                .client
+    async fn read(&self, buckets: &[u32], n: usize) -> Result<Vec<LogEntry>, EngineError> {
+        if buckets.is_empty() {
+            return Ok(vec![]);
+        }
+        let pipeline = self.client.pipeline();
+        for &b in buckets {
+            let _: () = pipeline
                 .custom(
                     keyed("XREADGROUP", 6),
                     vec![
@@ -133,21 +135,30 @@ impl WebhookLog for RedisEngine {
                         "COUNT".into(),
                         n.to_string(),
                         "STREAMS".into(),
-                        key,
+                        self.keys.webhook_stream(b),
                         ">".into(),
                     ],
                 )
                 .await
                 .map_err(unavailable)?;
+        }
+        let replies: Vec<Value> = pipeline.all().await.map_err(unavailable)?;
+        let mut out = vec![];
+        for (&b, r) in buckets.iter().zip(replies) {
             // [[key, entries]] or nil.
             let Value::Array(mut streams) = r else {
-                return Ok(vec![]);
+                continue;
             };
             let Some(Value::Array(mut s)) = streams.pop() else {
-                return Ok(vec![]);
+                continue;
             };
-            return Ok(s.pop().map(|e| entries(b, e)).unwrap_or_default());
+            out.extend(s.pop().map(|e| entries(b, e)).unwrap_or_default());
         }
+        Ok(out)
+    }
+
+    async fn claim(&self, b: u32) -> Result<Vec<LogEntry>, EngineError> {
+        let key = self.keys.webhook_stream(b);
         // Every pending entry, whoever read it, in id order (XAUTOCLAIM pages through the
         // pending list in order; entries trimmed meanwhile come back as deleted ids).
         let mut out = vec![];
@@ -191,25 +202,28 @@ impl WebhookLog for RedisEngine {
         Ok(out)
     }
 
-    async fn take(&self, b: u32, ids: &[String]) -> Result<(), EngineError> {
-        if ids.is_empty() {
-            return Ok(());
+    async fn take(&self, done: &[(u32, Vec<String>)]) -> Result<(), EngineError> {
+        let pipeline = self.client.pipeline();
+        let mut any = false;
+        for (b, ids) in done.iter().filter(|(_, ids)| !ids.is_empty()) {
+            any = true;
+            let key = self.keys.webhook_stream(*b);
+            let mut ack = vec![key.clone(), GROUP.to_string()];
+            ack.extend(ids.iter().cloned());
+            let mut del = vec![key];
+            del.extend(ids.iter().cloned());
+            let _: () = pipeline
+                .custom(cmd("XACK"), ack)
+                .await
+                .map_err(unavailable)?;
+            let _: () = pipeline
+                .custom(cmd("XDEL"), del)
+                .await
+                .map_err(unavailable)?;
         }
-        let key = self.keys.webhook_stream(b);
-        let mut ack = vec![key.clone(), GROUP.to_string()];
-        ack.extend(ids.iter().cloned());
-        let mut del = vec![key];
-        del.extend(ids.iter().cloned());
-        let _: Value = self
-            .client
-            .custom(cmd("XACK"), ack)
-            .await
-            .map_err(unavailable)?;
-        let _: Value = self
-            .client
-            .custom(cmd("XDEL"), del)
-            .await
-            .map_err(unavailable)?;
+        if any {
+            let _: Vec<Value> = pipeline.all().await.map_err(unavailable)?;
+        }
         Ok(())
     }
 
