@@ -10,6 +10,7 @@ const [port, secret] = [Number(process.argv[2] ?? 3399), process.argv[3] ?? ""];
 const ids = new Set();
 const byType = {};
 const delays = [];
+const delaysByType = {};
 let requests = 0, events = 0, repeats = 0, badSignatures = 0, lastAt = 0;
 
 function quantile(sorted, q) {
@@ -18,10 +19,14 @@ function quantile(sorted, q) {
 
 http.createServer((req, res) => {
   if (req.method === "GET") {
-    const d = [...delays].sort((a, b) => a - b);
+    const figures = (xs) => {
+      const d = [...xs].sort((a, b) => a - b);
+      return { p50: quantile(d, 0.5), p99: quantile(d, 0.99), max: d.length ? d[d.length - 1] : null };
+    };
+    const byTypeDelay = Object.fromEntries(Object.entries(delaysByType).map(([t, xs]) => [t, figures(xs)]));
     res.writeHead(200, { "content-type": "application/json" });
     res.end(JSON.stringify({ requests, events, distinct: ids.size, repeats, badSignatures, byType, lastArrivalMs: lastAt,
-      delayMs: { p50: quantile(d, 0.5), p99: quantile(d, 0.99), max: d.length ? d[d.length - 1] : null } }));
+      delayMs: figures(delays), delayMsByType: byTypeDelay }));
     return;
   }
   const chunks = [];
@@ -40,6 +45,7 @@ http.createServer((req, res) => {
       ids.add(e.id);
       byType[e.type] = (byType[e.type] ?? 0) + 1;
       delays.push(now - Date.parse(e.at));
+      (delaysByType[e.type] ??= []).push(now - Date.parse(e.at));
     }
     res.writeHead(204);
     res.end();

@@ -15,7 +15,6 @@ pub mod stream;
 use crate::domain::webhook::{Change, Kind, WebhookSettings};
 use crate::domain::{Presence, Timestamp};
 use crate::state::AppState;
-use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -24,8 +23,9 @@ use tokio::sync::mpsc::UnboundedReceiver;
 /// One event as the receiver gets it, with what the sender needs to know about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    /// `{"id","type","at","presence"}`: built once, so a resend is the same bytes.
-    pub json: Value,
+    /// `{"id","type","at","presence"}`, serialised once: a resend is the same bytes, and a
+    /// request's body is these joined.
+    pub json: String,
     /// When the change was committed (the latency histogram's start; the max age's).
     pub committed_at: Timestamp,
     /// Its entry in the store's queue (bucket, id), to take off once done with.
@@ -51,12 +51,22 @@ pub fn event_of(
         crate::metrics::webhook_unsent("type", 1);
         return None;
     }
-    let json = json!({
-        "id": format!("{}@{}", p.user_id, p.version),
-        "type": kind.as_str(),
-        "at": committed_at,
-        "presence": p,
-    });
+    /// The event as the receiver reads it, serialised without a JSON tree in between.
+    #[derive(serde::Serialize)]
+    struct Wire<'a> {
+        id: String,
+        #[serde(rename = "type")]
+        kind: &'static str,
+        at: Timestamp,
+        presence: &'a Presence,
+    }
+    let json = serde_json::to_string(&Wire {
+        id: format!("{}@{}", p.user_id, p.version),
+        kind: kind.as_str(),
+        at: committed_at,
+        presence: p,
+    })
+    .expect("a presence serialises");
     Some(Change {
         kind,
         user: Some(p.user_id.clone()),

@@ -18,6 +18,9 @@ pub type Ack = (u32, String);
 
 pub struct Queue {
     inner: Mutex<Delay<Event>>,
+    /// The store's entries in this queue or being sent: one read twice (a lease taken back
+    /// after it lapsed claims what this replica still holds) is not queued twice.
+    entries: Mutex<std::collections::HashSet<Ack>>,
     kinds: Kinds,
     max: usize,
     acks: UnboundedSender<Ack>,
@@ -38,6 +41,7 @@ impl Queue {
     ) -> Self {
         Queue {
             inner: Mutex::new(Delay::new(delay_ms)),
+            entries: Mutex::new(std::collections::HashSet::new()),
             kinds,
             max: max.unwrap_or(usize::MAX),
             acks,
@@ -50,10 +54,15 @@ impl Queue {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn held_entries(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Ack>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// These events are done with.
     pub fn done<'a>(&self, events: impl IntoIterator<Item = &'a Event>) {
         for e in events {
             if let Some(a) = &e.ack {
+                self.held_entries().remove(a);
                 let _ = self.acks.send(a.clone());
             }
         }
@@ -61,11 +70,18 @@ impl Queue {
 
     /// An entry of the store that makes no event: take it off at once.
     pub fn skip(&self, ack: Ack) {
-        let _ = self.acks.send(ack);
+        if !self.held_entries().contains(&ack) {
+            let _ = self.acks.send(ack);
+        }
     }
 
     /// Take a change in (in commit order).
     pub fn push(&self, c: Change<Event>) {
+        if let Some(a) = &c.item.ack
+            && !self.held_entries().insert(a.clone())
+        {
+            return;
+        }
         let (cancelled, dropped) = {
             let mut d = self.lock();
             d.push(c);

@@ -77,10 +77,17 @@ impl Sender {
         let mut gone = vec![];
         let mut wait = FIRST_RETRY;
         loop {
-            let body = serde_json::to_vec(&serde_json::json!({
-                "events": batch.iter().map(|e| &e.json).collect::<Vec<_>>()
-            }))
-            .expect("JSON values serialise");
+            let mut body =
+                String::with_capacity(16 + batch.iter().map(|e| e.json.len() + 1).sum::<usize>());
+            body.push_str(r#"{"events":["#);
+            for (i, e) in batch.iter().enumerate() {
+                if i > 0 {
+                    body.push(',');
+                }
+                body.push_str(&e.json);
+            }
+            body.push_str("]}");
+            let body = body.into_bytes();
             match self.attempt(&body).await {
                 Outcome::Taken => {
                     let now = Timestamp::now();

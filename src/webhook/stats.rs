@@ -23,12 +23,13 @@ pub fn event_of(u: &StatsUpdate) -> Change<Event> {
         user: None,
         at: u.at,
         item: Event {
-            json: serde_json::json!({
+            json: serde_json::to_string(&serde_json::json!({
                 "id": format!("stats-{}", u.seq),
                 "type": Kind::Stats.as_str(),
                 "at": u.at,
                 "event": u,
-            }),
+            }))
+            .expect("JSON values serialise"),
             committed_at: u.at,
             ack: Some((STATS_BUCKET, u.seq.to_string())),
         },

@@ -83,25 +83,39 @@ impl RedisEngine {
 impl WebhookLog for RedisEngine {
     async fn lease(&self, ttl_ms: u64) -> Result<(Vec<u32>, Vec<u32>), EngineError> {
         let (mut held, mut new) = (vec![], vec![]);
+        let mut failed = None;
         for b in 0..BUCKETS {
-            let r: i64 = self
+            let r: Result<i64, _> = self
                 .lease
                 .evalsha_with_reload(
                     &self.client,
                     vec![self.keys.webhook_lease(b)],
                     vec![self.node.to_string(), ttl_ms.to_string(), String::new()],
                 )
-                .await
-                .map_err(unavailable)?;
-            if r == 2 {
-                self.ensure_group(b).await?;
-                new.push(b);
-            }
-            if r > 0 {
-                held.push(b);
+                .await;
+            // One bucket's failure must not hide the others' answers: a lease taken here and
+            // not reported would never have its unsent entries claimed.
+            match r {
+                Ok(2) => match self.ensure_group(b).await {
+                    Ok(()) => {
+                        new.push(b);
+                        held.push(b);
+                    }
+                    Err(e) => {
+                        // Given back, so that it is taken (and claimed) afresh next time.
+                        let _ = self.release(&[b]).await;
+                        failed = Some(e);
+                    }
+                },
+                Ok(1) => held.push(b),
+                Ok(_) => {}
+                Err(e) => failed = Some(unavailable(e)),
             }
         }
-        Ok((held, new))
+        match failed {
+            Some(e) if held.is_empty() => Err(e),
+            _ => Ok((held, new)),
+        }
     }
 
     async fn release(&self, buckets: &[u32]) -> Result<(), EngineError> {
