@@ -20,7 +20,7 @@ export async function startReceiver() {
       return r.requests.flatMap((q) => q.json.events);
     },
   };
-  const server = http.createServer((req, res) => {
+  const handle = (req, res) => {
     const chunks = [];
     req.on("data", (c) => chunks.push(c));
     req.on("end", () => {
@@ -32,9 +32,20 @@ export async function startReceiver() {
       res.writeHead(status, { "content-type": "application/json" });
       res.end("{}");
     });
-  });
+  };
+  let server = http.createServer(handle);
   await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-  r.url = `http://127.0.0.1:${server.address().port}/hooks/presence`;
+  const port = server.address().port;
+  /** Stop listening: connections are refused until `up`. */
+  r.down = () => {
+    server.closeAllConnections();
+    return new Promise((resolve) => server.close(resolve));
+  };
+  r.up = () => {
+    server = http.createServer(handle);
+    return new Promise((resolve) => server.listen(port, "127.0.0.1", resolve));
+  };
+  r.url = `http://127.0.0.1:${port}/hooks/presence`;
   r.close = () => {
     server.closeAllConnections();
     return new Promise((resolve) => server.close(resolve));

@@ -189,6 +189,32 @@ test("stats.event: statistics events from PostgreSQL, only the types asked for, 
   }
 });
 
+test("a receiver down for a minute (connections refused) gets every event afterwards, in order", { timeout: 180_000 }, async () => {
+  const r = await startReceiver();
+  const gw = await startGateway(base(r, { WEBHOOK_OFFLINE_DELAY_MS: "0" }));
+  try {
+    await r.down();
+    const downAt = Date.now();
+    const socks = [];
+    for (let i = 0; i < 3; i++) socks.push(await gw.connect(user(`wh-down-${i}`, "male")));
+    for (const s of socks) await ask(s, "presence:set-status", { status: "in_call" });
+    for (const s of socks) s.disconnect();
+    await waitUntil(async () => /webhook_events_total\{result="retried"\} [1-9]/.test((await gw.http("/metrics")).text), 5000, "retrying");
+    await waitUntil(() => Date.now() - downAt >= 60_000, 65_000, "a minute down");
+    await r.up();
+    const upAt = Date.now();
+    // The retry delay has grown to 30 s at most by now.
+    await waitUntil(() => r.taken.length === 9, 40_000, "every event after the outage");
+    for (let i = 0; i < 3; i++) {
+      assert.deepEqual(of(r.taken, `wh-down-${i}`).map((e) => e.type), ["user.online", "user.status", "user.offline"]);
+    }
+    console.log(`receiver down 60 s: all 9 events ${((Date.now() - upAt) / 1000).toFixed(1)} s after it came back`);
+  } finally {
+    await gw.stop();
+    await r.close();
+  }
+});
+
 test("bounded: past WEBHOOK_QUEUE_MAX the oldest are dropped and counted; past WEBHOOK_MAX_AGE_MS too", async () => {
   const r = await startReceiver();
   r.answer = 503;

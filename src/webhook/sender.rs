@@ -12,6 +12,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 const FIRST_RETRY: Duration = Duration::from_millis(250);
+/// How long a batch that is not full waits for more events: at 200 changes/s, a request
+/// every 25 ms cost the replicas 13 % more CPU (BENCHMARKS.md, session 14).
+const FILL: Duration = Duration::from_millis(50);
 const LAST_RETRY: Duration = Duration::from_secs(30);
 
 /// How one attempt went.
@@ -144,7 +147,7 @@ impl Sender {
             let (mut batch, due) = queue.take(Timestamp::now(), max);
             if !batch.is_empty() && batch.len() < max {
                 // A moment for more: a request per change would cost one each.
-                tokio::time::sleep(super::stream::LINGER).await;
+                tokio::time::sleep(FILL).await;
                 batch.extend(queue.take(Timestamp::now(), max - batch.len()).0);
             }
             if !batch.is_empty() {

@@ -2,7 +2,7 @@
 //! of the buckets no live replica holds, reads their streams in order (what a dead holder
 //! read but never sent first, claimed from it), and takes each entry off the stream once it
 //! is done with. A bucket is read when a change of one of its users goes by on the bus, and
-//! every second regardless.
+//! every 5 s regardless.
 
 use super::event_of;
 use super::queue::Queue;
@@ -17,7 +17,11 @@ use std::time::Duration;
 /// A lease outlives its holder by this much: the longest a dead replica's buckets wait.
 const LEASE_TTL_MS: u64 = 10_000;
 const LEASE_EVERY: Duration = Duration::from_secs(2);
-const READ_EVERY: Duration = Duration::from_secs(1);
+/// Every held stream is read this often even when no change of it went by (a change whose
+/// announcement this replica missed is still sent, this much later at worst).
+const READ_EVERY: Duration = Duration::from_secs(5);
+/// The held streams are measured (and trimmed) every this many lease renewals.
+const BOUND_EVERY: u32 = 5;
 const READ_MAX: usize = 1_000;
 /// How long a read, a batch and an acknowledgement wait for more after the first: one per
 /// change would cost a round trip or a request each (measured: a third more replica CPU at
@@ -83,6 +87,9 @@ pub async fn run(
                 Ok(entries) => {
                     take_in(&settings, &queue, entries);
                     claim.remove(&b);
+                    // Then what nobody has read yet (changes made before the lease was
+                    // taken went by unmarked).
+                    dirty.insert(b);
                 }
                 Err(e) => tracing::warn!(error = %e, bucket = b, "webhook stream not claimed"),
             }
@@ -120,7 +127,7 @@ async fn renew(
         return;
     };
     let mut tick = tokio::time::interval(LEASE_EVERY);
-    loop {
+    for round in 0u32.. {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
@@ -130,7 +137,9 @@ async fn renew(
                 if tx.send((held.clone(), new)).await.is_err() {
                     return;
                 }
-                bound(log, &held, per_bucket).await;
+                if round % BOUND_EVERY == 0 {
+                    bound(log, &held, per_bucket).await;
+                }
             }
             Err(e) => tracing::warn!(error = %e, "webhook leases not renewed"),
         }

@@ -156,10 +156,19 @@ impl WebhookLog for RedisEngine {
                 .await
                 .map_err(unavailable)?;
         }
-        let replies: Vec<Value> = pipeline.all().await.map_err(unavailable)?;
+        // One result per command (a bucket whose group is gone fails alone).
+        let replies = pipeline.try_all::<Value>().await;
         let mut out = vec![];
+        let mut failed = None;
         for (&b, r) in buckets.iter().zip(replies) {
             // [[key, entries]] or nil.
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    failed = Some(e);
+                    continue;
+                }
+            };
             let Value::Array(mut streams) = r else {
                 continue;
             };
@@ -168,7 +177,10 @@ impl WebhookLog for RedisEngine {
             };
             out.extend(s.pop().map(|e| entries(b, e)).unwrap_or_default());
         }
-        Ok(out)
+        match failed {
+            Some(e) if out.is_empty() => Err(unavailable(e)),
+            _ => Ok(out),
+        }
     }
 
     async fn claim(&self, b: u32) -> Result<Vec<LogEntry>, EngineError> {
@@ -236,7 +248,9 @@ impl WebhookLog for RedisEngine {
                 .map_err(unavailable)?;
         }
         if any {
-            let _: Vec<Value> = pipeline.all().await.map_err(unavailable)?;
+            for r in pipeline.try_all::<Value>().await {
+                r.map_err(unavailable)?;
+            }
         }
         Ok(())
     }
