@@ -82,17 +82,29 @@ impl RedisEngine {
 #[async_trait]
 impl WebhookLog for RedisEngine {
     async fn lease(&self, ttl_ms: u64) -> Result<(Vec<u32>, Vec<u32>), EngineError> {
+        // Every bucket in one round trip: one at a time, 64 calls queued behind a connection
+        // storm's commands took long enough for leases to lapse (and their entries to be
+        // claimed and sent twice). EVAL, not EVALSHA: no script cache to miss in a pipeline.
+        let pipeline = self.client.pipeline();
+        for b in 0..BUCKETS {
+            let _: () = pipeline
+                .custom(
+                    keyed("EVAL", 2),
+                    vec![
+                        LEASE.to_string(),
+                        "1".into(),
+                        self.keys.webhook_lease(b),
+                        self.node.to_string(),
+                        ttl_ms.to_string(),
+                        String::new(),
+                    ],
+                )
+                .await
+                .map_err(unavailable)?;
+        }
         let (mut held, mut new) = (vec![], vec![]);
         let mut failed = None;
-        for b in 0..BUCKETS {
-            let r: Result<i64, _> = self
-                .lease
-                .evalsha_with_reload(
-                    &self.client,
-                    vec![self.keys.webhook_lease(b)],
-                    vec![self.node.to_string(), ttl_ms.to_string(), String::new()],
-                )
-                .await;
+        for (b, r) in (0..BUCKETS).zip(pipeline.try_all::<i64>().await) {
             // One bucket's failure must not hide the others' answers: a lease taken here and
             // not reported would never have its unsent entries claimed.
             match r {
