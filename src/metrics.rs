@@ -359,6 +359,8 @@ impl Metrics {
         for r in ["delivered", "retried", "dropped"] {
             counter!("webhook_events_total", "result" => r).increment(0);
         }
+        // Nothing waits here until webhooks run (and the alerts read it either way).
+        gauge!("webhook_queue_depth").set(0.0);
         m
     }
 
