@@ -134,3 +134,34 @@ test("Redis restarts: with its append-only file the waiting events survive and a
   }
 });
 
+
+test("bounded in Redis: past WEBHOOK_QUEUE_MAX the stream's oldest are dropped and counted, never sent later", async () => {
+  const r = await startReceiver();
+  r.answer = 503;
+  // 64 over 64 buckets: one event waits per bucket. One request of one event at a time.
+  const gw = await startGateway(env(r, { WEBHOOK_QUEUE_MAX: "64", WEBHOOK_BATCH_MAX: "1", PRESENCE_HEARTBEAT_TIMEOUT_MS: "60000" }));
+  const metric = async (name) => Number(((await gw.http("/metrics")).text.match(new RegExp(`${name} (\\d+)`)) ?? [])[1] ?? 0);
+  const dropped = () => metric('webhook_events_total\\{result="dropped"\\}');
+  try {
+    const s = await gw.connect(user("whb-a", "other"));
+    for (let i = 1; i <= 20; i++) await ask(s, "presence:set-status", { status: "live", details: { n: i } });
+    await waitUntil(() => r.requests.length >= 1, 5000, "the first event tried and refused");
+    // One is being retried (it still arrives); of the other 20 all but the newest go (the
+    // bound runs every 10 s, and may have run during the 20 changes too).
+    await waitUntil(async () => (await dropped()) >= 19, 15000, "19 dropped");
+    assert.equal(await metric("webhook_queue_depth"), 1, "one event waits in the stream");
+    r.answer = 200;
+    await waitUntil(() => r.taken.some((e) => e.presence.details?.n === 20), 10000, "the newest status");
+    s.disconnect();
+    await waitUntil(() => r.taken.some((e) => e.type === "user.offline"), 10000, "then the offline");
+    const got = r.taken.map((e) => [e.type, e.presence.details?.n ?? null]);
+    // The one in flight when the stream was trimmed, if one was; the newest status; the offline.
+    assert.ok(got.length === 2 || got.length === 3, JSON.stringify(got));
+    assert.deepEqual(got.slice(-2), [["user.status", 20], ["user.offline", null]]);
+    for (let k = 1; k < got.length; k++) assert.ok(r.taken[k].presence.version > r.taken[k - 1].presence.version, "in version order");
+    assert.equal(await dropped(), 22 - got.length, "every change sent or counted dropped, none both");
+  } finally {
+    await gw.stop();
+    await r.close();
+  }
+});

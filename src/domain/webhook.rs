@@ -266,6 +266,29 @@ impl<T: Clone> Delay<T> {
         self.held.len()
     }
 
+    /// Take out every change, ready or held, whose item `gone` says is gone (trimmed from a
+    /// store before it was sent), in no particular order.
+    pub fn remove_if(&mut self, gone: impl Fn(&T) -> bool) -> Vec<T> {
+        let mut out = vec![];
+        let kept = std::mem::take(&mut self.out);
+        for c in kept {
+            if gone(&c.item) {
+                out.push(c.item);
+            } else {
+                self.out.push_back(c);
+            }
+        }
+        // A held offline's `order` entry goes stale with it; `tick` skips such entries.
+        self.held.retain(|_, c| {
+            let g = gone(&c.item);
+            if g {
+                out.push(c.item.clone());
+            }
+            !g
+        });
+        out
+    }
+
     /// Pairs cancelled since the last call.
     pub fn cancelled(&mut self) -> Vec<T> {
         std::mem::take(&mut self.cancelled)
@@ -287,6 +310,21 @@ mod tests {
 
     fn items(v: Vec<Change<u32>>) -> Vec<u32> {
         v.into_iter().map(|c| c.item).collect()
+    }
+
+    #[test]
+    fn removed_changes_are_neither_sent_nor_released() {
+        let mut d = Delay::new(1000);
+        d.push(ch(Kind::Status, "a", 0, 1));
+        d.push(ch(Kind::Offline, "b", 1, 2));
+        d.push(ch(Kind::Status, "c", 2, 3));
+        let mut gone = d.remove_if(|i| *i < 3);
+        gone.sort();
+        assert_eq!(gone, vec![1, 2]);
+        d.tick(Timestamp(10_000_000));
+        assert_eq!(items(d.ready(10)), vec![3]);
+        assert_eq!(d.held(), 0);
+        assert_eq!(d.next_due(), None);
     }
 
     #[test]

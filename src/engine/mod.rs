@@ -295,6 +295,18 @@ pub trait PresenceEngine: Send + Sync + 'static {
     }
 }
 
+/// A stream measured and trimmed ([`WebhookLog::bound`]).
+#[derive(Debug, Default)]
+pub struct Bounded {
+    /// Entries left (read or not).
+    pub left: u64,
+    /// Entries trimmed, oldest first.
+    pub dropped: u64,
+    /// The oldest entry left, when some were trimmed: anything older that a replica read
+    /// ahead is gone from the stream and must not be sent.
+    pub first: Option<String>,
+}
+
 /// One entry of a webhook queue: its id in the store, and the change.
 #[derive(Debug, Clone)]
 pub struct LogEntry {
@@ -326,8 +338,8 @@ pub trait WebhookLog: Send + Sync {
     /// delay), in one round trip.
     async fn take(&self, done: &[(u32, Vec<String>)]) -> Result<(), EngineError>;
 
-    /// Entries waiting in bucket `b`; trims the oldest past `max`, returning (left, dropped).
-    async fn bound(&self, b: u32, max: usize) -> Result<(u64, u64), EngineError>;
+    /// Entries waiting in bucket `b`; trims the oldest past `max` in one atomic step.
+    async fn bound(&self, b: u32, max: usize) -> Result<Bounded, EngineError>;
 
     /// The bucket of a user's changes.
     fn bucket_of(&self, user: &UserId) -> u32;

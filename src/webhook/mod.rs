@@ -106,7 +106,8 @@ pub fn spawn(state: &crate::state::AppState) {
         settings.offline_delay_ms,
         settings.kinds,
         // With a store, the streams are bounded (`stream::run`); here, the queue is.
-        (!shared).then_some(settings.queue_max),
+        settings.queue_max,
+        shared,
         acks,
     ));
     // Whether this replica sends the statistics events (with Redis, bucket 0's holder).

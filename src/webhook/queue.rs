@@ -22,6 +22,8 @@ pub struct Queue {
     /// after it lapsed claims what this replica still holds) is not queued twice.
     entries: Mutex<std::collections::HashSet<Ack>>,
     kinds: Kinds,
+    read_ahead: usize,
+    /// The bound of the events held here (the whole queue's without a store).
     max: usize,
     acks: UnboundedSender<Ack>,
     /// Whether a store holds the events too (then the store's length is the depth reported).
@@ -31,23 +33,48 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// `max`: the bound when this is the whole queue; `None` when a store holds the events
-    /// (and bounds them).
+    /// `max`: `WEBHOOK_QUEUE_MAX`; `stored`: whether a store holds the events (and bounds
+    /// them: then `max` only caps what is read ahead, see [`Queue::room`]).
     pub fn new(
         delay_ms: u64,
         kinds: Kinds,
-        max: Option<usize>,
+        max: usize,
+        stored: bool,
         acks: UnboundedSender<Ack>,
     ) -> Self {
         Queue {
             inner: Mutex::new(Delay::new(delay_ms)),
             entries: Mutex::new(std::collections::HashSet::new()),
             kinds,
-            max: max.unwrap_or(usize::MAX),
+            max: if stored { usize::MAX } else { max },
+            read_ahead: max.min(super::BUFFER),
             acks,
-            stored: max.is_none(),
+            stored,
             ready: Notify::new(),
         }
+    }
+
+    /// Whether more may be read from a store: at most `WEBHOOK_QUEUE_MAX` (and never more
+    /// than [`super::BUFFER`]) wait here; while the receiver is down the rest wait there.
+    pub fn room(&self) -> bool {
+        self.depth() < self.read_ahead
+    }
+
+    /// The store trimmed bucket `b` up to `first` (its oldest entry left): what was read
+    /// from it before that is gone, so it is not sent. Returns how many of the trimmed
+    /// entries are being sent right now (they still arrive, so they are not dropped). Stream
+    /// ids (`<ms>-<seq>`) order as number pairs.
+    pub fn forget(&self, b: u32, first: &str) -> u64 {
+        let Some(first) = stream_id(first) else {
+            return 0;
+        };
+        let before = |(eb, id): &Ack| *eb == b && stream_id(id).is_some_and(|i| i < first);
+        let gone = self
+            .lock()
+            .remove_if(|e| e.ack.as_ref().is_some_and(before));
+        self.done(&gone);
+        // What is left of them in `entries` is in the sender's hands.
+        self.held_entries().iter().filter(|a| before(a)).count() as u64
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Delay<Event>> {
@@ -132,4 +159,9 @@ impl Queue {
         let d = self.lock();
         d.ready_len() + d.held()
     }
+}
+
+fn stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }

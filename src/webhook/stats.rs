@@ -4,7 +4,7 @@
 //! once the receiver took them, so a replica killed meanwhile loses none.
 
 use super::queue::Queue;
-use super::{BUFFER, Event, STATS_BUCKET};
+use super::{Event, STATS_BUCKET};
 use crate::db::Database;
 use crate::domain::stats::StatsUpdate;
 use crate::domain::webhook::{Change, Kind};
@@ -54,7 +54,7 @@ pub async fn run(st: AppState, db: Arc<Database>, queue: Arc<Queue>, lead: Arc<A
                 }
             }
         }
-        while queue.depth() < BUFFER {
+        while queue.room() {
             let after = next.expect("set above");
             match db.events_between(after, i64::MAX, READ_MAX).await {
                 Ok(events) => {

@@ -51,7 +51,13 @@ pub async fn run(
     // The leases are renewed by a task of their own: a slow read or a long claim here must
     // never let them lapse (another replica would then resend what this one holds).
     let (leases_tx, mut leases) = tokio::sync::mpsc::channel(4);
-    let renewer = tokio::spawn(renew(engine.clone(), per_bucket, leases_tx, stop.clone()));
+    let renewer = tokio::spawn(renew(
+        engine.clone(),
+        per_bucket,
+        queue.clone(),
+        leases_tx,
+        stop.clone(),
+    ));
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -79,7 +85,7 @@ pub async fn run(
             mark(&mut dirty, &held, log.bucket_of(&ev.presence.user_id));
         }
         // While the receiver is down, entries wait in the stream, not here.
-        if queue.depth() >= super::BUFFER {
+        if !queue.room() {
             continue;
         }
         for b in claim.clone() {
@@ -120,6 +126,7 @@ pub async fn run(
 async fn renew(
     engine: Arc<dyn crate::engine::PresenceEngine>,
     per_bucket: usize,
+    queue: Arc<Queue>,
     tx: tokio::sync::mpsc::Sender<(Vec<u32>, Vec<u32>)>,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -138,7 +145,7 @@ async fn renew(
                     return;
                 }
                 if round % BOUND_EVERY == 0 {
-                    bound(log, &held, per_bucket).await;
+                    bound(log, &queue, &held, per_bucket).await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "webhook leases not renewed"),
@@ -176,12 +183,18 @@ fn take_in(settings: &WebhookSettings, queue: &Queue, entries: Vec<crate::engine
 }
 
 /// Trim each held stream to its share of `WEBHOOK_QUEUE_MAX`; report what waits.
-async fn bound(log: &dyn WebhookLog, held: &[u32], per_bucket: usize) {
+async fn bound(log: &dyn WebhookLog, queue: &Queue, held: &[u32], per_bucket: usize) {
     let mut waiting = 0;
     for &b in held {
         match log.bound(b, per_bucket).await {
-            Ok((left, dropped)) => {
+            Ok(crate::engine::Bounded {
+                left,
+                dropped,
+                first,
+            }) => {
                 waiting += left;
+                let sending = first.map_or(0, |f| queue.forget(b, &f));
+                let dropped = dropped.saturating_sub(sending);
                 if dropped > 0 {
                     tracing::warn!(
                         events = dropped,

@@ -15,6 +15,15 @@ pub(super) const LEASE: &str = "local v = redis.call('GET', KEYS[1]) \
     if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end \
     return 0";
 
+/// `KEYS[1]` a stream; `ARGV[1]` its bound. Trims the oldest entries past it and returns
+/// {left, trimmed, the oldest id left or ''}: atomic, so the id says exactly what went.
+pub(super) const TRIM: &str = "local n = redis.call('XLEN', KEYS[1]) \
+    local max = tonumber(ARGV[1]) \
+    if n <= max then return {n, 0, ''} end \
+    local d = redis.call('XTRIM', KEYS[1], 'MAXLEN', '=', max) \
+    local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1] \
+    return {n - d, d, first and first[1] or ''}";
+
 const GROUP: &str = "wh";
 
 /// A command whose key is its `i`-th argument (for Redis Cluster's routing).
@@ -271,24 +280,22 @@ impl WebhookLog for RedisEngine {
         bucket(user.as_str())
     }
 
-    async fn bound(&self, b: u32, max: usize) -> Result<(u64, u64), EngineError> {
+    async fn bound(&self, b: u32, max: usize) -> Result<Bounded, EngineError> {
         let key = self.keys.webhook_stream(b);
-        let len: i64 = self
-            .client
-            .custom(cmd("XLEN"), vec![key.clone()])
-            .await
-            .map_err(unavailable)?;
-        if (len as u64) <= max as u64 {
-            return Ok((len as u64, 0));
-        }
-        let dropped: i64 = self
+        // Seldom (every 10 s per held bucket): EVAL, no script cache to keep.
+        let r: Vec<Value> = self
             .client
             .custom(
-                cmd("XTRIM"),
-                vec![key, "MAXLEN".into(), "=".into(), max.to_string()],
+                keyed("EVAL", 2),
+                vec![TRIM.to_string(), "1".into(), key, max.to_string()],
             )
             .await
             .map_err(unavailable)?;
-        Ok(((len - dropped) as u64, dropped as u64))
+        let int = |i: usize| r.get(i).and_then(|v| v.as_u64()).unwrap_or(0);
+        Ok(Bounded {
+            left: int(0),
+            dropped: int(1),
+            first: r.get(2).and_then(|v| v.as_string()).filter(|s| !s.is_empty()),
+        })
     }
 }
