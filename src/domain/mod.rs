@@ -7,6 +7,7 @@
 //! them for atomicity inside Redis — held to them by `tests/it/conformance.rs`, which runs
 //! random sequences of operations against both engines and a model built on these types.
 
+pub mod devices;
 pub mod flap;
 pub mod presence;
 pub mod stats;
@@ -16,6 +17,7 @@ pub mod user;
 pub mod visibility;
 pub mod webhook;
 
+pub use devices::DeviceStatus;
 pub use flap::{FlapRule, FlapWindow};
 pub use presence::{Details, Presence, PresenceRecord, Status, StatusError};
 pub use time::Timestamp;

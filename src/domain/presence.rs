@@ -187,8 +187,16 @@ impl PresenceRecord {
     /// offline to `online`, or a new connection whose token (or database row) now gives
     /// another gender (which moves the user between audiences, so viewers must hear of it).
     /// `gender` is `None` for a connection that is not new (a revival): the newest handshake
-    /// decides the gender, and an older connection speaking again must not undo it.
-    pub fn connect(&mut self, gender: Option<Gender>, now: Timestamp) -> bool {
+    /// decides the gender, and an older connection speaking again must not undo it. `shown`
+    /// is the best of the user's live connections' statuses with this one
+    /// ([`super::devices::best`]): a status held through a grace by a connection that closed
+    /// gives way to them. One change, one version.
+    pub fn connect(
+        &mut self,
+        gender: Option<Gender>,
+        shown: (Status, Option<Details>),
+        now: Timestamp,
+    ) -> bool {
         let mut changed = false;
         if let Some(gender) = gender
             && self.gender != gender
@@ -202,34 +210,27 @@ impl PresenceRecord {
             self.last_seen = None;
             changed = true;
         }
+        if (self.status, &self.details) != (shown.0, &shown.1) {
+            (self.status, self.details) = shown;
+            changed = true;
+        }
         if changed {
             self.bump(now);
         }
         changed
     }
 
-    /// `presence:set-status`. Setting the current status with the same details again is not
-    /// a change; details are dropped for statuses that do not keep them.
-    pub fn set_status(
-        &mut self,
-        status: Status,
-        details: Option<Details>,
-        now: Timestamp,
-    ) -> Result<bool, StatusError> {
-        let status = status.settable()?;
-        let details = if status.keeps_details() {
-            details
-        } else {
-            None
-        };
-        if self.status == status && self.details == details {
-            return Ok(false);
+    /// Show `shown`, the best of the user's live connections' statuses
+    /// ([`super::devices::best`]), after one of them set a status or closed. Returns whether
+    /// that is a change (an offline user shows nothing: their connections are gone).
+    pub fn show(&mut self, shown: (Status, Option<Details>), now: Timestamp) -> bool {
+        if !self.is_online() || (self.status, &self.details) == (shown.0, &shown.1) {
+            return false;
         }
-        self.status = status;
-        self.details = details;
+        (self.status, self.details) = shown;
         self.last_seen = None;
         self.bump(now);
-        Ok(true)
+        true
     }
 
     /// The user's last connection is gone. Returns whether they were online.
@@ -282,32 +283,31 @@ mod tests {
 
     #[test]
     fn lifecycle() {
+        let on = (Status::Online, None);
         let mut r = PresenceRecord::new(Gender::Female);
-        assert!(r.connect(Some(Gender::Female), t(1)));
+        assert!(r.connect(Some(Gender::Female), on.clone(), t(1)));
         assert!(
-            !r.connect(Some(Gender::Female), t(2)),
+            !r.connect(Some(Gender::Female), on.clone(), t(2)),
             "a second connection is not a change"
         );
         let d = Details::parse(json!({"streamId": "s1"})).unwrap();
-        assert!(r.set_status(Status::Live, Some(d.clone()), t(3)).unwrap());
+        assert!(r.show((Status::Live, Some(d.clone())), t(3)));
         assert!(
-            !r.set_status(Status::Live, Some(d), t(4)).unwrap(),
+            !r.show((Status::Live, Some(d)), t(4)),
             "same status and details"
         );
         let d2 = Details::parse(json!({"streamId": "s2"})).unwrap();
         assert!(
-            r.set_status(Status::Live, Some(d2), t(5)).unwrap(),
+            r.show((Status::Live, Some(d2.clone())), t(5)),
             "new details are a change"
         );
+        let v = r.version;
         assert!(
-            r.set_status(
-                Status::Online,
-                Some(Details::parse(json!({})).unwrap()),
-                t(6)
-            )
-            .unwrap()
+            r.connect(None, (Status::Online, None), t(6)),
+            "a connection back after a grace whose status left with its connection"
         );
-        assert_eq!(r.details, None, "online keeps no details");
+        assert_eq!((r.status, r.details.clone()), (Status::Online, None));
+        assert_eq!(r.version, next_version(v, t(6)), "one change, one version");
         let v = r.version;
         assert!(r.disconnect(t(7)));
         assert!(r.version > v);
@@ -317,7 +317,11 @@ mod tests {
             (Status::Offline, false, Some(t(7)))
         );
         assert!(!r.disconnect(t(8)), "offline twice is one change");
-        assert!(r.connect(Some(Gender::Female), t(9)));
+        assert!(
+            !r.show((Status::Live, Some(d2)), t(8)),
+            "offline shows nothing"
+        );
+        assert!(r.connect(Some(Gender::Female), on, t(9)));
         assert_eq!(
             (r.status, r.last_seen),
             (Status::Online, None),
@@ -326,12 +330,7 @@ mod tests {
     }
 
     #[test]
-    fn offline_cannot_be_set_and_details_are_bounded() {
-        let mut r = PresenceRecord::new(Gender::Other);
-        assert_eq!(
-            r.set_status(Status::Offline, None, t(1)),
-            Err(StatusError::OfflineNotSettable)
-        );
+    fn details_are_bounded() {
         assert_eq!(
             Details::parse(json!([1])),
             Err(StatusError::DetailsNotObject)

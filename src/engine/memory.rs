@@ -9,7 +9,9 @@
 //! order.
 
 use super::*;
-use crate::domain::{FlapRule, FlapWindow, PresenceRecord, presence::Presence};
+use crate::domain::{
+    DeviceStatus, FlapRule, FlapWindow, PresenceRecord, devices, presence::Presence,
+};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
@@ -44,6 +46,8 @@ struct Publisher<'a> {
 struct UserState {
     record: PresenceRecord,
     conns: Vec<ConnId>,
+    /// The user's counter for [`DeviceStatus::seq`].
+    seq: u64,
     pending_offline: Option<Timestamp>,
     /// Offlines in the current flap window ([`FlapRule`]).
     flap: FlapWindow,
@@ -52,6 +56,8 @@ struct UserState {
 struct ConnState {
     user: UserId,
     last_heard: Timestamp,
+    /// What this connection set (section 11).
+    device: DeviceStatus,
 }
 
 #[derive(Default)]
@@ -113,7 +119,13 @@ impl MemoryEngine {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn register(&self, conn: &Connection, now: Timestamp, fresh: bool) -> Presence {
+    fn register(
+        &self,
+        conn: &Connection,
+        now: Timestamp,
+        fresh: bool,
+        mine: Option<&DeviceStatus>,
+    ) -> Presence {
         let mut inner = self.lock();
         let inner = &mut *inner;
         if fresh {
@@ -125,17 +137,37 @@ impl MemoryEngine {
             .or_insert_with(|| UserState {
                 record: PresenceRecord::new(conn.gender),
                 conns: Vec::new(),
+                seq: 0,
                 pending_offline: None,
                 flap: FlapWindow::default(),
             });
         match inner.conns.get_mut(&conn.id) {
-            Some(c) => c.last_heard = c.last_heard.max(now),
+            Some(c) => {
+                c.last_heard = c.last_heard.max(now);
+                if let Some(m) = mine {
+                    state.seq += 1;
+                    c.device = DeviceStatus {
+                        seq: state.seq,
+                        ..m.clone()
+                    };
+                }
+            }
             None => {
                 inner.conns.insert(
                     conn.id.clone(),
                     ConnState {
                         user: conn.user.clone(),
                         last_heard: now,
+                        device: match mine {
+                            Some(m) => {
+                                state.seq += 1;
+                                DeviceStatus {
+                                    seq: state.seq,
+                                    ..m.clone()
+                                }
+                            }
+                            None => DeviceStatus::default(),
+                        },
                     },
                 );
                 state.conns.push(conn.id.clone());
@@ -146,7 +178,11 @@ impl MemoryEngine {
             inner.pending.remove(&conn.user);
         }
         let before = state.record.clone();
-        if state.record.connect(fresh.then_some(conn.gender), now) {
+        let shown = devices::best(state.conns.iter().map(|c| &inner.conns[c].device));
+        if state
+            .record
+            .connect(fresh.then_some(conn.gender), shown, now)
+        {
             inner.committed(&self.tx(), &conn.user, &before, now);
         }
         inner.users[&conn.user]
@@ -208,6 +244,21 @@ impl Inner {
         Some(self.users[user].record.to_presence(user.clone()))
     }
 
+    /// Show the best of the user's live connections' statuses (one of them closed or set
+    /// one), announced if that is a change.
+    fn reshow(&mut self, events: &Publisher<'_>, user: &UserId, now: Timestamp) -> bool {
+        let Some(state) = self.users.get_mut(user) else {
+            return false;
+        };
+        let shown = devices::best(state.conns.iter().map(|c| &self.conns[c].device));
+        let before = state.record.clone();
+        if !state.record.show(shown, now) {
+            return false;
+        }
+        self.committed(events, user, &before, now);
+        true
+    }
+
     /// Remove a connection from the indexes. Returns whether the engine knew it.
     fn remove_conn(&mut self, id: &ConnId) -> Option<UserId> {
         let c = self.conns.remove(id)?;
@@ -229,11 +280,23 @@ impl PresenceEngine for MemoryEngine {
                 return Err(EngineError::TooManyConnections(max));
             }
         }
-        Ok(self.register(conn, now, true))
+        Ok(self.register(conn, now, true, None))
     }
 
     async fn revive(&self, conn: &Connection, now: Timestamp) -> Result<Presence, EngineError> {
-        Ok(self.register(conn, now, false))
+        Ok(self.register(conn, now, false, None))
+    }
+
+    async fn restore(
+        &self,
+        conn: &Connection,
+        _last: Option<&Presence>,
+        mine: &DeviceStatus,
+        now: Timestamp,
+    ) -> Result<Presence, EngineError> {
+        // Nothing is ever lost here but connections swept while silent: such a one takes
+        // back what it had set.
+        Ok(self.register(conn, now, false, Some(mine)))
     }
 
     async fn touch(&self, batch: &[Touch], _now: Timestamp) -> Result<Vec<ConnId>, EngineError> {
@@ -257,14 +320,16 @@ impl PresenceEngine for MemoryEngine {
     ) -> Result<StatusChange, EngineError> {
         status.settable()?;
         // Speaking counts as being heard from, and brings a swept connection back.
-        self.register(conn, now, false);
+        self.register(conn, now, false, None);
         let mut inner = self.lock();
+        let inner = &mut *inner;
         let state = inner.users.get_mut(&conn.user).expect("registered above");
-        let before = state.record.clone();
-        let changed = state.record.set_status(status, details, now)?;
-        if changed {
-            inner.committed(&self.tx(), &conn.user, &before, now);
+        let c = inner.conns.get_mut(&conn.id).expect("registered above");
+        if let Some(set) = c.device.set(status, details, state.seq + 1)? {
+            state.seq += 1;
+            c.device = set;
         }
+        let changed = inner.reshow(&self.tx(), &conn.user, now);
         let presence = inner.users[&conn.user]
             .record
             .to_presence(conn.user.clone());
@@ -287,6 +352,8 @@ impl PresenceEngine for MemoryEngine {
             .get_mut(&conn.user)
             .expect("a known connection has a user");
         if !state.conns.is_empty() {
+            // Its status leaves with it: the user shows the best of the others'.
+            inner.reshow(&self.tx(), &conn.user, now);
             return Ok(DisconnectOutcome::StillOnline);
         }
         let mut grace_ms = grace_ms;
@@ -331,12 +398,19 @@ impl PresenceEngine for MemoryEngine {
             .collect();
         let mut report = SweepReport::default();
         let mut orphaned = Vec::new();
+        let mut left = HashSet::new();
         for id in &stale {
             if let Some(user) = inner.remove_conn(id) {
                 report.swept += 1;
-                if inner.users[&user].conns.is_empty() {
-                    orphaned.push(user);
-                }
+                left.insert(user);
+            }
+        }
+        for user in left {
+            if inner.users[&user].conns.is_empty() {
+                orphaned.push(user);
+            } else {
+                // What the silent ones set went with them.
+                inner.reshow(&self.tx(), &user, now);
             }
         }
         // Silence is its own grace: the user goes offline at once.

@@ -19,7 +19,9 @@
 pub mod memory;
 pub mod redis;
 
-use crate::domain::{Details, Gender, GenderSet, Presence, Status, StatusError, Timestamp, UserId};
+use crate::domain::{
+    Details, DeviceStatus, Gender, GenderSet, Presence, Status, StatusError, Timestamp, UserId,
+};
 use async_trait::async_trait;
 use std::sync::Arc;
 use tokio::sync::broadcast;
@@ -191,16 +193,15 @@ pub trait PresenceEngine: Send + Sync + 'static {
 
     /// Like [`revive`](Self::revive), for a store that may have lost its data: if the user's
     /// record is gone, re-create it as `last` (the presence this replica last saw for the
-    /// user) without announcing anything, since nothing changed for anyone.
+    /// user) without announcing anything, since nothing changed for anyone. The connection
+    /// takes back `mine`, the status it had set (section 11).
     async fn restore(
         &self,
         conn: &Connection,
         last: Option<&Presence>,
+        mine: &DeviceStatus,
         now: Timestamp,
-    ) -> Result<Presence, EngineError> {
-        let _ = last;
-        self.revive(conn, now).await
-    }
+    ) -> Result<Presence, EngineError>;
 
     /// Record when connections were last heard from. Returns the ids the engine does not
     /// know (swept meanwhile), for the caller to [`revive`](Self::revive) if still open.

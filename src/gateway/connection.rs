@@ -82,6 +82,9 @@ pub struct ConnHandle {
     /// The latest presence of this socket's own user that this replica saw: what to restore
     /// if the shared store comes back without it.
     last_known: Mutex<Option<crate::domain::Presence>>,
+    /// The status this connection set (section 11): restored with it when it speaks again
+    /// after the store lost it (swept while silent, or Redis came back empty).
+    own_status: Mutex<crate::domain::DeviceStatus>,
     /// How the socket's presence frames reach its client ([`crate::wire`]); unset, the
     /// library sends them. Shared with the handles that replace this one.
     route: OnceLock<Arc<Route>>,
@@ -117,8 +120,21 @@ impl ConnHandle {
             subscribed: Mutex::new(HashSet::new()),
             turns: Turns::default(),
             last_known: Mutex::new(None),
+            own_status: Mutex::new(Default::default()),
             route: OnceLock::new(),
         }
+    }
+
+    /// This connection set `status` (acked).
+    pub fn set_own_status(&self, status: crate::domain::DeviceStatus) {
+        *self.own_status.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    }
+
+    pub fn own_status(&self) -> crate::domain::DeviceStatus {
+        self.own_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Send this socket's presence frames along `route` from now on.

@@ -141,6 +141,11 @@ async fn set_status(
         }
         Some(_) => None,
     };
+    let mine = crate::domain::DeviceStatus {
+        status,
+        details: details.clone(),
+        seq: 0,
+    };
     let change = h
         .while_open(
             state
@@ -149,6 +154,7 @@ async fn set_status(
         )
         .await
         .ok_or_else(|| AppError::Unavailable("connection closed".into()))??;
+    h.set_own_status(mine);
     Ok(json!({"presence": change.presence}))
 }
 

@@ -50,6 +50,7 @@ pub async fn apply_database_gender(state: &AppState, user: &UserId) {
             old.budget(),
         ));
         new.open();
+        new.set_own_status(old.own_status());
         // Same socket, same connection: the frames keep their way (and their order).
         if let Some(route) = old.route() {
             new.set_route(route.clone());

@@ -77,13 +77,16 @@ fn revive(state: &AppState, h: Arc<ConnHandle>) {
     let state2 = state.clone();
     state.background.tasks.spawn(async move {
         // Restore rather than revive: if the store lost the user's record (it came back
-        // empty), it is re-created as this replica last saw it, unannounced.
+        // empty), it is re-created as this replica last saw it, unannounced; and the
+        // connection takes back the status it set (it is the same connection, and its client
+        // still shows that status).
         let last = h.last_known();
+        let mine = h.own_status();
         let r = h
             .while_open(
                 state2
                     .engine
-                    .restore(&h.conn, last.as_ref(), h.last_heard()),
+                    .restore(&h.conn, last.as_ref(), &mine, h.last_heard()),
             )
             .await;
         if let Some(Ok(p)) = &r {

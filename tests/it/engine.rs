@@ -2,7 +2,9 @@
 //! `engine_suite!` macro instantiates all of them for one engine factory, so the memory engine
 //! and the Redis engine run exactly the same cases.
 
-use presence_gateway::domain::{Details, FlapRule, Gender, GenderSet, Status, Timestamp, UserId};
+use presence_gateway::domain::{
+    Details, DeviceStatus, FlapRule, Gender, GenderSet, Status, Timestamp, UserId,
+};
 use presence_gateway::engine::*;
 use std::sync::Arc;
 use tokio::sync::broadcast::Receiver;
@@ -250,6 +252,149 @@ pub async fn statuses_and_versions(e: Engine) {
     );
 }
 
+/// Section 11: a status belongs to the connection that set it; the user shows the best of
+/// their live connections', and falls back when that one closes or goes silent.
+pub async fn statuses_per_device(e: Engine) {
+    let mut rx = e.subscribe();
+    let d = |v: serde_json::Value| Some(Details::parse(v).unwrap());
+    let (phone, laptop) = (
+        conn("phone", "dv", Gender::Female),
+        conn("laptop", "dv", Gender::Female),
+    );
+    e.connect(&phone, t(0)).await.unwrap();
+    e.connect(&laptop, t(0)).await.unwrap();
+    let call = e
+        .set_status(
+            &phone,
+            Status::InCall,
+            d(serde_json::json!({"c": 1})),
+            t(10),
+        )
+        .await
+        .unwrap();
+    assert!(call.changed);
+    let live = e
+        .set_status(&laptop, Status::Live, d(serde_json::json!({"l": 1})), t(20))
+        .await
+        .unwrap();
+    assert!(!live.changed, "in_call outranks live: nothing to announce");
+    assert_eq!(live.presence.status, Status::InCall);
+    assert_eq!(live.presence.version, call.presence.version);
+    // The phone dies during the call (silent: the laptop keeps talking).
+    e.touch(
+        &[Touch {
+            conn: laptop.id.clone(),
+            user: laptop.user.clone(),
+            heard_at: t(3000),
+        }],
+        t(3000),
+    )
+    .await
+    .unwrap();
+    e.sweep(2000, t(3100)).await.unwrap();
+    let p = e.get(&[uid("dv")]).await.unwrap()[0].clone().unwrap();
+    assert_eq!(
+        (p.status, p.details.clone()),
+        (Status::Live, d(serde_json::json!({"l": 1}))),
+        "the laptop's status, with its details"
+    );
+    assert!(p.version > call.presence.version);
+    // Among equals, the most recently set.
+    let tablet = conn("tablet", "dv", Gender::Female);
+    assert!(
+        !e.set_status(&tablet, Status::Online, None, t(3200))
+            .await
+            .unwrap()
+            .changed,
+        "a new connection is online: the laptop's live still shows"
+    );
+    let newer = e
+        .set_status(
+            &tablet,
+            Status::Live,
+            d(serde_json::json!({"t": 1})),
+            t(3300),
+        )
+        .await
+        .unwrap();
+    assert!(newer.changed);
+    assert_eq!(newer.presence.details, d(serde_json::json!({"t": 1})));
+    assert_eq!(
+        e.disconnect(&tablet, 0, t(3400)).await.unwrap(),
+        DisconnectOutcome::StillOnline
+    );
+    let back = e.get(&[uid("dv")]).await.unwrap()[0].clone().unwrap();
+    assert_eq!(back.details, d(serde_json::json!({"l": 1})));
+    // The laptop closes with a grace; a connection back within it shows what it has.
+    assert!(matches!(
+        e.disconnect(&laptop, 5000, t(3500)).await.unwrap(),
+        DisconnectOutcome::Pending { .. }
+    ));
+    let again = e.connect(&phone, t(4000)).await.unwrap();
+    assert_eq!((again.status, again.details), (Status::Online, None));
+    let ev = drain(&mut rx).await;
+    assert_eq!(
+        statuses(&ev, "dv"),
+        [
+            Status::Online,
+            Status::InCall,
+            Status::Live,
+            Status::Live,
+            Status::Live,
+            Status::Online
+        ],
+        "each change of the combined presence once: {ev:?}"
+    );
+    assert!(ev.windows(2).all(|w| w[1].2 > w[0].2), "versions grow");
+}
+
+/// A connection swept while silent that speaks again is the same connection: it takes back
+/// the status it had set (its client still shows it), as after Redis came back empty.
+pub async fn a_connection_back_from_silence_takes_back_its_status(e: Engine) {
+    let d = |v: serde_json::Value| Some(Details::parse(v).unwrap());
+    let (phone, laptop) = (
+        conn("phone", "bk", Gender::Other),
+        conn("laptop", "bk", Gender::Other),
+    );
+    e.connect(&phone, t(0)).await.unwrap();
+    e.connect(&laptop, t(0)).await.unwrap();
+    e.set_status(
+        &phone,
+        Status::InCall,
+        d(serde_json::json!({"c": 1})),
+        t(10),
+    )
+    .await
+    .unwrap();
+    e.touch(
+        &[Touch {
+            conn: laptop.id.clone(),
+            user: laptop.user.clone(),
+            heard_at: t(3000),
+        }],
+        t(3000),
+    )
+    .await
+    .unwrap();
+    e.sweep(2000, t(3100)).await.unwrap();
+    let fell = e.get(&[uid("bk")]).await.unwrap()[0].clone().unwrap();
+    assert_eq!(fell.status, Status::Online);
+    let mine = DeviceStatus {
+        status: Status::InCall,
+        details: d(serde_json::json!({"c": 1})),
+        seq: 0,
+    };
+    let back = e
+        .restore(&phone, Some(&fell), &mine, t(3200))
+        .await
+        .unwrap();
+    assert_eq!(
+        (back.status, back.details),
+        (Status::InCall, d(serde_json::json!({"c": 1})))
+    );
+    assert!(back.version > fell.version);
+}
+
 pub async fn set_status_revives_a_swept_connection(e: Engine) {
     let c = conn("c", "r", Gender::Female);
     e.connect(&c, t(0)).await.unwrap();
@@ -432,6 +577,8 @@ macro_rules! engine_suite {
                 sweep_applies_due_graces,
                 silent_connections_are_swept_and_revived,
                 statuses_and_versions,
+                statuses_per_device,
+                a_connection_back_from_silence_takes_back_its_status,
                 set_status_revives_a_swept_connection,
                 get_and_list_with_filters_and_cursors,
                 racing_connects_announce_once,

@@ -79,6 +79,44 @@ local function indexed(conn)
   redis.call('HSET', U, 'i:' .. conn, fmt(now))
 end
 
+-- Statuses per device (section 11; domain::devices restated): field `s:<conn>` of the user's
+-- record holds what connection `conn` set, "<status>|<seq>|<details>" (`seq` from the
+-- record's counter `sq`: the greater was set later); none means `online`. The user shows
+-- the best of their live connections': the highest status, the most recent among equals.
+local RANK = { online = 1, live = 2, in_call = 3 }
+
+local function best()
+  local conns = redis.call('SMEMBERS', C)
+  local bst, bq, bdet = 'online', -1, ''
+  if #conns == 0 then return bst, bdet end
+  local fields = {}
+  for i, c in ipairs(conns) do fields[i] = 's:' .. c end
+  for _, v in ipairs(redis.call('HMGET', U, unpack(fields))) do
+    local st, q, det = 'online', 0, ''
+    if v then
+      local a, b, c = string.match(v, '^([%l_]+)|(%d+)|(.*)$')
+      if a then st, q, det = a, tonumber(b), c end
+    end
+    if RANK[st] > RANK[bst] or (RANK[st] == RANK[bst] and q > bq) then bst, bq, bdet = st, q, det end
+  end
+  return bst, bdet
+end
+
+-- Show the best of the live connections' statuses. Returns whether that changed the
+-- presence (an offline user shows nothing); the caller commits.
+local function show(p)
+  if p.st == 'offline' then return false end
+  local st, det = best()
+  if p.st == st and p.det == det then return false end
+  p.st = st; p.det = det; p.ls = ''
+  return true
+end
+
+-- Connection `conn` is gone: what it set goes with it.
+local function forget_conn(conn)
+  redis.call('HDEL', U, 'i:' .. conn, 's:' .. conn)
+end
+
 -- Register connection `conn`; offline -> online. Returns whether the presence changed.
 local function attach(p, conn, gender, fresh)
   redis.call('SADD', C, conn)
@@ -90,6 +128,8 @@ local function attach(p, conn, gender, fresh)
   -- an older connection speaking again must not undo it.
   if p.g ~= gender and (fresh or p.v == 0) then p.g = gender; changed = true end
   if p.st == 'offline' then p.st = 'online'; p.det = ''; p.ls = ''; changed = true end
+  -- A status held through a grace by a connection that closed gives way to the live ones'.
+  if show(p) then changed = true end
   return changed
 end
 

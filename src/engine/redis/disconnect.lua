@@ -2,9 +2,13 @@
 -- Returns {0} unknown connection, {1} still online, {2, deadline} pending, {3, presence} offline.
 redis.call('HINCRBY', CNT, 'disconns', 1)
 if redis.call('SREM', C, ARGV[6]) == 0 then return { 0 } end
-redis.call('HDEL', U, 'i:' .. ARGV[6])
-if redis.call('SCARD', C) > 0 then return { 1 } end
+forget_conn(ARGV[6])
 local p = load()
+if redis.call('SCARD', C) > 0 then
+  -- Its status leaves with it: the user shows the best of the others'.
+  if show(p) then commit(p) end
+  return { 1 }
+end
 if p.st == 'offline' then return { 1 } end
 local grace = tonumber(ARGV[7])
 -- Flap damping, domain::flap's rule: this user's offlines in a 10 s window (in the user's

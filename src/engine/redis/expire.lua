@@ -6,10 +6,13 @@
 local indexed = redis.call('HGET', U, 'i:' .. ARGV[6])
 if indexed and tonumber(indexed) > tonumber(ARGV[7]) then return { 0, 0 } end
 if redis.call('SREM', C, ARGV[6]) == 0 then return { 0, 0 } end
-redis.call('HDEL', U, 'i:' .. ARGV[6])
+forget_conn(ARGV[6])
 redis.call('HINCRBY', CNT, 'swept', 1)
-if redis.call('SCARD', C) > 0 then return { 1, 0 } end
 local p = load()
+if redis.call('SCARD', C) > 0 then
+  if show(p) then commit(p) end
+  return { 1, 0 }
+end
 if p.st == 'offline' then return { 1, 0 } end
 go_offline(p)
 return { 1, 1, encode(p), DELTA }

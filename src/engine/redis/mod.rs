@@ -325,11 +325,21 @@ impl PresenceEngine for RedisEngine {
         &self,
         conn: &Connection,
         last: Option<&Presence>,
+        mine: &DeviceStatus,
         now: Timestamp,
     ) -> Result<Presence, EngineError> {
         self.index_conn(conn, now).await?;
         let last = last.map(encode_presence).unwrap_or_default();
-        let extra = [conn.id.to_string(), conn.gender.as_str().to_string(), last];
+        let extra = [
+            conn.id.to_string(),
+            conn.gender.as_str().to_string(),
+            last,
+            mine.status.as_str().to_string(),
+            mine.details
+                .as_ref()
+                .map(|d| d.value().to_string())
+                .unwrap_or_default(),
+        ];
         let r = self
             .run(&self.scripts.restore, conn.user.as_str(), now, &extra)
             .await?;

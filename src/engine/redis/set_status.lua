@@ -1,4 +1,5 @@
--- ARGV 6 connection id, 7 gender, 8 status, 9 details JSON ('' for none).
+-- ARGV 6 connection id, 7 gender, 8 status, 9 details JSON ('' for none): this connection's
+-- status (section 11); the user shows the best of their connections'.
 -- Returns {changed, presence}.
 local p = load()
 -- Speaking revives a swept connection: that is a change of its own (offline -> online),
@@ -11,6 +12,17 @@ if changed then
 end
 local st, det = ARGV[8], ARGV[9]
 if st ~= 'live' and st ~= 'in_call' then det = '' end
-if p.st ~= st or p.det ~= det then p.st = st; p.det = det; p.ls = ''; changed = true end
-if changed then commit(p) end
+-- This connection's own status (common.lua's `best`); unchanged, it is not "set later".
+local field = 's:' .. ARGV[6]
+local mine = redis.call('HGET', U, field)
+local cur = 'online||'
+if mine then cur = string.gsub(mine, '|%d+|', '||', 1) end
+if cur ~= st .. '||' .. det then
+  if st == 'online' then
+    redis.call('HDEL', U, field)
+  else
+    redis.call('HSET', U, field, st .. '|' .. redis.call('HINCRBY', U, 'sq', 1) .. '|' .. det)
+  end
+end
+if show(p) then commit(p); changed = true end
 return { changed and 1 or 0, encode(p), DELTA }

@@ -295,7 +295,10 @@ impl WebhookLog for RedisEngine {
         Ok(Bounded {
             left: int(0),
             dropped: int(1),
-            first: r.get(2).and_then(|v| v.as_string()).filter(|s| !s.is_empty()),
+            first: r
+                .get(2)
+                .and_then(|v| v.as_string())
+                .filter(|s| !s.is_empty()),
         })
     }
 }
