@@ -10,6 +10,7 @@
 pub mod devices;
 pub mod flap;
 pub mod presence;
+pub mod privacy;
 pub mod stats;
 pub mod text;
 pub mod time;
@@ -20,6 +21,7 @@ pub mod webhook;
 pub use devices::DeviceStatus;
 pub use flap::{FlapRule, FlapWindow};
 pub use presence::{Details, Presence, PresenceRecord, Status, StatusError};
+pub use privacy::{LastSeen, Privacy, PrivacyChange, PrivacySettings};
 pub use time::Timestamp;
 pub use user::{Gender, UserId, UserIdError};
 pub use visibility::{Audience, GenderSet, VisibilityPolicy};

@@ -123,6 +123,10 @@ pub struct Presence {
     pub version: i64,
     #[schema(value_type = Option<Object>)]
     pub details: Option<Details>,
+    /// The user's settings (section 11): they decide what other viewers get of this
+    /// presence ([`super::privacy`]); never sent as such.
+    #[serde(skip)]
+    pub privacy: super::Privacy,
 }
 
 impl Presence {
@@ -155,6 +159,7 @@ pub struct PresenceRecord {
     pub last_seen: Option<Timestamp>,
     pub updated_at: Option<Timestamp>,
     pub version: i64,
+    pub privacy: super::Privacy,
 }
 
 /// The next version after `previous` at `now`.
@@ -171,6 +176,7 @@ impl PresenceRecord {
             last_seen: None,
             updated_at: None,
             version: 0,
+            privacy: super::Privacy::default(),
         }
     }
 
@@ -255,7 +261,42 @@ impl PresenceRecord {
             updated_at: self.updated_at,
             version: self.version,
             details: self.details.clone(),
+            privacy: self.privacy,
         }
+    }
+
+    /// `presence:set-privacy`: a change of either setting is a change (announced; what each
+    /// viewer gets of it is [`super::privacy`]'s to say). Turning invisible fixes what others
+    /// see from now on: offline as of now if the user was online, else their presence as it
+    /// was (nothing they knew changes).
+    pub fn set_privacy(&mut self, change: super::PrivacyChange, now: Timestamp) -> bool {
+        let invisible = change.invisible.unwrap_or(self.privacy.invisible);
+        let last_seen = change.last_seen.unwrap_or(self.privacy.last_seen);
+        if (invisible, last_seen) == (self.privacy.invisible, self.privacy.last_seen) {
+            return false;
+        }
+        let was = (self.version, self.last_seen, self.updated_at);
+        self.bump(now);
+        self.privacy.last_seen = last_seen;
+        if invisible != self.privacy.invisible {
+            self.privacy.invisible = invisible;
+            self.privacy.hidden = invisible.then(|| {
+                if self.is_online() {
+                    super::privacy::Hidden {
+                        version: self.version,
+                        last_seen: Some(now),
+                        updated_at: Some(now),
+                    }
+                } else {
+                    super::privacy::Hidden {
+                        version: was.0,
+                        last_seen: was.1,
+                        updated_at: was.2,
+                    }
+                }
+            });
+        }
+        true
     }
 }
 

@@ -336,6 +336,30 @@ impl PresenceEngine for MemoryEngine {
         Ok(StatusChange { presence, changed })
     }
 
+    async fn set_privacy(
+        &self,
+        user: &UserId,
+        change: PrivacyChange,
+        now: Timestamp,
+    ) -> Result<Presence, EngineError> {
+        let mut inner = self.lock();
+        let state = inner
+            .users
+            .entry(user.clone())
+            .or_insert_with(|| UserState {
+                record: PresenceRecord::new(Gender::Other),
+                conns: Vec::new(),
+                seq: 0,
+                pending_offline: None,
+                flap: FlapWindow::default(),
+            });
+        let before = state.record.clone();
+        if state.record.set_privacy(change, now) {
+            inner.committed(&self.tx(), user, &before, now);
+        }
+        Ok(inner.users[user].record.to_presence(user.clone()))
+    }
+
     async fn disconnect(
         &self,
         conn: &Connection,
@@ -440,6 +464,7 @@ impl PresenceEngine for MemoryEngine {
         inner.users.retain(|_, s| {
             s.record.is_online()
                 || !s.conns.is_empty()
+                || !s.record.privacy.is_default()
                 || s.record.last_seen.is_none_or(|t| t >= forget_before)
         });
         inner.total_swept += report.swept;
@@ -517,6 +542,12 @@ impl PresenceEngine for MemoryEngine {
             total_swept: inner.total_swept,
             last_sweep_at: inner.last_sweep_at,
             nodes: 1,
+            // A full count: invisible users are few, and stats are read about once a second.
+            invisible_users: inner
+                .users
+                .values()
+                .filter(|s| s.record.privacy.invisible)
+                .count() as u64,
         })
     }
 

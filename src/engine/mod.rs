@@ -20,7 +20,8 @@ pub mod memory;
 pub mod redis;
 
 use crate::domain::{
-    Details, DeviceStatus, Gender, GenderSet, Presence, Status, StatusError, Timestamp, UserId,
+    Details, DeviceStatus, Gender, GenderSet, Presence, PrivacyChange, Status, StatusError,
+    Timestamp, UserId,
 };
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -166,6 +167,8 @@ pub struct ClusterStats {
     pub last_sweep_at: Option<Timestamp>,
     /// Replicas in the cluster.
     pub nodes: u64,
+    /// Users who set `invisible` (section 11), cluster-wide.
+    pub invisible_users: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +219,15 @@ pub trait PresenceEngine: Send + Sync + 'static {
         details: Option<Details>,
         now: Timestamp,
     ) -> Result<StatusChange, EngineError>;
+
+    /// Change the user's privacy settings (section 11; `PresenceRecord::set_privacy`).
+    /// Returns the presence after it (announced if it changed), settings included.
+    async fn set_privacy(
+        &self,
+        user: &UserId,
+        change: PrivacyChange,
+        now: Timestamp,
+    ) -> Result<Presence, EngineError>;
 
     /// A connection closed. With `grace_ms` > 0 the user's going offline waits that long.
     async fn disconnect(

@@ -3,7 +3,8 @@
 //! and the Redis engine run exactly the same cases.
 
 use presence_gateway::domain::{
-    Details, DeviceStatus, FlapRule, Gender, GenderSet, Status, Timestamp, UserId,
+    Details, DeviceStatus, FlapRule, Gender, GenderSet, LastSeen, PrivacyChange, Status, Timestamp,
+    UserId,
 };
 use presence_gateway::engine::*;
 use std::sync::Arc;
@@ -395,6 +396,84 @@ pub async fn a_connection_back_from_silence_takes_back_its_status(e: Engine) {
     assert!(back.version > fell.version);
 }
 
+/// Section 11's settings are stored with the presence and travel with every change.
+pub async fn privacy_travels_with_every_change(e: Engine) {
+    let mut rx = e.subscribe();
+    let c = conn("c", "pv", Gender::Female);
+    e.connect(&c, t(0)).await.unwrap();
+    let inv = |b| PrivacyChange {
+        invisible: Some(b),
+        last_seen: None,
+    };
+    let hid = e.set_privacy(&uid("pv"), inv(true), t(10)).await.unwrap();
+    assert!(hid.privacy.invisible);
+    let h = hid.privacy.hidden.expect("what others see");
+    assert_eq!(
+        (h.version, h.last_seen, h.updated_at),
+        (hid.version, Some(t(10)), Some(t(10)))
+    );
+    assert_eq!(e.stats().await.unwrap().invisible_users, 1);
+    let same = e.set_privacy(&uid("pv"), inv(true), t(20)).await.unwrap();
+    assert_eq!(same.version, hid.version, "the same setting is no change");
+    let live = e
+        .set_status(&c, Status::Live, None, t(30))
+        .await
+        .unwrap()
+        .presence;
+    assert_eq!(live.privacy, hid.privacy, "kept by other transitions");
+    let nobody = e
+        .set_privacy(
+            &uid("pv"),
+            PrivacyChange {
+                invisible: Some(false),
+                last_seen: Some(LastSeen::Nobody),
+            },
+            t(40),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            nobody.privacy.invisible,
+            nobody.privacy.last_seen,
+            nobody.privacy.hidden
+        ),
+        (false, LastSeen::Nobody, None)
+    );
+    assert_eq!(e.stats().await.unwrap().invisible_users, 0);
+    let got = e.get(&[uid("pv")]).await.unwrap()[0].clone().unwrap();
+    assert_eq!(got.privacy, nobody.privacy);
+    let ev: Vec<PresenceEvent> = {
+        let mut out = vec![];
+        while let Ok(Ok(e)) =
+            tokio::time::timeout(std::time::Duration::from_millis(150), rx.recv()).await
+        {
+            out.push(e);
+        }
+        out
+    };
+    let seen: Vec<(bool, i64)> = ev
+        .iter()
+        .map(|e| (e.presence.privacy.invisible, e.presence.version))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (false, ev[0].presence.version),
+            (true, hid.version),
+            (true, live.version),
+            (false, nobody.version)
+        ]
+    );
+    // A user never seen may set them too (an app's backend, before they first connect).
+    let fresh = e
+        .set_privacy(&uid("pv-new"), inv(true), t(50))
+        .await
+        .unwrap();
+    assert!(!fresh.online && fresh.privacy.invisible);
+    assert_eq!(fresh.privacy.hidden.unwrap().version, 0);
+}
+
 pub async fn set_status_revives_a_swept_connection(e: Engine) {
     let c = conn("c", "r", Gender::Female);
     e.connect(&c, t(0)).await.unwrap();
@@ -579,6 +658,7 @@ macro_rules! engine_suite {
                 statuses_and_versions,
                 statuses_per_device,
                 a_connection_back_from_silence_takes_back_its_status,
+                privacy_travels_with_every_change,
                 set_status_revives_a_swept_connection,
                 get_and_list_with_filters_and_cursors,
                 racing_connects_announce_once,

@@ -2,7 +2,8 @@
 //! same fields as the scripts publish and return them (JSON, with `u`, `at`, `o`, `pg`). One
 //! decoder for both, with one set of fallbacks.
 
-use crate::domain::{Details, Presence, Status, Timestamp, UserId};
+use crate::domain::privacy::Hidden;
+use crate::domain::{Details, LastSeen, Presence, Privacy, Status, Timestamp, UserId};
 use crate::engine::{EngineError, PresenceEvent};
 use serde_json::Value as Json;
 use std::sync::Arc;
@@ -26,7 +27,28 @@ pub fn presence(user: UserId, field: impl Fn(&str) -> Option<String>) -> Option<
         updated_at: present("ua").as_deref().and_then(ts),
         version: present("v").and_then(|v| v.parse().ok()).unwrap_or(0),
         details,
+        privacy: privacy(&present),
     })
+}
+
+/// The settings (section 11): `inv` and `lsn` "1" when set; `hv`, `hls`, `hua` what others
+/// see while invisible.
+fn privacy(present: &impl Fn(&str) -> Option<String>) -> Privacy {
+    let on = |k: &str| present(k).is_some_and(|v| v == "1");
+    let invisible = on("inv");
+    Privacy {
+        invisible,
+        last_seen: if on("lsn") {
+            LastSeen::Nobody
+        } else {
+            LastSeen::Everyone
+        },
+        hidden: invisible.then(|| Hidden {
+            version: present("hv").and_then(|v| v.parse().ok()).unwrap_or(0),
+            last_seen: present("hls").as_deref().and_then(ts),
+            updated_at: present("hua").as_deref().and_then(ts),
+        }),
+    }
 }
 
 pub fn ts(s: &str) -> Option<Timestamp> {
@@ -40,6 +62,11 @@ pub fn encode_presence(p: &Presence) -> String {
         "u": p.user_id, "st": p.status.as_str(), "g": p.gender.as_str(),
         "ls": t(p.last_seen), "ua": t(p.updated_at), "v": p.version.to_string(),
         "d": p.details.as_ref().map(|d| d.value().to_string()).unwrap_or_default(),
+        "inv": if p.privacy.invisible { "1" } else { "" },
+        "lsn": if p.privacy.last_seen == LastSeen::Nobody { "1" } else { "" },
+        "hv": p.privacy.hidden.map(|h| h.version.to_string()).unwrap_or_default(),
+        "hls": t(p.privacy.hidden.and_then(|h| h.last_seen)),
+        "hua": t(p.privacy.hidden.and_then(|h| h.updated_at)),
     })
     .to_string()
 }
@@ -92,7 +119,25 @@ mod tests {
             updated_at: Some(Timestamp(1_700_000_000_000_000)),
             version: 1_700_000_000_000_001,
             details: Some(Details::parse(serde_json::json!({"room": 7})).unwrap()),
+            privacy: Privacy::default(),
         };
         assert_eq!(decode_event(&encode_presence(&p)).unwrap().presence, p);
+        // With settings (section 11): a restored record keeps them.
+        let hidden = Presence {
+            privacy: Privacy {
+                invisible: true,
+                last_seen: LastSeen::Nobody,
+                hidden: Some(Hidden {
+                    version: 5,
+                    last_seen: Some(Timestamp(4)),
+                    updated_at: Some(Timestamp(4)),
+                }),
+            },
+            ..p
+        };
+        assert_eq!(
+            decode_event(&encode_presence(&hidden)).unwrap().presence,
+            hidden
+        );
     }
 }

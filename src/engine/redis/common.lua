@@ -21,10 +21,12 @@ local function online_key(g)
 end
 
 local function load()
-  local r = redis.call('HMGET', U, 'st', 'det', 'g', 'ls', 'ua', 'v', 'po')
+  local r = redis.call('HMGET', U, 'st', 'det', 'g', 'ls', 'ua', 'v', 'po', 'inv', 'lsn', 'hv', 'hls', 'hua')
   return { st = r[1] or 'offline', det = r[2] or '', g = r[3] or 'other', ls = r[4] or '',
            ua = r[5] or '', v = tonumber(r[6] or '0'), po = r[7] or '',
-           was_on = (r[1] or 'offline') ~= 'offline', was_g = r[3] or 'other' }
+           was_on = (r[1] or 'offline') ~= 'offline', was_g = r[3] or 'other',
+           -- The user's settings (section 11; domain::privacy): they travel with every change.
+           inv = r[8] or '', lsn = r[9] or '', hv = r[10] or '', hls = r[11] or '', hua = r[12] or '' }
 end
 
 local function encode(p)
@@ -34,7 +36,8 @@ local function encode(p)
   -- wo: whether the user was online until this change.
   local wo = ''
   if p.was_on then wo = '1' end
-  return cjson.encode({ u = uid, st = p.st, g = p.g, ls = p.ls, ua = p.ua, v = fmt(p.v), d = p.det, at = fmt(now), o = node, pg = pg, wo = wo })
+  return cjson.encode({ u = uid, st = p.st, g = p.g, ls = p.ls, ua = p.ua, v = fmt(p.v), d = p.det, at = fmt(now), o = node, pg = pg, wo = wo,
+                        inv = p.inv, lsn = p.lsn, hv = p.hv, hls = p.hls, hua = p.hua })
 end
 
 -- Commit a change: version, record, online index, TTL, announcement. Nothing is announced
@@ -55,8 +58,11 @@ local function commit(p)
   if p.st ~= 'offline' then
     redis.call('ZADD', online_key(p.g), 0, uid)
     redis.call('PERSIST', U)
-  else
+  elseif p.inv == '' and p.lsn == '' then
     redis.call('PEXPIRE', U, retention)
+  else
+    -- The settings are kept (with the record that carries them) however long they are away.
+    redis.call('PERSIST', U)
   end
   local msg = encode(p)
   redis.call(pubcmd, chan, msg)

@@ -91,7 +91,9 @@ async fn a_connection_heard_while_it_is_being_swept_does_not_flap() {
         vec![c.id.clone()],
         "claimed: the heartbeat does not find it"
     );
-    e.restore(&c, Some(&online), &Default::default(), heard).await.unwrap();
+    e.restore(&c, Some(&online), &Default::default(), heard)
+        .await
+        .unwrap();
     let now = Timestamp(t0.as_micros() + 3 * S);
     assert_eq!(
         e.expire_claimed("n1", &m, &score, now).await.unwrap(),

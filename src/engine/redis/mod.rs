@@ -53,6 +53,7 @@ struct Scripts {
     restore: Script,
     connect: Script,
     set_status: Script,
+    privacy: Script,
     disconnect: Script,
     settle: Script,
     expire: Script,
@@ -143,6 +144,7 @@ impl RedisEngine {
                 restore: script(include_str!("restore.lua")),
                 connect: script(include_str!("connect.lua")),
                 set_status: script(include_str!("set_status.lua")),
+                privacy: script(include_str!("privacy.lua")),
                 disconnect: script(include_str!("disconnect.lua")),
                 settle: script(include_str!("settle.lua")),
                 expire: script(include_str!("expire.lua")),
@@ -403,6 +405,30 @@ impl PresenceEngine for RedisEngine {
             changed: int_at(&r, 0) == 1,
             presence: presence_at(&r, 1)?,
         })
+    }
+
+    async fn set_privacy(
+        &self,
+        user: &UserId,
+        change: PrivacyChange,
+        now: Timestamp,
+    ) -> Result<Presence, EngineError> {
+        let extra = [
+            match change.invisible {
+                Some(true) => "1",
+                Some(false) => "0",
+                None => "",
+            }
+            .to_string(),
+            change
+                .last_seen
+                .map(|l| l.as_str().to_string())
+                .unwrap_or_default(),
+        ];
+        let r = self
+            .run(&self.scripts.privacy, user.as_str(), now, &extra)
+            .await?;
+        presence_at(&r, 1)
     }
 
     async fn disconnect(

@@ -9,7 +9,9 @@ impl RedisEngine {
         &self,
         users: &[UserId],
     ) -> Result<Vec<Option<Presence>>, EngineError> {
-        let fields = ["st", "det", "g", "ls", "ua", "v"];
+        let fields = [
+            "st", "det", "g", "ls", "ua", "v", "inv", "lsn", "hv", "hls", "hua",
+        ];
         let cmds = users
             .iter()
             .map(|u| {
@@ -153,7 +155,7 @@ impl RedisEngine {
             for g in crate::domain::Gender::ALL {
                 cmds.push(("ZCARD", vec![self.keys.online(b, g)]));
             }
-            let counters = ["conns", "disconns", "swept"].map(String::from);
+            let counters = ["conns", "disconns", "swept", "inv"].map(String::from);
             let mut args = vec![self.keys.counters(b)];
             args.extend(counters);
             cmds.push(("HMGET", args));
@@ -176,6 +178,7 @@ impl RedisEngine {
             s.total_connections += at(0);
             s.total_disconnections += at(1);
             s.total_swept += at(2);
+            s.invisible_users += at(3);
         }
         s.online_users = s.online_by_gender.iter().sum();
         let g: Vec<Option<i64>> = it.next().and_then(|v| v.convert().ok()).unwrap_or_default();
