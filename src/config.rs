@@ -154,6 +154,8 @@ pub struct Config {
     pub max_subscriptions: usize,
     /// `PRESENCE_BATCH_MS`: the longest a batching socket's change waits for its batch.
     pub batch_ms: u64,
+    /// `LAST_SEEN_RECIPROCAL`: a user who hides their last seen sees no one's (section 11).
+    pub last_seen_reciprocal: bool,
 }
 
 /// Defaults of the per-socket rate limit: a well-behaved client heartbeats every 5 s and
@@ -483,6 +485,7 @@ impl Config {
                 _ => return Err(err("STATS_DASHBOARD_BACKLOG", "must be 1 to 1000000")),
             },
             presence_broadcast: flag_or_true("PRESENCE_BROADCAST")?,
+            last_seen_reciprocal: flag_or_true("LAST_SEEN_RECIPROCAL")?,
             max_subscriptions: match count("PRESENCE_MAX_SUBSCRIPTIONS", 1000)? {
                 n @ 1..=1_000_000 => n as usize,
                 _ => return Err(err("PRESENCE_MAX_SUBSCRIPTIONS", "must be 1 to 1000000")),

@@ -126,6 +126,7 @@ impl Figures {
         match read {
             Ok(Ok((s, replicas))) => {
                 state.metrics.online_users.set(s.online_users as f64);
+                state.metrics.invisible_users.set(s.invisible_users as f64);
                 state.metrics.peak_online.set(s.peak_online as f64);
                 state.metrics.set_online_by_gender(s.online_by_gender);
                 *last = Last {

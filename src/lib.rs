@@ -39,6 +39,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod presence;
+pub mod privacy;
 pub mod server;
 pub mod state;
 pub mod stats;

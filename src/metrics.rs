@@ -41,6 +41,10 @@ fn handle() -> &'static PrometheusHandle {
 fn describe() {
     describe_gauge!("presence_online_users", "Users online, cluster-wide");
     describe_gauge!(
+        "presence_invisible_users",
+        "Users who set invisible (section 11), cluster-wide"
+    );
+    describe_gauge!(
         "presence_peak_online_users",
         "Most users online at once, cluster-wide"
     );
@@ -219,6 +223,7 @@ pub struct Metrics {
     pub sockets_widget: Gauge,
     pub sockets_dashboard: Gauge,
     pub online_users: Gauge,
+    pub invisible_users: Gauge,
     pub peak_online: Gauge,
     /// The same activity as running totals this replica can read back (for its report).
     pub activity: Arc<Activity>,
@@ -302,6 +307,7 @@ impl Metrics {
             sockets_widget: gauge!("gateway_connected_sockets", "node" => n.clone(), "namespace" => "/widget"),
             sockets_dashboard: gauge!("gateway_connected_sockets", "node" => n.clone(), "namespace" => "/dashboard"),
             online_users: gauge!("presence_online_users"),
+            invisible_users: gauge!("presence_invisible_users"),
             peak_online: gauge!("presence_peak_online_users"),
             activity: Arc::default(),
         };

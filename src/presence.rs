@@ -18,6 +18,26 @@ pub const DEFAULT_PAGE: usize = 100;
 pub struct Viewer {
     pub user: UserId,
     pub gender: Gender,
+    /// Whether the viewer gets no one's `lastSeen` (their own setting, with
+    /// `LAST_SEEN_RECIPROCAL`; section 11).
+    pub hides_last_seen: bool,
+    /// An operator sees the truth: no user's settings apply (section 11).
+    pub operator: bool,
+}
+
+impl Viewer {
+    /// What this viewer gets of `p` (section 11: settings; the visibility rule is apart).
+    pub fn sees(&self, p: Presence) -> Presence {
+        if self.operator {
+            return p;
+        }
+        crate::domain::privacy::seen_by(&p, &self.user, self.hides_last_seen)
+    }
+
+    /// Whether this viewer sees `p` online (an invisible user is not, to others).
+    pub fn sees_online(&self, p: &Presence) -> bool {
+        self.operator || p.user_id == self.user || crate::domain::privacy::online_to_others(p)
+    }
 }
 
 /// The gender that decides whom this user sees and who sees them: the token's, else the
@@ -48,11 +68,26 @@ pub async fn gender_of(db: Option<&Database>, identity: &Identity) -> Result<Gen
     }
 }
 
-/// Who is looking, with their gender resolved as for a connection.
-pub async fn viewer_of(db: Option<&Database>, who: &Identity) -> Result<Viewer, AppError> {
+/// Who is looking, with their gender resolved as for a connection, and their own last-seen
+/// setting read (when `reciprocal`: it decides whose `lastSeen` they get).
+pub async fn viewer_of(
+    engine: &dyn PresenceEngine,
+    db: Option<&Database>,
+    reciprocal: bool,
+    who: &Identity,
+) -> Result<Viewer, AppError> {
+    let hides_last_seen = reciprocal
+        && engine
+            .get(std::slice::from_ref(&who.user_id))
+            .await?
+            .pop()
+            .flatten()
+            .is_some_and(|p| p.privacy.hides_others_last_seen(true));
     Ok(Viewer {
         user: who.user_id.clone(),
         gender: gender_of(db, who).await?,
+        hides_last_seen,
+        operator: false,
     })
 }
 
@@ -110,6 +145,7 @@ pub async fn get_visible(
                 (p.user_id.as_str(), p.gender),
             )
         })
+        .map(|p| viewer.sees(p))
         .collect())
 }
 
@@ -143,11 +179,17 @@ pub async fn list_online(
     // The index is read by gender, the presences a moment later: a user whose gender changed
     // in between would come back with a gender this viewer may not see. Checked again on what
     // is returned, as every other path does.
+    // An invisible user is offline to others: left out (a page may come back shorter than
+    // `limit`; its cursor goes on from where the index was read).
     page.users.retain(|p| {
         policy.can_see(
             (viewer.user.as_str(), viewer.gender),
             (p.user_id.as_str(), p.gender),
-        )
+        ) && viewer.sees_online(p)
     });
+    page.users = std::mem::take(&mut page.users)
+        .into_iter()
+        .map(|p| viewer.sees(p))
+        .collect();
     Ok(page)
 }

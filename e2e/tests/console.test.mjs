@@ -214,6 +214,8 @@ test("users: search finds a user, hostile names are text, disconnect sends the c
     await page.waitForSelector("#nav:not([hidden])");
     const target = gw.socket(user("u-hostile", "female"), { transports: ["websocket"] });
     await withDeadline(new Promise((r) => target.once("connect", r)), 5000, "target connects");
+    // Invisible (section 11): operators still count and see them online, and see the setting.
+    await target.timeout(5000).emitWithAck("presence:set-privacy", { invisible: true });
     const gone = new Promise((r) => target.once("disconnect", r));
     await waitUntil(async () => Number(await text(page, "#ov-online")) >= 1, 3000, "online on the overview");
     const online = Number(await text(page, "#ov-online"));
@@ -225,6 +227,9 @@ test("users: search finds a user, hostile names are text, disconnect sends the c
     await page.locator(`::-p-text(${HOSTILE} Hostile)`).click();
     await page.waitForFunction(() => document.querySelectorAll("#connections tbody tr").length === 1, { timeout: 3000 });
     assert.equal(await text(page, "#user-title"), `${HOSTILE} Hostile (u-hostile)`);
+    const facts = await page.$eval("#user-presence", (e) => e.textContent);
+    assert.match(facts, /OnlineyesGender/, "the truth: online");
+    assert.match(facts, /Invisibleyes \(others see them offline\)/);
     await shoot(page, "users-desktop");
     await page.locator("#user-disconnect").click();
     assert.equal(await withDeadline(gone, 3000, "the client sent away"), "io server disconnect");

@@ -91,7 +91,7 @@ test("fuzzing every event of /, /widget and /dashboard: the replica stays up, ac
         return (socks[nsp] ??= await openers[nsp]());
       };
       const events = [
-        ["/", "user:heartbeat"], ["/", "presence:set-status"], ["/", "presence:get"], ["/", "presence:list-online"], ["/", "nope:unknown"],
+        ["/", "user:heartbeat"], ["/", "presence:set-status"], ["/", "presence:set-privacy"], ["/", "presence:get"], ["/", "presence:list-online"], ["/", "nope:unknown"],
         ["/widget", "widget:message"], ["/widget", "nope"], ["/dashboard", "stats:whatever"],
       ];
       for (let i = 0; i < 40; i++) {
@@ -137,6 +137,46 @@ test("fuzzing every event of /, /widget and /dashboard: the replica stays up, ac
       return kb < 20 * 1024 && { kb };
     }, 10000, `RSS back within 20 MiB of its baseline (${baseline} KiB)`);
     console.log(`# socket.io fuzzing: ${sent} events sent, ${acks} acks checked, ${closed} connections closed by the server (oversized messages), RSS ${Math.round(grown.kb / 1024)} MiB over baseline`);
+  } finally {
+    await gw.stop();
+  }
+});
+
+test("fuzzing every path of the OpenAPI description: no 5xx but 503 unavailable, every error the JSON shape, the replica stays up", async () => {
+  const gw = await startGateway({ HTTP_RATE_LIMIT_PER_SEC: "0" });
+  try {
+    const doc = (await gw.http("/api/openapi.json")).json;
+    const r = rng(20261207);
+    const tokens = [undefined, token({ sub: "fz-user" }), token({ sub: "fz-admin", roles: ["admin"] }), token({ sub: "fz-pub", roles: ["publisher"] }), "garbage"];
+    const pick = (a) => a[Math.floor(r() * a.length)];
+    const enc = (t) => {
+      try {
+        return encodeURIComponent(t);
+      } catch {
+        return "%ED%A0%80"; // a lone surrogate, as raw bytes
+      }
+    };
+    const segment = () => enc(r() < 0.5 ? pick(STRINGS).slice(0, 300) : String(JSON.stringify(value(r))).slice(0, 300)) || "x";
+    let requests = 0;
+    for (const [path, ops] of Object.entries(doc.paths)) {
+      for (const method of Object.keys(ops)) {
+        if (path.startsWith("/ui") || path === "/") continue;
+        for (let i = 0; i < 12; i++) {
+          const url = path.replace(/\{[^}]+\}/g, () => (r() < 0.3 ? "fz-user" : segment())) + (r() < 0.5 ? `?${segment()}=${segment()}&limit=${segment()}` : "");
+          const body = method === "get" ? undefined : value(r);
+          const res = await gw.http(url, { method: method.toUpperCase(), token: pick(tokens), body });
+          requests++;
+          const what = `${method.toUpperCase()} ${url}`;
+          assert.ok(res.status < 500 || (res.status === 503 && res.json?.error?.code === "unavailable"), `${what}: ${res.status} ${res.text?.slice(0, 200)}`);
+          if (res.status >= 400) {
+            assert.equal(typeof res.json?.error?.code, "string", `${what}: the JSON error shape`);
+          }
+        }
+      }
+    }
+    assert.ok(requests > 100, `${requests} requests`);
+    assert.ok(Object.keys(doc.paths).includes("/api/users/{userId}/privacy"), "the description covers section 11's paths");
+    assert.equal((await gw.http("/healthz")).status, 200, "still up");
   } finally {
     await gw.stop();
   }

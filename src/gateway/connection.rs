@@ -85,6 +85,9 @@ pub struct ConnHandle {
     /// The status this connection set (section 11): restored with it when it speaks again
     /// after the store lost it (swept while silent, or Redis came back empty).
     own_status: Mutex<crate::domain::DeviceStatus>,
+    /// Whether this connection's user hides their last seen (section 11): with
+    /// `LAST_SEEN_RECIPROCAL` they get no one's. Kept current by their own changes.
+    hides_last_seen: AtomicBool,
     /// How the socket's presence frames reach its client ([`crate::wire`]); unset, the
     /// library sends them. Shared with the handles that replace this one.
     route: OnceLock<Arc<Route>>,
@@ -121,8 +124,14 @@ impl ConnHandle {
             turns: Turns::default(),
             last_known: Mutex::new(None),
             own_status: Mutex::new(Default::default()),
+            hides_last_seen: AtomicBool::new(false),
             route: OnceLock::new(),
         }
+    }
+
+    /// Whether this connection's user hides their own last seen.
+    pub fn hides_last_seen(&self) -> bool {
+        self.hides_last_seen.load(Ordering::Relaxed)
     }
 
     /// This connection set `status` (acked).
@@ -154,6 +163,10 @@ impl ConnHandle {
         }
         let mut k = self.last_known.lock().unwrap_or_else(|e| e.into_inner());
         if k.as_ref().is_none_or(|old| p.version > old.version) {
+            self.hides_last_seen.store(
+                p.privacy.last_seen == crate::domain::LastSeen::Nobody,
+                Ordering::Relaxed,
+            );
             *k = Some(p.clone());
         }
     }

@@ -28,8 +28,9 @@ pub fn register(s: &SocketRef) {
 }
 
 /// Requests whose effects must follow the order the client sent them in.
-const ORDERED: [&str; 3] = [
+const ORDERED: [&str; 4] = [
     "presence:set-status",
+    "presence:set-privacy",
     "presence:subscribe",
     "presence:unsubscribe",
 ];
@@ -77,6 +78,7 @@ async fn dispatch(
         Ok(()) => match event.as_str() {
             "user:heartbeat" => Ok(json!({})),
             "presence:set-status" => set_status(&state, &h, data).await,
+            "presence:set-privacy" => set_privacy(&state, &h, data).await,
             "presence:get" => get(&state, &h, data).await,
             "presence:list-online" => list_online(&state, &h, data).await,
             "presence:subscribe" => subscribe(&state, &h, data).await,
@@ -116,10 +118,12 @@ fn begin(state: &AppState, h: &Arc<ConnHandle>) -> Result<(), AppError> {
     }
 }
 
-fn viewer(h: &ConnHandle) -> Viewer {
+fn viewer(state: &AppState, h: &ConnHandle) -> Viewer {
     Viewer {
         user: h.conn.user.clone(),
         gender: h.conn.gender,
+        hides_last_seen: state.config.last_seen_reciprocal && h.hides_last_seen(),
+        operator: false,
     }
 }
 
@@ -158,6 +162,20 @@ async fn set_status(
     Ok(json!({"presence": change.presence}))
 }
 
+/// `presence:set-privacy` (section 11): the user's own settings, for every connection.
+async fn set_privacy(
+    state: &AppState,
+    h: &Arc<ConnHandle>,
+    data: Result<Value, socketioxide::ParserError>,
+) -> Result<Value, AppError> {
+    let change: crate::domain::PrivacyChange = request(data)?;
+    let privacy = h
+        .while_open(crate::privacy::set(&*state.engine, &h.conn.user, change))
+        .await
+        .ok_or_else(|| AppError::Unavailable("connection closed".into()))??;
+    Ok(json!({ "privacy": privacy }))
+}
+
 async fn get(
     state: &AppState,
     h: &Arc<ConnHandle>,
@@ -170,7 +188,7 @@ async fn get(
         &*state.engine,
         state.db.as_deref(),
         state.config.visibility_policy,
-        &viewer(h),
+        &viewer(state, h),
         &ids,
     )
     .await?;
@@ -236,7 +254,7 @@ async fn subscribe(
         &*state.engine,
         state.db.as_deref(),
         state.config.visibility_policy,
-        &viewer(h),
+        &viewer(state, h),
         &ids,
     )
     .await;
@@ -294,7 +312,7 @@ async fn list_online(
     let page = presence::list_online(
         &*state.engine,
         state.config.visibility_policy,
-        &viewer(h),
+        &viewer(state, h),
         cursor,
         limit,
     )

@@ -408,6 +408,9 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
     };
     // Encoded once for every socket it is written to directly.
     let frame = event_frame("presence-update", pending.payload.get());
+    // What other viewers get when the user's settings (or a viewer's) say otherwise
+    // (section 11): decided from the change itself, encoded once per variant.
+    let mut views = Views::new(p, state.config.last_seen_reciprocal);
     let mut sent = 0u64;
     let viewers = state
         .gateway
@@ -421,7 +424,14 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
             tokio::task::yield_now().await;
         }
         v.handle.remember(p);
-        match offer(state, &v, &p.user_id, &pending, Some(&frame)) {
+        let (pending, frame) = match views.for_viewer(&v.handle) {
+            View::Same => (&pending, &frame),
+            View::Other(k) => match views.variant(k) {
+                Some((pending, frame)) => (pending, frame),
+                None => continue,
+            },
+        };
+        match offer(state, &v, &p.user_id, pending, Some(frame)) {
             Sent::Now => {
                 if sent == 0 {
                     first_write.record(since_commit());
@@ -446,16 +456,84 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
     state.metrics.activity.fanned_out(sent, latency);
 }
 
+/// Which encoding of a change a viewer gets.
+enum View {
+    /// The change as committed.
+    Same,
+    /// What others get: with their `lastSeen` or without (the viewer's reciprocal rule).
+    Other(bool),
+}
+
+/// The encodings of one change for viewers other than its user, made when first needed.
+struct Views<'a> {
+    p: &'a crate::domain::Presence,
+    /// Nothing to decide: no settings of the user apply, and no `lastSeen` to hide.
+    plain: bool,
+    reciprocal: bool,
+    /// Others get nothing of this change (the user is invisible).
+    silent: bool,
+    made: [Option<Option<(Pending, Arc<[u8]>)>>; 2],
+}
+
+impl<'a> Views<'a> {
+    fn new(p: &'a crate::domain::Presence, reciprocal: bool) -> Self {
+        Views {
+            p,
+            plain: p.privacy.is_default() && p.last_seen.is_none(),
+            reciprocal,
+            silent: crate::domain::privacy::pushed_to_others(p).is_none(),
+            made: [None, None],
+        }
+    }
+
+    fn for_viewer(&self, h: &ConnHandle) -> View {
+        // The common case costs one branch per delivery.
+        if self.plain {
+            return View::Same;
+        }
+        if h.conn.user == self.p.user_id {
+            return View::Same;
+        }
+        View::Other(self.reciprocal && h.hides_last_seen())
+    }
+
+    /// The change as others get it (`hiding`: without any `lastSeen`); `None`: not sent.
+    fn variant(&mut self, hiding: bool) -> Option<(&Pending, &Arc<[u8]>)> {
+        if self.silent {
+            return None;
+        }
+        let p = self.p;
+        self.made[hiding as usize]
+            .get_or_insert_with(|| {
+                let seen = crate::domain::privacy::seen_by_others(p, hiding);
+                let raw = serde_json::value::to_raw_value(&seen).ok()?;
+                let payload: Encoded = Arc::from(raw);
+                let frame = event_frame("presence-update", payload.get());
+                Some((
+                    Pending {
+                        version: seen.version,
+                        seq: SEQ.fetch_add(1, Ordering::Relaxed),
+                        payload,
+                    },
+                    frame,
+                ))
+            })
+            .as_ref()
+            .map(|(p, f)| (p, f))
+    }
+}
+
 /// A user online as `old` has another gender now: the viewers who could see them and may
 /// not any more get them as gone, once (later changes of theirs never reach those audiences).
 /// The user's own sockets are not told: a user always sees themselves.
 fn tell_gone(state: &AppState, p: &crate::domain::Presence, old: crate::domain::Gender) -> u64 {
     let lost = state.config.visibility_policy.audiences_lost(old, p.gender);
-    if lost.is_empty() {
-        // No audience loses sight of them, so no viewer does (the same rule decides both).
+    if lost.is_empty() || p.privacy.invisible {
+        // No audience loses sight of them, so no viewer does (the same rule decides both);
+        // or they already see an invisible user offline.
         return 0;
     }
-    let gone = p.gone_for(old);
+    let gone = crate::domain::privacy::seen_by_others(&p.gone_for(old), false);
     let Ok(raw) = serde_json::value::to_raw_value(&gone) else {
         return 0;
     };

@@ -41,6 +41,8 @@ pub async fn user(
     let operator = Viewer {
         user: id.clone(),
         gender: Default::default(),
+        hides_last_seen: false,
+        operator: true,
     };
     let presence = crate::presence::get_visible(
         &*state.engine,
@@ -70,8 +72,9 @@ pub async fn user(
     }
     // RFC 3339 in UTC sorts as text.
     connections.sort_by(|a, b| a["connectedAt"].as_str().cmp(&b["connectedAt"].as_str()));
+    let privacy = presence.privacy.settings();
     Ok(Json(
-        json!({"presence": presence, "connections": connections}),
+        json!({"presence": presence, "privacy": privacy, "connections": connections}),
     ))
 }
 

@@ -11,6 +11,7 @@ pub mod extract;
 pub mod health;
 pub mod openapi;
 pub mod presence;
+pub mod privacy;
 pub mod serve;
 pub mod stats;
 pub mod ui;
@@ -41,6 +42,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/presence", get(presence::many))
         .route("/api/presence/{user_id}", get(presence::one))
         .route("/api/users/search", get(users::search))
+        .route(
+            "/api/users/{user_id}/privacy",
+            get(privacy::get).put(privacy::put),
+        )
         .route("/api/stats", get(stats::report))
         .route("/api/events", post(stats::publish))
         .route("/api/debug/presence", get(debug::presence))

@@ -56,6 +56,8 @@ impl Modify for Bearer {
         super::presence::one,
         super::presence::many,
         super::users::search,
+        super::privacy::get,
+        super::privacy::put,
         super::stats::report,
         super::stats::publish,
         super::debug::presence,

@@ -28,7 +28,13 @@ pub async fn one(
         &*state.engine,
         state.db.as_deref(),
         state.config.visibility_policy,
-        &presence::viewer_of(state.db.as_deref(), &who).await?,
+        &presence::viewer_of(
+            &*state.engine,
+            state.db.as_deref(),
+            state.config.last_seen_reciprocal,
+            &who,
+        )
+        .await?,
         &[id],
     )
     .await?;
@@ -71,7 +77,13 @@ pub async fn many(
         &*state.engine,
         state.db.as_deref(),
         state.config.visibility_policy,
-        &presence::viewer_of(state.db.as_deref(), &who).await?,
+        &presence::viewer_of(
+            &*state.engine,
+            state.db.as_deref(),
+            state.config.last_seen_reciprocal,
+            &who,
+        )
+        .await?,
         &ids,
     )
     .await?;

@@ -67,29 +67,36 @@ pub async fn search(
     } else {
         state.config.visibility_policy
     };
+    let operator = who.roles.contains(Role::Admin);
     let viewer = match policy {
-        crate::domain::VisibilityPolicy::All => crate::presence::Viewer {
+        crate::domain::VisibilityPolicy::All if operator => crate::presence::Viewer {
             user: who.user_id.clone(),
             gender: who.gender.unwrap_or_default(),
+            hides_last_seen: false,
+            operator: true,
         },
-        _ => crate::presence::viewer_of(Some(db), &who).await?,
+        _ => {
+            crate::presence::viewer_of(
+                &*state.engine,
+                Some(db),
+                state.config.last_seen_reciprocal,
+                &who,
+            )
+            .await?
+        }
     };
     let genders = policy.visible_genders(viewer.gender);
     let hits = db.search(&q, genders, &who.user_id, limit).await?;
-    // Live presence wins over the database's copy, which lags by the debounce.
+    // Live presence wins over the database's copy, which lags by the debounce. Without it
+    // the answer fails: only the engine knows who is invisible (section 11), and the
+    // database's copy would show them online.
     let ids: Vec<_> = hits.iter().map(|h| h.presence.user_id.clone()).collect();
-    let live: HashMap<_, _> = match state.engine.get(&ids).await {
-        Ok(found) => ids
-            .iter()
-            .cloned()
-            .zip(found)
-            .filter_map(|(id, p)| Some((id, p?)))
-            .collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "live presence unavailable for search; using the database's");
-            HashMap::new()
-        }
-    };
+    let live: HashMap<_, _> = ids
+        .iter()
+        .cloned()
+        .zip(state.engine.get(&ids).await?)
+        .filter_map(|(id, p)| Some((id, p?)))
+        .collect();
     let users: Vec<SearchUser> = hits
         .into_iter()
         .map(|h| {
@@ -105,6 +112,7 @@ pub async fn search(
                 (p.user_id.as_str(), p.gender),
             )
         })
+        .map(|(name, presence)| (name, viewer.sees(presence)))
         .map(|(name, presence)| SearchUser {
             user_id: presence.user_id.clone(),
             name,

@@ -111,15 +111,26 @@ fn code_routes() -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for chunk in src.split(".route(").skip(1) {
         let path = chunk.split('"').nth(1).unwrap();
-        let method = if chunk.split(')').next().unwrap().contains("post(") {
-            "POST"
-        } else {
-            "GET"
-        };
-        out.insert(format!(
-            "{method} {}",
-            path.replace("{user_id}", "{userId}")
-        ));
+        // Each method router named in the chunk (`get(h)`, `get(h).put(h2)`), not a handler
+        // that happens to be called `get`.
+        let body = chunk.split(".route(").next().unwrap();
+        for (m, method) in [
+            ("get(", "GET"),
+            ("post(", "POST"),
+            ("put(", "PUT"),
+            ("delete(", "DELETE"),
+        ] {
+            let named = body.match_indices(m).any(|(i, _)| {
+                i == 0
+                    || !body[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':')
+            });
+            if named {
+                out.insert(format!(
+                    "{method} {}",
+                    path.replace("{user_id}", "{userId}")
+                ));
+            }
+        }
     }
     out
 }
@@ -133,7 +144,10 @@ fn doc_names() -> (BTreeSet<String>, BTreeSet<String>, BTreeSet<String>) {
         for name in first.split('`').skip(1).step_by(2) {
             if is_var(name) {
                 vars.insert(name.to_string());
-            } else if name.starts_with("GET ") || name.starts_with("POST ") {
+            } else if ["GET ", "POST ", "PUT ", "DELETE "]
+                .iter()
+                .any(|m| name.starts_with(m))
+            {
                 routes.insert(name.split('?').next().unwrap().to_string());
             } else if is_event(name) {
                 events.insert(name.to_string());
