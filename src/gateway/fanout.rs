@@ -464,6 +464,9 @@ enum View {
     Other(bool),
 }
 
+/// One encoding of a change for other viewers and its frame; `None`: not sent to them.
+type Variant = Option<(Pending, Arc<[u8]>)>;
+
 /// The encodings of one change for viewers other than its user, made when first needed.
 struct Views<'a> {
     p: &'a crate::domain::Presence,
@@ -472,7 +475,7 @@ struct Views<'a> {
     reciprocal: bool,
     /// Others get nothing of this change (the user is invisible).
     silent: bool,
-    made: [Option<Option<(Pending, Arc<[u8]>)>>; 2],
+    made: [Option<Variant>; 2],
 }
 
 impl<'a> Views<'a> {
