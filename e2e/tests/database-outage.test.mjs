@@ -28,6 +28,14 @@ test("PostgreSQL down for 30 s: presence stays live, writes wait and land, nothi
     const before = [];
     for (let i = 0; i < 5; i++) before.push(await gw.connect(user(`o-before-${i}`, "female")));
     await waitUntil(() => [0, 1, 2, 3, 4].every((i) => storedPresence(url, `o-before-${i}`)?.online), 5000, "rows written");
+    // Users seen before the outage: the engine holds their settings (section 11), so they may
+    // connect while the database is away.
+    for (const id of [0, 1, 2, 3, 4].map((i) => `o-during-${i}`).concat("o-flapper")) {
+      const s = await gw.connect(user(id, id === "o-flapper" ? "other" : "male"));
+      await seen.waitFor((p) => p.userId === id && p.online);
+      s.disconnect();
+      await seen.waitFor((p) => p.userId === id && !p.online);
+    }
 
     pg.stop();
     const downAt = Date.now();
@@ -42,6 +50,10 @@ test("PostgreSQL down for 30 s: presence stays live, writes wait and land, nothi
     await assert.rejects(connect(gw.url, { token: genderless }), /^Error: unavailable/);
     const hidden = await gw.http("/api/presence/o-before-2", { token: genderless });
     assert.deepEqual([hidden.status, hidden.json?.error?.code], [503, "unavailable"]);
+
+    // A user the engine has never seen: their settings (section 11) cannot be read, so they
+    // are refused rather than guessed.
+    await assert.rejects(connect(gw.url, user("o-never-seen", "female")), /^Error: unavailable/);
 
     // Live presence during the outage: connects, status changes, disconnects, flapping.
     const during = [];

@@ -182,3 +182,45 @@ test("privacy requests: who may read and change them, and bad input", async () =
     await gw.stop();
   }
 });
+
+test("with PostgreSQL the settings outlive the replica (and Redis); PostgreSQL down refuses the handshake rather than guess", async () => {
+  const { freshDatabase, psql } = await import("../db.mjs");
+  const db = freshDatabase();
+  const env = { ...FAST, DATABASE_URL: db };
+  let gw = await startGateway(env);
+  const id = "pg-inv";
+  try {
+    await waitUntil(async () => (await gw.http("/api/health")).json?.dependencies?.database === "up", 10000, "database up");
+    const put = await gw.http(`/api/users/${id}/privacy`, { method: "PUT", token: admin, body: { invisible: true, lastSeen: "nobody" } });
+    assert.deepEqual(put.json, { invisible: true, lastSeen: "nobody" });
+    assert.deepEqual(psql(db, `SELECT invisible, last_seen_nobody FROM user_privacy WHERE user_id = '${id}'`), [["t", "t"]]);
+    // A new replica (the memory engine starts empty: as if Redis had lost everything).
+    await gw.stop();
+    gw = await startGateway(env);
+    const v = await gw.connect(user("pg-viewer", "female"));
+    const seen = recorder(v);
+    const x = await gw.connect(user(id, "female"));
+    await barrier(gw, seen);
+    assert.equal(seen.of(id).length, 0, "never announced online");
+    const got = await ask(v, "presence:get", { userIds: [id] });
+    assert.equal(got.presences[0].online, false);
+    const mine = await ask(x, "presence:get", { userIds: [id] });
+    assert.equal(mine.presences[0].online, true, "their own truth");
+    assert.deepEqual((await gw.http(`/api/users/${id}/privacy`, { token: token({ sub: id }) })).json, { invisible: true, lastSeen: "nobody" });
+  } finally {
+    await gw.stop();
+  }
+  // A database that does not answer: the handshake is refused, never guessed.
+  const down = await startGateway({ ...FAST, DATABASE_URL: "postgres://postgres@127.0.0.1:1/none" });
+  try {
+    const { io } = await import("socket.io-client");
+    const refused = await new Promise((resolve) => {
+      const s = io(down.url, { auth: user("pg-any", "female"), reconnection: false, forceNew: true, transports: ["websocket"] });
+      s.once("connect", () => (s.close(), resolve("connected")));
+      s.once("connect_error", (e) => (s.close(), resolve(e.message)));
+    });
+    assert.match(refused, /^unavailable/);
+  } finally {
+    await down.stop();
+  }
+});

@@ -12,6 +12,7 @@
 //! Every query is a runtime query (`sqlx::query`), so building needs no live database; the
 //! migrations in `migrations/` are embedded in the binary.
 
+pub mod privacy;
 pub mod retention;
 pub mod stats;
 pub mod unknown;

@@ -170,7 +170,12 @@ async fn set_privacy(
 ) -> Result<Value, AppError> {
     let change: crate::domain::PrivacyChange = request(data)?;
     let privacy = h
-        .while_open(crate::privacy::set(&*state.engine, &h.conn.user, change))
+        .while_open(crate::privacy::set(
+            &*state.engine,
+            state.db.as_deref(),
+            &h.conn.user,
+            change,
+        ))
         .await
         .ok_or_else(|| AppError::Unavailable("connection closed".into()))??;
     Ok(json!({ "privacy": privacy }))

@@ -159,6 +159,11 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refus
     let gender = crate::presence::gender_of(state.db.as_deref(), &identity)
         .await
         .map_err(|_| Refusal::unavailable("user directory unreachable; retry shortly"))?;
+    if let Some(db) = state.db.as_deref() {
+        crate::privacy::restore(&*state.engine, db, &identity.user_id)
+            .await
+            .map_err(|_| Refusal::unavailable("user settings unreachable; retry shortly"))?;
+    }
     let conn = Connection {
         id: format!(
             "{}:{}",

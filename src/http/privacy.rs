@@ -31,7 +31,9 @@ pub async fn get(
     ApiPath(user_id): ApiPath<String>,
 ) -> ApiResult<Json<PrivacySettings>> {
     let id = owner(caller, &user_id)?;
-    Ok(Json(crate::privacy::get(&*state.engine, &id).await?))
+    Ok(Json(
+        crate::privacy::get(&*state.engine, state.db.as_deref(), &id).await?,
+    ))
 }
 
 #[utoipa::path(put, path = "/api/users/{userId}/privacy", tag = "privacy", security(("bearer" = [])),
@@ -47,6 +49,6 @@ pub async fn put(
     let id = owner(caller, &user_id)?;
     let ApiJson(change) = body?;
     Ok(Json(
-        crate::privacy::set(&*state.engine, &id, change).await?,
+        crate::privacy::set(&*state.engine, state.db.as_deref(), &id, change).await?,
     ))
 }
