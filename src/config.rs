@@ -156,6 +156,8 @@ pub struct Config {
     pub batch_ms: u64,
     /// `LAST_SEEN_RECIPROCAL`: a user who hides their last seen sees no one's (section 11).
     pub last_seen_reciprocal: bool,
+    /// `PRESENCE_MAX_BLOCKS`: blocks one user may hold (section 11).
+    pub max_blocks: usize,
 }
 
 /// Defaults of the per-socket rate limit: a well-behaved client heartbeats every 5 s and
@@ -486,6 +488,10 @@ impl Config {
             },
             presence_broadcast: flag_or_true("PRESENCE_BROADCAST")?,
             last_seen_reciprocal: flag_or_true("LAST_SEEN_RECIPROCAL")?,
+            max_blocks: match count("PRESENCE_MAX_BLOCKS", 10_000)? {
+                n @ 1..=1_000_000 => n as usize,
+                _ => return Err(err("PRESENCE_MAX_BLOCKS", "must be 1 to 1000000")),
+            },
             max_subscriptions: match count("PRESENCE_MAX_SUBSCRIPTIONS", 1000)? {
                 n @ 1..=1_000_000 => n as usize,
                 _ => return Err(err("PRESENCE_MAX_SUBSCRIPTIONS", "must be 1 to 1000000")),

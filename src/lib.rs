@@ -27,6 +27,7 @@
 
 pub mod auth;
 pub mod background;
+pub mod blocks;
 pub mod cli;
 pub mod config;
 pub mod db;

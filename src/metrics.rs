@@ -40,6 +40,10 @@ fn handle() -> &'static PrometheusHandle {
 
 fn describe() {
     describe_gauge!("presence_online_users", "Users online, cluster-wide");
+    describe_counter!(
+        "presence_blocks_total",
+        "Blocks made on this replica (section 11)"
+    );
     describe_gauge!(
         "presence_invisible_users",
         "Users who set invisible (section 11), cluster-wide"

@@ -23,6 +23,8 @@ pub struct Viewer {
     pub hides_last_seen: bool,
     /// An operator sees the truth: no user's settings apply (section 11).
     pub operator: bool,
+    /// Whom the viewer is hidden from by blocks, both ways (section 11).
+    pub blocked: Option<crate::gateway::blocks::Hidden>,
 }
 
 impl Viewer {
@@ -32,6 +34,11 @@ impl Viewer {
             return p;
         }
         crate::domain::privacy::seen_by(&p, &self.user, self.hides_last_seen)
+    }
+
+    /// Whether a block hides `user` from this viewer (as the visibility rule would).
+    pub fn blocks(&self, user: &UserId) -> bool {
+        !self.operator && self.blocked.as_ref().is_some_and(|b| b.contains(user))
     }
 
     /// Whether this viewer sees `p` online (an invisible user is not, to others).
@@ -83,11 +90,13 @@ pub async fn viewer_of(
             .pop()
             .flatten()
             .is_some_and(|p| p.privacy.hides_others_last_seen(true));
+    let blocked = crate::blocks::store::hidden(engine, db, &who.user_id).await?;
     Ok(Viewer {
         user: who.user_id.clone(),
         gender: gender_of(db, who).await?,
         hides_last_seen,
         operator: false,
+        blocked: Some(std::sync::Arc::new(blocked)),
     })
 }
 
@@ -143,7 +152,7 @@ pub async fn get_visible(
             policy.can_see(
                 (viewer.user.as_str(), viewer.gender),
                 (p.user_id.as_str(), p.gender),
-            )
+            ) && !viewer.blocks(&p.user_id)
         })
         .map(|p| viewer.sees(p))
         .collect())
@@ -186,6 +195,7 @@ pub async fn list_online(
             (viewer.user.as_str(), viewer.gender),
             (p.user_id.as_str(), p.gender),
         ) && viewer.sees_online(p)
+            && !viewer.blocks(&p.user_id)
     });
     page.users = std::mem::take(&mut page.users)
         .into_iter()

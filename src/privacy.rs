@@ -24,6 +24,9 @@ pub async fn set(
     Ok(p.privacy.settings())
 }
 
+/// How long a handshake waits for the schema of a replica that is migrating.
+const SCHEMA_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Settings as a change that sets both.
 fn whole(s: PrivacySettings) -> PrivacyChange {
     PrivacyChange {
@@ -43,7 +46,7 @@ pub async fn restore(
     user: &UserId,
 ) -> Result<(), AppError> {
     // Known to be down: no query waits for its timeout on every handshake.
-    let kept = if db.is_up() {
+    let kept = if db.is_up() && db.schema_within(SCHEMA_WAIT).await {
         db.privacy_of(user).await
     } else {
         Err(crate::db::DbError::Sql(sqlx::Error::PoolTimedOut))

@@ -12,6 +12,7 @@
 //! Every query is a runtime query (`sqlx::query`), so building needs no live database; the
 //! migrations in `migrations/` are embedded in the binary.
 
+pub mod blocks;
 pub mod privacy;
 pub mod retention;
 pub mod stats;
@@ -117,6 +118,15 @@ impl Database {
 
     pub fn schema_ready(&self) -> bool {
         *self.schema.borrow()
+    }
+
+    /// Whether the schema is ready, waiting for it at most `limit` (a handshake right after
+    /// start, while this replica migrates, waits rather than fails).
+    pub async fn schema_within(&self, limit: Duration) -> bool {
+        self.schema_ready()
+            || tokio::time::timeout(limit, self.wait_schema())
+                .await
+                .is_ok()
     }
 
     /// Wait until the schema is ready.

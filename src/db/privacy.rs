@@ -20,17 +20,14 @@ fn settings(invisible: bool, nobody: bool) -> PrivacySettings {
 impl Database {
     /// The user's settings; the defaults when they never set any.
     pub async fn privacy_of(&self, user: &UserId) -> Result<PrivacySettings, DbError> {
-        let row = sqlx::query(
-            "SELECT invisible, last_seen_nobody FROM user_privacy WHERE user_id = $1",
-        )
-        .bind(user.as_str())
-        .fetch_optional(self.pool())
-        .await
-        .map_err(DbError::from);
+        let row =
+            sqlx::query("SELECT invisible, last_seen_nobody FROM user_privacy WHERE user_id = $1")
+                .bind(user.as_str())
+                .fetch_optional(self.pool())
+                .await
+                .map_err(DbError::from);
         self.observe(&row);
-        Ok(row?.map_or(settings(false, false), |r| {
-            settings(r.get(0), r.get(1))
-        }))
+        Ok(row?.map_or(settings(false, false), |r| settings(r.get(0), r.get(1))))
     }
 
     /// Apply `change` (a field left out keeps its value) in one statement; returns the

@@ -26,7 +26,7 @@ pub struct MemoryEngine {
     inner: Mutex<Inner>,
     events: broadcast::Sender<PresenceEvent>,
     /// The [`Topic`] buses, indexed by [`Topic::index`].
-    topics: [broadcast::Sender<Arc<str>>; 2],
+    topics: [broadcast::Sender<Arc<str>>; Topic::COUNT],
     /// This replica's report: it is the whole cluster.
     report: Mutex<Option<(Timestamp, String)>>,
     /// Nothing is ever lost between this engine and its only replica: never sent.
@@ -35,6 +35,61 @@ pub struct MemoryEngine {
     max_conns: u32,
     /// `PRESENCE_FLAP_LIMIT` / `PRESENCE_FLAP_HOLD_MS`.
     flap: FlapRule,
+    /// Blocks (section 11) when no database keeps them.
+    blocks: MemoryBlocks,
+}
+
+/// Blocks both ways: whom each user blocked, and who blocked them.
+#[derive(Default)]
+struct MemoryBlocks(
+    Mutex<(
+        HashMap<UserId, HashSet<UserId>>,
+        HashMap<UserId, HashSet<UserId>>,
+    )>,
+);
+
+#[async_trait]
+impl BlockStore for MemoryBlocks {
+    async fn block(
+        &self,
+        user: &UserId,
+        other: &UserId,
+        max: usize,
+    ) -> Result<Blocked, EngineError> {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = g.0.entry(user.clone()).or_default();
+        if mine.contains(other) {
+            return Ok(Blocked::Already);
+        }
+        if mine.len() >= max {
+            return Ok(Blocked::TooMany);
+        }
+        mine.insert(other.clone());
+        g.1.entry(other.clone()).or_default().insert(user.clone());
+        Ok(Blocked::Added)
+    }
+
+    async fn unblock(&self, user: &UserId, other: &UserId) -> Result<bool, EngineError> {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let had = g.0.get_mut(user).is_some_and(|s| s.remove(other));
+        if let Some(s) = g.1.get_mut(other) {
+            s.remove(user);
+        }
+        Ok(had)
+    }
+
+    async fn blocks_of(&self, user: &UserId) -> Result<(Vec<UserId>, Vec<UserId>), EngineError> {
+        let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let list = |m: &HashMap<UserId, HashSet<UserId>>| {
+            let mut v: Vec<UserId> = m
+                .get(user)
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default();
+            v.sort();
+            v
+        };
+        Ok((list(&g.0), list(&g.1)))
+    }
 }
 
 /// Where committed changes go, and whose they are.
@@ -91,6 +146,7 @@ impl MemoryEngine {
             resyncs: broadcast::channel(1).0,
             max_conns: 0,
             flap: FlapRule::default(),
+            blocks: MemoryBlocks::default(),
         }
     }
 
@@ -605,6 +661,10 @@ impl PresenceEngine for MemoryEngine {
 
     fn is_shared(&self) -> bool {
         false
+    }
+
+    fn block_store(&self) -> &dyn BlockStore {
+        &self.blocks
     }
 
     fn kind(&self) -> &'static str {

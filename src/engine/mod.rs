@@ -141,10 +141,13 @@ pub enum Topic {
     Stats,
     /// The admin API's questions to every replica and their answers (`gateway::cluster`).
     Admin,
+    /// Blocks made and lifted (`crate::blocks`).
+    Rules,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 2] = [Topic::Stats, Topic::Admin];
+    pub const COUNT: usize = 3;
+    pub const ALL: [Topic; Topic::COUNT] = [Topic::Stats, Topic::Admin, Topic::Rules];
 
     pub fn index(self) -> usize {
         self as usize
@@ -306,6 +309,39 @@ pub trait PresenceEngine: Send + Sync + 'static {
     fn webhook_log(&self) -> Option<&dyn WebhookLog> {
         None
     }
+
+    /// Where blocks are kept when no database is configured (section 11).
+    fn block_store(&self) -> &dyn BlockStore;
+}
+
+/// What became of a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocked {
+    /// Made now.
+    Added,
+    /// It was there already.
+    Already,
+    /// The user holds the most blocks allowed; nothing was added.
+    TooMany,
+}
+
+/// Blocks (section 11): who blocked whom. Kept by the database when one is configured, else
+/// by the engine ([`PresenceEngine::block_store`]).
+#[async_trait]
+pub trait BlockStore: Send + Sync {
+    /// `user` blocks `other`, unless they hold `max` blocks already.
+    async fn block(
+        &self,
+        user: &UserId,
+        other: &UserId,
+        max: usize,
+    ) -> Result<Blocked, EngineError>;
+
+    /// Returns whether there was such a block.
+    async fn unblock(&self, user: &UserId, other: &UserId) -> Result<bool, EngineError>;
+
+    /// Whom `user` blocked, and who blocked `user`.
+    async fn blocks_of(&self, user: &UserId) -> Result<(Vec<UserId>, Vec<UserId>), EngineError>;
 }
 
 /// A stream measured and trimmed ([`WebhookLog::bound`]).

@@ -28,9 +28,11 @@ pub fn register(s: &SocketRef) {
 }
 
 /// Requests whose effects must follow the order the client sent them in.
-const ORDERED: [&str; 4] = [
+const ORDERED: [&str; 6] = [
     "presence:set-status",
     "presence:set-privacy",
+    "presence:block",
+    "presence:unblock",
     "presence:subscribe",
     "presence:unsubscribe",
 ];
@@ -79,6 +81,8 @@ async fn dispatch(
             "user:heartbeat" => Ok(json!({})),
             "presence:set-status" => set_status(&state, &h, data).await,
             "presence:set-privacy" => set_privacy(&state, &h, data).await,
+            "presence:block" => block(&state, &h, data, true).await,
+            "presence:unblock" => block(&state, &h, data, false).await,
             "presence:get" => get(&state, &h, data).await,
             "presence:list-online" => list_online(&state, &h, data).await,
             "presence:subscribe" => subscribe(&state, &h, data).await,
@@ -124,6 +128,7 @@ fn viewer(state: &AppState, h: &ConnHandle) -> Viewer {
         gender: h.conn.gender,
         hides_last_seen: state.config.last_seen_reciprocal && h.hides_last_seen(),
         operator: false,
+        blocked: state.gateway.blocks.of(&h.conn.user),
     }
 }
 
@@ -179,6 +184,28 @@ async fn set_privacy(
         .await
         .ok_or_else(|| AppError::Unavailable("connection closed".into()))??;
     Ok(json!({ "privacy": privacy }))
+}
+
+/// `presence:block` / `presence:unblock` `{"userId":"…"}` (section 11).
+async fn block(
+    state: &AppState,
+    h: &Arc<ConnHandle>,
+    data: Result<Value, socketioxide::ParserError>,
+    on: bool,
+) -> Result<Value, AppError> {
+    let req: crate::gateway::protocol::Block = request(data)?;
+    let other = crate::domain::UserId::parse(&req.user_id)
+        .map_err(|e| AppError::bad_request(format!("userId: {e}")))?;
+    let user = &h.conn.user;
+    let done = if on {
+        h.while_open(crate::blocks::block(state, user, &other))
+            .await
+    } else {
+        h.while_open(crate::blocks::unblock(state, user, &other))
+            .await
+    };
+    done.ok_or_else(|| AppError::Unavailable("connection closed".into()))??;
+    Ok(json!({}))
 }
 
 async fn get(
@@ -364,6 +391,7 @@ async fn disconnected(
 pub async fn record_close(state: &AppState, h: &Arc<ConnHandle>, grace_ms: u64) {
     state.session_budgets.park((h.sid, "/"), h.budget());
     state.gateway.viewers.leave(h);
+    state.gateway.blocks.release(&h.conn.user, &h.conn.id);
     // Under the socket's gate, like the connect handler's registration: either that ran
     // before (and is undone here) or it never will. Outside it, a close arriving before the
     // connect handler ran could be followed by a registration nothing would ever remove.

@@ -411,6 +411,9 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
     // What other viewers get when the user's settings (or a viewer's) say otherwise
     // (section 11): decided from the change itself, encoded once per variant.
     let mut views = Views::new(p, state.config.last_seen_reciprocal);
+    // Local users this user's changes must not reach (blocks, section 11): one lookup per
+    // change, a check per delivery only when there are some.
+    let hidden = state.gateway.blocks.hidden_from(&p.user_id);
     let mut sent = 0u64;
     let viewers = state
         .gateway
@@ -422,6 +425,11 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
         // heartbeats) with it.
         if i % YIELD_EVERY == YIELD_EVERY - 1 {
             tokio::task::yield_now().await;
+        }
+        if let Some(h) = &hidden
+            && h.contains(&v.handle.conn.user)
+        {
+            continue;
         }
         v.handle.remember(p);
         let (pending, frame) = match views.for_viewer(&v.handle) {
@@ -454,6 +462,24 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
     let latency = Timestamp::now().micros_since(ev.committed_at);
     state.metrics.fanout_latency.record(latency as f64 / 1e6);
     state.metrics.activity.fanned_out(sent, latency);
+}
+
+/// Send one socket `p`, as its user may see it, as a change (a block made or lifted:
+/// `crate::blocks`).
+pub fn offer_one(state: &AppState, v: &Viewer, p: &crate::domain::Presence) {
+    let Ok(raw) = serde_json::value::to_raw_value(p) else {
+        return;
+    };
+    let pending = Pending {
+        version: p.version,
+        seq: SEQ.fetch_add(1, Ordering::Relaxed),
+        payload: Arc::from(raw),
+    };
+    match offer(state, v, &p.user_id, &pending, None) {
+        Sent::Now => state.metrics.delivered.increment(1),
+        Sent::Deferred => {}
+        Sent::Gone => state.gateway.viewers.leave(&v.handle),
+    }
 }
 
 /// Which encoding of a change a viewer gets.

@@ -164,6 +164,16 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refus
             .await
             .map_err(|_| Refusal::unavailable("user settings unreachable; retry shortly"))?;
     }
+    // Their blocks (section 11), before any change reaches them: whom they must not hear of.
+    let hidden = if state.gateway.blocks.holds(&identity.user_id) {
+        None
+    } else {
+        Some(
+            crate::blocks::store::hidden(&*state.engine, state.db.as_deref(), &identity.user_id)
+                .await
+                .map_err(|_| Refusal::unavailable("user blocks unreachable; retry shortly"))?,
+        )
+    };
     let conn = Connection {
         id: format!(
             "{}:{}",
@@ -226,6 +236,12 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refus
             ));
         }
     }
+    state
+        .gateway
+        .blocks
+        .hold(&handle.conn.user, &handle.conn.id, || {
+            hidden.unwrap_or_default()
+        });
     state.gateway.viewers.join(policy, s.clone(), handle);
     Ok(())
 }

@@ -16,6 +16,7 @@
 //! - [`cluster`]: every replica's report, and the admin API's questions to every replica;
 //! - [`protocol`]: typed requests, the one ack, and how a refused handshake reads.
 
+pub mod blocks;
 pub mod cluster;
 pub mod connection;
 pub mod dashboard;
@@ -54,6 +55,8 @@ pub struct Hub {
     pub asked: cluster::Asked,
     /// Sockets to close when their tokens expire.
     pub expiries: expiry::Expiries,
+    /// Blocks of the users connected here (section 11).
+    pub blocks: blocks::BlockIndex,
 }
 
 /// The Socket.IO side's loops: fan-out, the outboxes' retries (`/` and `/dashboard`),

@@ -17,6 +17,13 @@ pub struct SetStatus {
     pub details: Option<Value>,
 }
 
+/// `presence:block` / `presence:unblock`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Block {
+    pub user_id: String,
+}
+
 /// `presence:get`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]

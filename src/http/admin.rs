@@ -43,6 +43,7 @@ pub async fn user(
         gender: Default::default(),
         hides_last_seen: false,
         operator: true,
+        blocked: None,
     };
     let presence = crate::presence::get_visible(
         &*state.engine,

@@ -5,6 +5,7 @@
 //! connections, each wrapped in a [`crate::wire::LineIo`], which the fan-out also writes to.
 
 pub mod admin;
+pub mod blocks;
 pub mod debug;
 pub mod error;
 pub mod extract;
@@ -23,7 +24,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
 /// Bodies larger than this are refused with 413 before they are read.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -45,6 +46,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/users/{user_id}/privacy",
             get(privacy::get).put(privacy::put),
+        )
+        .route("/api/users/{user_id}/blocks", get(blocks::list))
+        .route(
+            "/api/users/{user_id}/blocks/{other_id}",
+            put(blocks::put).delete(blocks::delete),
         )
         .route("/api/stats", get(stats::report))
         .route("/api/events", post(stats::publish))

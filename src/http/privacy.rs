@@ -11,7 +11,7 @@ use axum::Json;
 use axum::extract::State;
 
 /// The caller may read and change `user_id`'s settings: they are that user, or `admin`.
-fn owner(caller: Caller, user_id: &str) -> Result<UserId, AppError> {
+pub fn owner(caller: Caller, user_id: &str) -> Result<UserId, AppError> {
     let who: Identity = caller.require(&[Role::User, Role::Admin])?;
     let id = UserId::parse(user_id).map_err(|e| AppError::bad_request(e.to_string()))?;
     if who.user_id != id && !who.roles.contains(Role::Admin) {

@@ -74,6 +74,7 @@ pub async fn search(
             gender: who.gender.unwrap_or_default(),
             hides_last_seen: false,
             operator: true,
+            blocked: None,
         },
         _ => {
             crate::presence::viewer_of(
@@ -110,7 +111,7 @@ pub async fn search(
             policy.can_see(
                 (viewer.user.as_str(), viewer.gender),
                 (p.user_id.as_str(), p.gender),
-            )
+            ) && !viewer.blocks(&p.user_id)
         })
         .map(|(name, presence)| (name, viewer.sees(presence)))
         .map(|(name, presence)| SearchUser {

@@ -128,6 +128,7 @@ fn code_routes() -> BTreeSet<String> {
                 out.insert(format!(
                     "{method} {}",
                     path.replace("{user_id}", "{userId}")
+                        .replace("{other_id}", "{otherId}")
                 ));
             }
         }

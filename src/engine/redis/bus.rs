@@ -30,7 +30,7 @@ pub const TOPOLOGY_CHECK: Duration = Duration::from_secs(1);
 /// sharded on Redis Cluster).
 #[derive(Clone)]
 struct Channels {
-    topics: [String; 2],
+    topics: [String; Topic::COUNT],
     events: Vec<String>,
     sharded: bool,
 }
@@ -78,7 +78,7 @@ pub struct Bus {
     subscriber: SubscriberClient,
     pub events: broadcast::Sender<PresenceEvent>,
     /// Indexed by [`Topic::index`].
-    pub topics: [broadcast::Sender<Arc<str>>; 2],
+    pub topics: [broadcast::Sender<Arc<str>>; Topic::COUNT],
     pub resyncs: broadcast::Sender<Resync>,
     stop: CancellationToken,
 }
@@ -190,7 +190,7 @@ impl Bus {
     }
 
     /// Read every message; `topics` are the topics' channels, by [`Topic::index`].
-    fn spawn_reader(&self, topics: [String; 2]) {
+    fn spawn_reader(&self, topics: [String; Topic::COUNT]) {
         let mut rx = self.subscriber.message_rx();
         let (events, senders, resyncs, stop) = (
             self.events.clone(),

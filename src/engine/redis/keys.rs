@@ -132,7 +132,18 @@ impl Keys {
         match t {
             Topic::Stats => format!("{}:stats", self.prefix),
             Topic::Admin => format!("{}:admin", self.prefix),
+            Topic::Rules => format!("{}:rules", self.prefix),
         }
+    }
+
+    /// Whom a user blocked (set; section 11).
+    pub fn blocks(&self, uid: &str) -> String {
+        format!("{}:blk:{}:{uid}", self.prefix, self.tag(bucket(uid)))
+    }
+
+    /// Who blocked a user (set).
+    pub fn blockers(&self, uid: &str) -> String {
+        format!("{}:blkby:{}:{uid}", self.prefix, self.tag(bucket(uid)))
     }
 
     /// The replicas' reports (hash: node → "µs when reported" and the report, split by a

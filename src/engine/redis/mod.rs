@@ -18,6 +18,7 @@
 //! it), `sweep` expires stale connections, `reads` answers queries, `webhook` reads and
 //! takes the webhook streams; this file connects and runs the transitions.
 
+mod blocks;
 mod bus;
 mod codec;
 mod keys;
@@ -605,6 +606,10 @@ impl PresenceEngine for RedisEngine {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    fn block_store(&self) -> &dyn BlockStore {
+        self
     }
 
     fn webhook_log(&self) -> Option<&dyn WebhookLog> {
