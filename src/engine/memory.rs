@@ -41,12 +41,10 @@ pub struct MemoryEngine {
 
 /// Blocks both ways: whom each user blocked, and who blocked them.
 #[derive(Default)]
-struct MemoryBlocks(
-    Mutex<(
-        HashMap<UserId, HashSet<UserId>>,
-        HashMap<UserId, HashSet<UserId>>,
-    )>,
-);
+/// Users to a set of users.
+type Sets = HashMap<UserId, HashSet<UserId>>;
+
+struct MemoryBlocks(Mutex<(Sets, Sets)>);
 
 #[async_trait]
 impl BlockStore for MemoryBlocks {
@@ -80,7 +78,7 @@ impl BlockStore for MemoryBlocks {
 
     async fn blocks_of(&self, user: &UserId) -> Result<(Vec<UserId>, Vec<UserId>), EngineError> {
         let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let list = |m: &HashMap<UserId, HashSet<UserId>>| {
+        let list = |m: &Sets| {
             let mut v: Vec<UserId> = m
                 .get(user)
                 .map(|s| s.iter().cloned().collect())
