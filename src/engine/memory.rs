@@ -40,10 +40,10 @@ pub struct MemoryEngine {
 }
 
 /// Blocks both ways: whom each user blocked, and who blocked them.
-#[derive(Default)]
 /// Users to a set of users.
 type Sets = HashMap<UserId, HashSet<UserId>>;
 
+#[derive(Default)]
 struct MemoryBlocks(Mutex<(Sets, Sets)>);
 
 #[async_trait]
