@@ -39,10 +39,10 @@ pub struct MemoryEngine {
     blocks: MemoryBlocks,
 }
 
-/// Blocks both ways: whom each user blocked, and who blocked them.
 /// Users to a set of users.
 type Sets = HashMap<UserId, HashSet<UserId>>;
 
+/// Blocks both ways: whom each user blocked, and who blocked them.
 #[derive(Default)]
 struct MemoryBlocks(Mutex<(Sets, Sets)>);
 
