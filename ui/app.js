@@ -372,12 +372,14 @@ async function openUser(id, name) {
   $("user").setAttribute("aria-busy", "true");
   try {
     const r = await api(`/api/admin/users/${encodeURIComponent(id)}`);
+    const blocks = await api(`/api/users/${encodeURIComponent(id)}/blocks`).catch(() => null);
     const p = r.presence;
     const facts = [["Status", p.status], ["Online", p.online ? "yes" : "no"], ["Gender", p.gender],
       ["Last seen", p.online ? "now" : when(p.lastSeen)], ["Updated", when(p.updatedAt)], ["Version", p.version],
       // Section 11: what the user chose; operators see the truth above.
       ["Invisible", r.privacy?.invisible ? "yes (others see them offline)" : "no"],
-      ["Last seen shown to", r.privacy?.lastSeen === "nobody" ? "nobody" : "everyone"]];
+      ["Last seen shown to", r.privacy?.lastSeen === "nobody" ? "nobody" : "everyone"],
+      ["Blocked", blocks ? (blocks.blocked.length ? blocks.blocked.join(", ") : "nobody") : "–"]];
     $("user-presence").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
     fill($("connections").querySelector("tbody"), r.connections.map((c) => [
       c.id, c.node, c.namespace, c.transport || "–", when(c.connectedAt), ago(c.lastHeardAt)]));

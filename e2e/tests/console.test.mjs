@@ -216,6 +216,7 @@ test("users: search finds a user, hostile names are text, disconnect sends the c
     await withDeadline(new Promise((r) => target.once("connect", r)), 5000, "target connects");
     // Invisible (section 11): operators still count and see them online, and see the setting.
     await target.timeout(5000).emitWithAck("presence:set-privacy", { invisible: true });
+    await target.timeout(5000).emitWithAck("presence:block", { userId: "u-pest" });
     const gone = new Promise((r) => target.once("disconnect", r));
     await waitUntil(async () => Number(await text(page, "#ov-online")) >= 1, 3000, "online on the overview");
     const online = Number(await text(page, "#ov-online"));
@@ -230,6 +231,7 @@ test("users: search finds a user, hostile names are text, disconnect sends the c
     const facts = await page.$eval("#user-presence", (e) => e.textContent);
     assert.match(facts, /OnlineyesGender/, "the truth: online");
     assert.match(facts, /Invisibleyes \(others see them offline\)/);
+    assert.match(facts, /Blockedu-pest/);
     await shoot(page, "users-desktop");
     await page.locator("#user-disconnect").click();
     assert.equal(await withDeadline(gone, 3000, "the client sent away"), "io server disconnect");

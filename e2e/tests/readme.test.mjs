@@ -75,3 +75,36 @@ test("the README's on-screen snippet is e2e/examples/on-screen.mjs", () => {
   const code = example.slice(example.indexOf("import { io }")).trim();
   assert.ok(readme.includes("```js\n" + code + "\n```"), "README's snippet differs from e2e/examples/on-screen.mjs");
 });
+
+test("README rules example: appear offline, hide the last seen, block from a profile screen", async () => {
+  const gw = await startGateway();
+  try {
+    const other = await gw.connect({ token: token({ sub: "rules-other", gender: "female" }) });
+    const seen = [];
+    other.on("presence-update", (p) => p.userId === "rules-me" && seen.push(p));
+    const example = fileURLToPath(new URL("../examples/rules.mjs", import.meta.url));
+    const out = await new Promise((resolve, reject) =>
+      execFile(process.execPath, [example], { env: { ...process.env, URL: gw.url, TOKEN: token({ sub: "rules-me", gender: "female" }), OTHER: "rules-other" }, timeout: 15_000 },
+        (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stdout}\n${stderr}`)) : resolve(stdout))),
+    );
+    assert.equal(
+      out.trim(),
+      ['privacy: {"invisible":true,"lastSeen":"nobody"}', "blocked: true", "visible after the block: 0", 'privacy: {"invisible":false,"lastSeen":"everyone"}'].join("\n"),
+    );
+    // The other saw them go offline when they turned invisible, with no lastSeen; back online
+    // once visible again; then offline when they left (their last seen shown again).
+    await waitUntil(() => seen.length >= 4 && !seen.at(-1).online, 5000, "their leaving");
+    assert.deepEqual([seen[0].online, seen[1].online, seen[1].lastSeen], [true, false, null], JSON.stringify(seen));
+    assert.ok(seen.some((p) => p.online && p.version > seen[1].version), JSON.stringify(seen));
+    other.disconnect();
+  } finally {
+    await gw.stop();
+  }
+});
+
+test("the README's rules snippet is e2e/examples/rules.mjs", () => {
+  const readme = readFileSync(fileURLToPath(new URL("../../README.md", import.meta.url)), "utf8");
+  const example = readFileSync(fileURLToPath(new URL("../examples/rules.mjs", import.meta.url)), "utf8");
+  const code = example.slice(example.indexOf("import { io }")).trim();
+  assert.ok(readme.includes("```js\n" + code + "\n```"), "README's snippet differs from e2e/examples/rules.mjs");
+});
