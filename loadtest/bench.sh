@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproducible benchmarks on this machine: builds release binaries, starts one gateway per
 # scenario (memory engine, production mode with a fixed secret), runs loadgen against it,
-# prints loadgen's JSON. Usage: loadtest/bench.sh [webhooks|idle5k|idle10k|floor10k|floor-fanout2|idle15k|fanout|fanout5|storm|storm-db|churn|redis-idle10k|redis-fanout|redis-fanout10k|redis-fanout10k-slow|redis-deaf10k-x5|search|report|all]
+# prints loadgen's JSON. Usage: loadtest/bench.sh [rules-fanout2|webhooks|idle5k|idle10k|floor10k|floor-fanout2|idle15k|fanout|fanout5|storm|storm-db|churn|redis-idle10k|redis-fanout|redis-fanout10k|redis-fanout10k-slow|redis-deaf10k-x5|search|report|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace -q
@@ -190,6 +190,14 @@ case "${1:-all}" in
   # Issue 15: beside the Node peer, three replicas on Redis, 10,000 viewers, unsaturated (2
   # changes/s) and at 10 changes/s.
   peer-fanout2) side fanout --viewers 10000 --changers 2 --rate 2 --duration-s 30 ;;&
+  # Issue 26: peer-fanout2's scenario on our three replicas with section 11's load and without,
+  # alternately: every viewer and changer holding 50 blocks, 1 % of the viewers invisible, and
+  # a blocked user connected on each replica (so every delivery is checked against a block
+  # list); the same deliveries are expected. Then the cost of block checks at 10,000 blocks.
+  rules-fanout2) for r in $(seq 1 "${ROUNDS:-3}"); do
+      echo "round $r: no rules"; run3 fanout --viewers 10000 --changers 2 --rate 2 --duration-s 30
+      echo "round $r: 50 blocks each, 1 % invisible"; run3 fanout --viewers 10000 --changers 2 --rate 2 --duration-s 30 --rules-blocks 50 --rules-invisible-pct 1; done
+    cargo build --release --example block_checks -q && ./target/release/examples/block_checks ;;&
   # The floor beside the peer: examples/write_floor.rs, one process that does nothing but one
   # write per socket per change (both cores writing), against the Node peer, three rounds.
   floor-fanout2) cargo build --release --example write_floor -q

@@ -114,6 +114,12 @@ pub(super) async fn fanout(
     for _ in 0..viewers {
         viewers_up += ready_rx.recv().await.unwrap_or(false) as usize;
     }
+    // Section 11's load, when asked for: the viewers' blocks and invisible share, the blockers.
+    let viewer_ids: Vec<String> = (0..viewers)
+        .map(|i| format!("{}-v-{i}", c.prefix))
+        .collect();
+    super::rules::viewers(c, &viewer_ids, viewer_gender).await?;
+    let blockers = super::rules::blockers(c, &c.prefix).await?;
 
     // The changers connect first, and their "online" reaches every viewer (changers × viewers
     // announcements) before any change is timed: a change sent behind that backlog measured
@@ -124,6 +130,9 @@ pub(super) async fn fanout(
         let (target, source) = (c.target_for(ch + viewers), c.source(ch + viewers));
         connected.push(Client::connect(target, source, &auth).await?.0);
     }
+    let changer_ids: Vec<String> = (0..changers).map(|ch| format!("{prefix}{ch}")).collect();
+    let blocker_ids: Vec<String> = blockers.iter().map(|(u, _)| u.clone()).collect();
+    super::rules::changers(c, &changer_ids, &blocker_ids).await?;
     let settle_until = Instant::now() + Duration::from_secs(60);
     loop {
         let before = frames.load(Ordering::Relaxed);
@@ -219,6 +228,9 @@ pub(super) async fn fanout(
     for c in changer_clients {
         c.close().await;
     }
+    for (_, b) in blockers {
+        b.close().await;
+    }
     let (mut lat, mut doubled, mut missing) = (Latencies::default(), 0u64, 0u64);
     // (send time, latency) of every delivery, for the latency through the run.
     let mut through: Vec<(u64, u64)> = Vec::new();
@@ -253,7 +265,7 @@ pub(super) async fn fanout(
     let got = received.load(Ordering::Relaxed);
     Ok(json!({
         "latency_by_5s": by_window(&through, Duration::from_secs(5)),
-        "scenario": "fanout", "batch": batch, "readers": readers, "reader_nap_us": reading.nap_us, "stamp": format!("{:?}", reading.stamp).to_lowercase(), "unstamped_reads": super::mux::UNSTAMPED.load(Ordering::Relaxed), "viewers": viewers, "viewers_connected": viewers_up, "changers": changers,
+        "scenario": "fanout", "batch": batch, "rules_blocks": c.rules_blocks, "rules_invisible_pct": c.rules_invisible_pct, "readers": readers, "reader_nap_us": reading.nap_us, "stamp": format!("{:?}", reading.stamp).to_lowercase(), "unstamped_reads": super::mux::UNSTAMPED.load(Ordering::Relaxed), "viewers": viewers, "viewers_connected": viewers_up, "changers": changers,
         "changes": changes, "changes_accepted": accepted.count(), "changes_per_s": changes as f64 / send_s,
         "deliveries": {"expected": expected, "received": got, "missing": missing, "doubled": doubled},
         "missing_examples": examples,

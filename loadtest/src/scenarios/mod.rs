@@ -19,6 +19,7 @@ use fleet::*;
 use hold::{idle, storm};
 use prom::*;
 use queries::{report, search};
+mod rules;
 use subs::subs;
 
 use crate::measure::{self, Latencies};
