@@ -88,10 +88,24 @@ async fn announce(state: &AppState, a: &UserId, b: &UserId, on: bool) -> Result<
 /// Apply every replica's blocks to this one's index and sockets, until the replica stops.
 pub async fn run(state: AppState) {
     let mut rx = state.engine.subscribe_topic(Topic::Rules);
+    let mut resyncs = Some(state.engine.subscribe_resyncs());
     loop {
         let msg = tokio::select! {
             _ = state.background.stop.cancelled() => return,
             m = rx.recv() => m,
+            // The bus was re-established: what was announced meanwhile never arrived.
+            r = async {
+                match resyncs.as_mut()?.recv().await {
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+                    _ => Some(()),
+                }
+            }, if resyncs.is_some() => {
+                match r {
+                    Some(_) => reload(&state).await,
+                    None => resyncs = None,
+                }
+                continue;
+            }
         };
         let text = match msg {
             Ok(t) => t,
