@@ -9,8 +9,8 @@
 
 use super::engine::Engine;
 use presence_gateway::domain::{
-    Details, DeviceStatus, FlapRule, FlapWindow, Gender, PresenceRecord, Status, Timestamp, UserId,
-    devices,
+    Details, DeviceStatus, FlapRule, FlapWindow, Gender, LastSeen, PresenceRecord, Privacy,
+    PrivacyChange, Status, Timestamp, UserId, devices,
 };
 use presence_gateway::engine::*;
 use rand::rngs::StdRng;
@@ -36,6 +36,7 @@ type Observed = (
     Option<Timestamp>,
     Option<Timestamp>,
     i64,
+    Privacy,
 );
 
 fn observed(p: &presence_gateway::domain::Presence) -> Observed {
@@ -46,6 +47,7 @@ fn observed(p: &presence_gateway::domain::Presence) -> Observed {
         p.last_seen,
         p.updated_at,
         p.version,
+        p.privacy,
     )
 }
 
@@ -298,6 +300,26 @@ async fn run(e: &Engine, seed: u64) {
                     if user.pending.is_some_and(|d| d <= now) && user.conns.is_empty() {
                         model.go_offline(u, now);
                     }
+                }
+            }
+            95..98 => {
+                // Section 11's settings: each a change (announced), fixing what others see.
+                let u = uid(rng.random_range(0..USERS));
+                let change = PrivacyChange {
+                    invisible: [None, Some(true), Some(false)][rng.random_range(0..3)],
+                    last_seen: [None, Some(LastSeen::Nobody), Some(LastSeen::Everyone)]
+                        [rng.random_range(0..3)],
+                };
+                what = format!("privacy {u} {change:?}");
+                e.set_privacy(&UserId::parse(&u).unwrap(), change, now)
+                    .await
+                    .unwrap();
+                let user = model.user(&u);
+                let record = user
+                    .record
+                    .get_or_insert_with(|| PresenceRecord::new(Gender::Other));
+                if record.set_privacy(change, now) {
+                    model.commit(&u);
                 }
             }
             _ => {
