@@ -118,7 +118,7 @@ impl Gateway {
     pub fn spawn_background(&self) {
         let state = &self.state;
         gateway::spawn(state);
-        state.background.spawn(crate::blocks::run(state.clone()));
+        state.background.spawn(gateway::rules::run(state.clone()));
         crate::figures::spawn(state);
         crate::webhook::spawn(state);
         let bg = &state.background;

@@ -106,6 +106,15 @@ impl AppState {
         self.draining.store(true, Ordering::Release);
     }
 
+    /// Where blocks are kept, and their limit (section 11).
+    pub fn blocks(&self) -> crate::blocks::Blocks<'_> {
+        crate::blocks::Blocks {
+            engine: &*self.engine,
+            db: self.db.as_deref(),
+            max: self.config.max_blocks,
+        }
+    }
+
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
     }

@@ -198,10 +198,10 @@ async fn block(
         .map_err(|e| AppError::bad_request(format!("userId: {e}")))?;
     let user = &h.conn.user;
     let done = if on {
-        h.while_open(crate::blocks::block(state, user, &other))
+        h.while_open(crate::blocks::block(state.blocks(), user, &other))
             .await
     } else {
-        h.while_open(crate::blocks::unblock(state, user, &other))
+        h.while_open(crate::blocks::unblock(state.blocks(), user, &other))
             .await
     };
     done.ok_or_else(|| AppError::Unavailable("connection closed".into()))??;

@@ -29,6 +29,7 @@ pub mod heartbeats;
 pub mod outbox;
 pub mod protocol;
 pub mod ratelimit;
+pub mod rules;
 pub mod turns;
 pub mod viewers;
 pub mod widget;

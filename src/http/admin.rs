@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-type Errors = super::openapi::ErrorResponse;
+type Errors = super::error::ErrorResponse;
 
 /// Every live replica: when it started, when it last reported, its sockets per namespace.
 #[utoipa::path(get, path = "/api/admin/nodes", tag = "admin", security(("bearer" = [])),

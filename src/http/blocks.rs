@@ -24,7 +24,7 @@ fn other(id: &str) -> Result<UserId, AppError> {
 
 #[utoipa::path(get, path = "/api/users/{userId}/blocks", tag = "privacy", security(("bearer" = [])),
     params(("userId" = String, Path, description = "1-128 characters")),
-    responses((status = 200, body = BlockList), (status = 400, body = super::openapi::ErrorResponse), (status = 401, body = super::openapi::ErrorResponse), (status = 403, body = super::openapi::ErrorResponse), (status = 429, body = super::openapi::ErrorResponse), (status = 503, body = super::openapi::ErrorResponse)))]
+    responses((status = 200, body = BlockList), (status = 400, body = super::error::ErrorResponse), (status = 401, body = super::error::ErrorResponse), (status = 403, body = super::error::ErrorResponse), (status = 429, body = super::error::ErrorResponse), (status = 503, body = super::error::ErrorResponse)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -32,32 +32,32 @@ pub async fn list(
 ) -> ApiResult<Json<BlockList>> {
     let id = super::privacy::owner(caller, &user_id)?;
     Ok(Json(BlockList {
-        blocked: crate::blocks::list(&state, &id).await?,
+        blocked: crate::blocks::list(state.blocks(), &id).await?,
     }))
 }
 
 #[utoipa::path(put, path = "/api/users/{userId}/blocks/{otherId}", tag = "privacy", security(("bearer" = [])),
     params(("userId" = String, Path, description = "the user who blocks"), ("otherId" = String, Path, description = "the user blocked")),
-    responses((status = 204, description = "blocked (or it already was)"), (status = 400, description = "themselves, a bad id, or past PRESENCE_MAX_BLOCKS", body = super::openapi::ErrorResponse), (status = 401, body = super::openapi::ErrorResponse), (status = 403, body = super::openapi::ErrorResponse), (status = 429, body = super::openapi::ErrorResponse), (status = 503, body = super::openapi::ErrorResponse)))]
+    responses((status = 204, description = "blocked (or it already was)"), (status = 400, description = "themselves, a bad id, or past PRESENCE_MAX_BLOCKS", body = super::error::ErrorResponse), (status = 401, body = super::error::ErrorResponse), (status = 403, body = super::error::ErrorResponse), (status = 429, body = super::error::ErrorResponse), (status = 503, body = super::error::ErrorResponse)))]
 pub async fn put(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath((user_id, other_id)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let id = super::privacy::owner(caller, &user_id)?;
-    crate::blocks::block(&state, &id, &other(&other_id)?).await?;
+    crate::blocks::block(state.blocks(), &id, &other(&other_id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(delete, path = "/api/users/{userId}/blocks/{otherId}", tag = "privacy", security(("bearer" = [])),
     params(("userId" = String, Path, description = "the user who blocked"), ("otherId" = String, Path, description = "the user to unblock")),
-    responses((status = 204, description = "not blocked (any more)"), (status = 400, body = super::openapi::ErrorResponse), (status = 401, body = super::openapi::ErrorResponse), (status = 403, body = super::openapi::ErrorResponse), (status = 429, body = super::openapi::ErrorResponse), (status = 503, body = super::openapi::ErrorResponse)))]
+    responses((status = 204, description = "not blocked (any more)"), (status = 400, body = super::error::ErrorResponse), (status = 401, body = super::error::ErrorResponse), (status = 403, body = super::error::ErrorResponse), (status = 429, body = super::error::ErrorResponse), (status = 503, body = super::error::ErrorResponse)))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath((user_id, other_id)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let id = super::privacy::owner(caller, &user_id)?;
-    crate::blocks::unblock(&state, &id, &other(&other_id)?).await?;
+    crate::blocks::unblock(state.blocks(), &id, &other(&other_id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }

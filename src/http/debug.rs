@@ -23,7 +23,7 @@ pub struct Page {
 /// Online users (all of them, paged: an admin is bound by no visibility rule) and the
 /// cluster's presence figures.
 #[utoipa::path(get, path = "/api/debug/presence", tag = "admin", security(("bearer" = [])), params(Page),
-    responses((status = 200, body = Object), (status = 400, body = super::openapi::ErrorResponse), (status = 401, body = super::openapi::ErrorResponse), (status = 403, body = super::openapi::ErrorResponse), (status = 429, body = super::openapi::ErrorResponse), (status = 503, body = super::openapi::ErrorResponse)))]
+    responses((status = 200, body = Object), (status = 400, body = super::error::ErrorResponse), (status = 401, body = super::error::ErrorResponse), (status = 403, body = super::error::ErrorResponse), (status = 429, body = super::error::ErrorResponse), (status = 503, body = super::error::ErrorResponse)))]
 pub async fn presence(
     State(state): State<AppState>,
     caller: Caller,
@@ -59,7 +59,7 @@ pub async fn presence(
 
 /// This replica's sockets: id, user, namespace, transport, when last heard.
 #[utoipa::path(get, path = "/api/debug/socket-status", tag = "admin", security(("bearer" = [])),
-    responses((status = 200, body = Object), (status = 401, body = super::openapi::ErrorResponse), (status = 403, body = super::openapi::ErrorResponse), (status = 429, body = super::openapi::ErrorResponse)))]
+    responses((status = 200, body = Object), (status = 401, body = super::error::ErrorResponse), (status = 403, body = super::error::ErrorResponse), (status = 429, body = super::error::ErrorResponse)))]
 pub async fn socket_status(
     State(state): State<AppState>,
     caller: Caller,
@@ -105,7 +105,7 @@ const CHECK_MAX: usize = 100_000;
 /// pending on this replica is flagged `pendingWrite`: the disagreement is expected for up to
 /// the debounce (writes pending on other replicas look the same, and settle as quickly).
 #[utoipa::path(get, path = "/api/check-online-status", tag = "admin", security(("bearer" = [])),
-    responses((status = 200, body = Object), (status = 401, body = super::openapi::ErrorResponse), (status = 403, body = super::openapi::ErrorResponse), (status = 429, body = super::openapi::ErrorResponse), (status = 503, body = super::openapi::ErrorResponse)))]
+    responses((status = 200, body = Object), (status = 401, body = super::error::ErrorResponse), (status = 403, body = super::error::ErrorResponse), (status = 429, body = super::error::ErrorResponse), (status = 503, body = super::error::ErrorResponse)))]
 pub async fn check_online_status(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,6 +1,24 @@
 //! [`AppError`] as an HTTP response: `{"error":{"code","message"}}` with the matching status.
 
 use crate::error::AppError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Every error: `{"error":{"code","message"}}` (its schema in the OpenAPI description; here,
+/// beside the handlers' error type, so that the description's module imports the handlers
+/// and nothing imports it back).
+#[derive(Serialize, ToSchema)]
+pub struct ErrorResponse {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `payload_too_large`,
+    /// `rate_limited`, `unavailable` or `internal`.
+    pub code: String,
+    pub message: String,
+}
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -5,24 +5,11 @@
 
 use axum::Json;
 use axum::response::IntoResponse;
-use serde::Serialize;
 use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
-/// Every error: `{"error":{"code","message"}}`.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorResponse {
-    pub error: ErrorDetail,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `payload_too_large`,
-    /// `rate_limited`, `unavailable` or `internal`.
-    pub code: String,
-    pub message: String,
-}
+use super::error::{ErrorDetail, ErrorResponse};
 
 struct Bearer;
 

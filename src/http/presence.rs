@@ -15,8 +15,8 @@ use serde_json::Value;
 #[utoipa::path(get, path = "/api/presence/{userId}", tag = "presence", security(("bearer" = [])),
     params(("userId" = String, Path, description = "a user id, 1-128 characters")),
     responses((status = 200, body = crate::domain::Presence),
-        (status = 404, description = "not visible to the caller, or never seen", body = super::openapi::ErrorResponse),
-        (status = 400, body = super::openapi::ErrorResponse), (status = 401, body = super::openapi::ErrorResponse), (status = 403, body = super::openapi::ErrorResponse), (status = 429, body = super::openapi::ErrorResponse), (status = 503, body = super::openapi::ErrorResponse)))]
+        (status = 404, description = "not visible to the caller, or never seen", body = super::error::ErrorResponse),
+        (status = 400, body = super::error::ErrorResponse), (status = 401, body = super::error::ErrorResponse), (status = 403, body = super::error::ErrorResponse), (status = 429, body = super::error::ErrorResponse), (status = 503, body = super::error::ErrorResponse)))]
 pub async fn one(
     State(state): State<AppState>,
     caller: Caller,
@@ -61,7 +61,7 @@ pub struct Presences {
 }
 
 #[utoipa::path(get, path = "/api/presence", tag = "presence", security(("bearer" = [])), params(IdsQuery),
-    responses((status = 200, body = Presences), (status = 400, body = super::openapi::ErrorResponse), (status = 401, body = super::openapi::ErrorResponse), (status = 403, body = super::openapi::ErrorResponse), (status = 429, body = super::openapi::ErrorResponse), (status = 503, body = super::openapi::ErrorResponse)))]
+    responses((status = 200, body = Presences), (status = 400, body = super::error::ErrorResponse), (status = 401, body = super::error::ErrorResponse), (status = 403, body = super::error::ErrorResponse), (status = 429, body = super::error::ErrorResponse), (status = 503, body = super::error::ErrorResponse)))]
 pub async fn many(
     State(state): State<AppState>,
     caller: Caller,

@@ -24,7 +24,7 @@ pub fn owner(caller: Caller, user_id: &str) -> Result<UserId, AppError> {
 
 #[utoipa::path(get, path = "/api/users/{userId}/privacy", tag = "privacy", security(("bearer" = [])),
     params(("userId" = String, Path, description = "1-128 characters")),
-    responses((status = 200, body = PrivacySettings), (status = 400, body = super::openapi::ErrorResponse), (status = 401, body = super::openapi::ErrorResponse), (status = 403, body = super::openapi::ErrorResponse), (status = 429, body = super::openapi::ErrorResponse), (status = 503, body = super::openapi::ErrorResponse)))]
+    responses((status = 200, body = PrivacySettings), (status = 400, body = super::error::ErrorResponse), (status = 401, body = super::error::ErrorResponse), (status = 403, body = super::error::ErrorResponse), (status = 429, body = super::error::ErrorResponse), (status = 503, body = super::error::ErrorResponse)))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -39,7 +39,7 @@ pub async fn get(
 #[utoipa::path(put, path = "/api/users/{userId}/privacy", tag = "privacy", security(("bearer" = [])),
     params(("userId" = String, Path, description = "1-128 characters")),
     request_body = PrivacyChange,
-    responses((status = 200, body = PrivacySettings), (status = 400, body = super::openapi::ErrorResponse), (status = 401, body = super::openapi::ErrorResponse), (status = 403, body = super::openapi::ErrorResponse), (status = 413, body = super::openapi::ErrorResponse), (status = 429, body = super::openapi::ErrorResponse), (status = 503, body = super::openapi::ErrorResponse)))]
+    responses((status = 200, body = PrivacySettings), (status = 400, body = super::error::ErrorResponse), (status = 401, body = super::error::ErrorResponse), (status = 403, body = super::error::ErrorResponse), (status = 413, body = super::error::ErrorResponse), (status = 429, body = super::error::ErrorResponse), (status = 503, body = super::error::ErrorResponse)))]
 pub async fn put(
     State(state): State<AppState>,
     caller: Caller,

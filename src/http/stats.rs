@@ -116,7 +116,7 @@ pub struct SessionSchema {
 }
 
 #[utoipa::path(get, path = "/api/stats", tag = "statistics", security(("bearer" = [])), params(ReportParams),
-    responses((status = 200, body = StatsReportSchema), (status = 400, body = super::openapi::ErrorResponse), (status = 401, body = super::openapi::ErrorResponse), (status = 403, body = super::openapi::ErrorResponse), (status = 429, body = super::openapi::ErrorResponse), (status = 503, body = super::openapi::ErrorResponse)))]
+    responses((status = 200, body = StatsReportSchema), (status = 400, body = super::error::ErrorResponse), (status = 401, body = super::error::ErrorResponse), (status = 403, body = super::error::ErrorResponse), (status = 429, body = super::error::ErrorResponse), (status = 503, body = super::error::ErrorResponse)))]
 pub async fn report(
     State(state): State<AppState>,
     caller: Caller,
@@ -204,7 +204,7 @@ pub struct Published {
 #[utoipa::path(post, path = "/api/events", tag = "statistics", security(("bearer" = [])),
     request_body = EventBody,
     params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry return the first seq")),
-    responses((status = 202, body = Published), (status = 400, body = super::openapi::ErrorResponse), (status = 401, body = super::openapi::ErrorResponse), (status = 403, body = super::openapi::ErrorResponse), (status = 413, body = super::openapi::ErrorResponse), (status = 429, body = super::openapi::ErrorResponse), (status = 503, body = super::openapi::ErrorResponse)))]
+    responses((status = 202, body = Published), (status = 400, body = super::error::ErrorResponse), (status = 401, body = super::error::ErrorResponse), (status = 403, body = super::error::ErrorResponse), (status = 413, body = super::error::ErrorResponse), (status = 429, body = super::error::ErrorResponse), (status = 503, body = super::error::ErrorResponse)))]
 pub async fn publish(
     State(state): State<AppState>,
     caller: Caller,

@@ -71,7 +71,7 @@ pub async fn index() -> Response {
 #[utoipa::path(get, path = "/ui/{file}", tag = "console",
     params(("file" = String, Path, description = "one of the console's files")),
     responses((status = 200, description = "a file of the web console", body = String),
-        (status = 404, body = super::openapi::ErrorResponse)))]
+        (status = 404, body = super::error::ErrorResponse)))]
 pub async fn file(Path(name): Path<String>) -> Response {
     serve(&name)
 }

@@ -42,7 +42,7 @@ pub struct SearchUser {
 }
 
 #[utoipa::path(get, path = "/api/users/search", tag = "users", security(("bearer" = [])), params(SearchQuery),
-    responses((status = 200, body = SearchResults), (status = 400, body = super::openapi::ErrorResponse), (status = 401, body = super::openapi::ErrorResponse), (status = 403, body = super::openapi::ErrorResponse), (status = 429, body = super::openapi::ErrorResponse), (status = 503, body = super::openapi::ErrorResponse)))]
+    responses((status = 200, body = SearchResults), (status = 400, body = super::error::ErrorResponse), (status = 401, body = super::error::ErrorResponse), (status = 403, body = super::error::ErrorResponse), (status = 429, body = super::error::ErrorResponse), (status = 503, body = super::error::ErrorResponse)))]
 pub async fn search(
     State(state): State<AppState>,
     caller: Caller,
