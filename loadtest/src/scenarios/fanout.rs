@@ -133,6 +133,7 @@ pub(super) async fn fanout(
     let changer_ids: Vec<String> = (0..changers).map(|ch| format!("{prefix}{ch}")).collect();
     let blocker_ids: Vec<String> = blockers.iter().map(|(u, _)| u.clone()).collect();
     super::rules::changers(c, &changer_ids, &blocker_ids).await?;
+    let rules_settle_s = super::rules::quiet(c).await;
     let settle_until = Instant::now() + Duration::from_secs(60);
     loop {
         let before = frames.load(Ordering::Relaxed);
@@ -265,7 +266,7 @@ pub(super) async fn fanout(
     let got = received.load(Ordering::Relaxed);
     Ok(json!({
         "latency_by_5s": by_window(&through, Duration::from_secs(5)),
-        "scenario": "fanout", "batch": batch, "rules_blocks": c.rules_blocks, "rules_invisible_pct": c.rules_invisible_pct, "readers": readers, "reader_nap_us": reading.nap_us, "stamp": format!("{:?}", reading.stamp).to_lowercase(), "unstamped_reads": super::mux::UNSTAMPED.load(Ordering::Relaxed), "viewers": viewers, "viewers_connected": viewers_up, "changers": changers,
+        "scenario": "fanout", "batch": batch, "rules_blocks": c.rules_blocks, "rules_invisible_pct": c.rules_invisible_pct, "rules_settle_s": rules_settle_s, "readers": readers, "reader_nap_us": reading.nap_us, "stamp": format!("{:?}", reading.stamp).to_lowercase(), "unstamped_reads": super::mux::UNSTAMPED.load(Ordering::Relaxed), "viewers": viewers, "viewers_connected": viewers_up, "changers": changers,
         "changes": changes, "changes_accepted": accepted.count(), "changes_per_s": changes as f64 / send_s,
         "deliveries": {"expected": expected, "received": got, "missing": missing, "doubled": doubled},
         "missing_examples": examples,

@@ -106,3 +106,26 @@ pub(super) async fn changers(
     }
     Ok(())
 }
+
+/// Until the replicas are quiet again after the rules (every block is announced to every
+/// replica, which reads the two users' presences when one of them is connected there): the
+/// measured window must hold the changes' fan-out, not the tail of the rules. At most 120 s;
+/// returns how long it waited.
+pub(super) async fn quiet(c: &Common) -> f64 {
+    if c.rules_blocks == 0 && c.rules_invisible_pct <= 0.0 {
+        return 0.0;
+    }
+    let started = Instant::now();
+    let mut quiet_windows = 0;
+    while quiet_windows < 2 && started.elapsed() < Duration::from_secs(120) {
+        let before = measure::sum(&c.pids).cpu_s;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Three replicas holding 10,000 idle sockets use a few hundredths of a second a second.
+        if measure::sum(&c.pids).cpu_s - before < 0.15 {
+            quiet_windows += 1;
+        } else {
+            quiet_windows = 0;
+        }
+    }
+    started.elapsed().as_secs_f64()
+}
