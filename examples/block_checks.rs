@@ -23,14 +23,16 @@ fn main() {
     let t = Instant::now();
     for (i, v) in viewers.iter().enumerate() {
         let conn: Arc<str> = format!("c{i}").into();
-        ix.hold(v, &conn, || HashSet::from([heavy.clone()]));
+        ix.hold(v, &conn);
+        ix.merge(v, HashSet::from([heavy.clone()]));
     }
     let hold_viewers = t.elapsed();
     // The heavy user connects here too: their 10,000 blocks loaded at once.
     let blocked: HashSet<UserId> = viewers.iter().cloned().collect();
     let conn: Arc<str> = "heavy-conn".into();
     let t = Instant::now();
-    ix.hold(&heavy, &conn, || blocked.clone());
+    ix.hold(&heavy, &conn);
+    ix.merge(&heavy, blocked.clone());
     let hold_heavy = t.elapsed();
 
     // The fan-out of one change of the heavy user: one lookup, then a check per viewer.

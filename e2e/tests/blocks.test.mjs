@@ -128,6 +128,17 @@ test("block requests: limits, who may, bad input, and the counter", async () => 
     assert.equal((await gw.http("/api/users/bl-me/blocks/bl-me", { method: "PUT", token: token({ sub: "bl-me" }) })).status, 400);
     assert.deepEqual((await gw.http("/api/users/bl-me/blocks", { token: admin })).json, { blocked: ["bl-1", "bl-2"] });
     assert.match((await gw.http("/metrics")).text, /presence_blocks_total\{[^}]*\} 2\b|presence_blocks_total 2\b/);
+    // Blocked both ways: one side lifting theirs leaves them hidden from each other.
+    const x = await gw.connect(user("bl-x", "female"));
+    const y = await gw.connect(user("bl-y", "female"));
+    await ask(x, "presence:block", { userId: "bl-y" });
+    await ask(y, "presence:block", { userId: "bl-x" });
+    await ask(x, "presence:unblock", { userId: "bl-y" });
+    await waitUntil(async () => (await ask(s, "presence:get", { userIds: ["bl-x"] })).presences.length === 1, 5000, "a read after the rules");
+    assert.deepEqual((await ask(x, "presence:get", { userIds: ["bl-y"] })).presences, [], "y still blocks x");
+    assert.deepEqual((await ask(y, "presence:get", { userIds: ["bl-x"] })).presences, []);
+    await ask(y, "presence:unblock", { userId: "bl-x" });
+    await waitUntil(async () => (await ask(x, "presence:get", { userIds: ["bl-y"] })).presences.length === 1, 5000, "visible once both lifted");
   } finally {
     await gw.stop();
   }

@@ -45,7 +45,9 @@ pub async fn block(b: Blocks<'_>, user: &UserId, other: &UserId) -> Result<(), A
         Blocked::TooMany => Err(AppError::bad_request(format!(
             "at most {max} blocks (PRESENCE_MAX_BLOCKS)"
         ))),
-        Blocked::Already => Ok(()),
+        // Announced again when it was there already: a request retried after the first
+        // announcement failed must still reach every replica (applying one twice is harmless).
+        Blocked::Already => announce(b.engine, user, other, true).await,
         Blocked::Added => {
             metrics::counter!("presence_blocks_total").increment(1);
             announce(b.engine, user, other, true).await
@@ -53,19 +55,21 @@ pub async fn block(b: Blocks<'_>, user: &UserId, other: &UserId) -> Result<(), A
     }
 }
 
-/// `user` lifts their block of `other` (nothing to lift is not an error).
+/// `user` lifts their block of `other` (nothing to lift is not an error). While `other`
+/// blocks `user` the two stay hidden from each other: the lift is not announced then.
 pub async fn unblock(b: Blocks<'_>, user: &UserId, other: &UserId) -> Result<(), AppError> {
     let store = store::of(b.engine, b.db);
-    let had = store.unblock(user, other).await?;
+    store.unblock(user, other).await?;
     if b.db.is_some()
         && let Err(e) = b.engine.block_store().unblock(user, other).await
     {
         tracing::warn!(error = %e, "unblock not copied to the engine");
     }
-    if had {
-        announce(b.engine, user, other, false).await?;
+    if store.blocks_of(other).await?.0.contains(user) {
+        return Ok(());
     }
-    Ok(())
+    // Announced even when there was nothing to lift: a retry after a failed announcement.
+    announce(b.engine, user, other, false).await
 }
 
 /// Whom `user` blocked.

@@ -295,6 +295,10 @@ impl PresenceRecord {
                     }
                 }
             });
+        } else if let Some(h) = self.privacy.hidden.as_mut() {
+            // Invisible still, the last seen rule changed: others get their offline face
+            // again, under this change's version (the same version must not read two ways).
+            h.version = self.version;
         }
         true
     }

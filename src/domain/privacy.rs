@@ -169,6 +169,21 @@ mod tests {
         assert_eq!(seen_by(&live, &u("b"), false), seen);
         assert!(!online_to_others(&live));
         assert!(!r.set_privacy(change, t(10)), "the same setting again");
+        // The last seen rule changed while invisible: the offline face is told again.
+        assert!(r.set_privacy(
+            PrivacyChange {
+                invisible: None,
+                last_seen: Some(LastSeen::Nobody)
+            },
+            t(10)
+        ));
+        let nobody = r.to_presence(u("a"));
+        assert_eq!(pushed_to_others(&nobody), Some(()));
+        let again = seen_by(&nobody, &u("b"), false);
+        assert_eq!(
+            (again.online, again.last_seen, again.version),
+            (false, None, nobody.version)
+        );
         // Visible again: the real presence, with a greater version.
         assert!(r.set_privacy(
             PrivacyChange {
@@ -181,7 +196,7 @@ mod tests {
         assert_eq!(pushed_to_others(&back), Some(()));
         let seen = seen_by(&back, &u("b"), false);
         assert_eq!((seen.status, seen.online), (Status::Live, true));
-        assert!(seen.version > live.version);
+        assert!(seen.version > nobody.version);
     }
 
     #[test]

@@ -51,23 +51,34 @@ impl BlockIndex {
         self.read().users.contains_key(user)
     }
 
-    /// Connection `conn` of `user` is here; `hidden` (their blocks both ways, read from the
-    /// store) is used when they had none here yet.
-    pub fn hold(&self, user: &UserId, conn: &Arc<str>, hidden: impl FnOnce() -> HashSet<UserId>) {
-        let mut guard = self.write();
-        let w = &mut *guard;
+    /// Connection `conn` of `user` is here. Returns whether they had none here yet: then
+    /// their blocks are to be read from the store and [merged](Self::merge) in (blocks
+    /// announced meanwhile already apply).
+    pub fn hold(&self, user: &UserId, conn: &Arc<str>) -> bool {
+        let mut w = self.write();
         if let Some((_, conns)) = w.users.get_mut(user) {
             conns.insert(conn.clone());
-            return;
-        }
-        let hidden = hidden();
-        for other in &hidden {
-            add(&mut w.from, other, user);
+            return false;
         }
         w.users.insert(
             user.clone(),
-            (Arc::new(hidden), HashSet::from([conn.clone()])),
+            (Arc::default(), HashSet::from([conn.clone()])),
         );
+        true
+    }
+
+    /// Add `read` (the user's blocks both ways, from the store) to what `user` is hidden from.
+    pub fn merge(&self, user: &UserId, read: HashSet<UserId>) {
+        let mut guard = self.write();
+        let w = &mut *guard;
+        let Some((hidden, _)) = w.users.get_mut(user) else {
+            return;
+        };
+        let set = Arc::make_mut(hidden);
+        for other in read {
+            add(&mut w.from, &other, user);
+            set.insert(other);
+        }
     }
 
     /// Connection `conn` of `user` is gone; with their last one, their blocks go. Idempotent.
@@ -149,8 +160,9 @@ mod tests {
     fn held_while_a_connection_stays_both_ways_and_kept_current() {
         let ix = BlockIndex::default();
         let (c1, c2): (Arc<str>, Arc<str>) = ("c1".into(), "c2".into());
-        ix.hold(&u("a"), &c1, || HashSet::from([u("x")]));
-        ix.hold(&u("a"), &c2, || unreachable!("loaded once"));
+        assert!(ix.hold(&u("a"), &c1));
+        ix.merge(&u("a"), HashSet::from([u("x")]));
+        assert!(!ix.hold(&u("a"), &c2), "read once");
         assert!(ix.hidden_from(&u("x")).unwrap().contains(&u("a")));
         // A block made elsewhere between a (here) and y (not here).
         assert_eq!(ix.apply(&u("y"), &u("a"), true), (false, true));

@@ -562,15 +562,23 @@ fn tell_gone(state: &AppState, p: &crate::domain::Presence, old: crate::domain::
         // or they already see an invisible user offline.
         return 0;
     }
-    let gone = crate::domain::privacy::seen_by_others(&p.gone_for(old), false);
-    let Ok(raw) = serde_json::value::to_raw_value(&gone) else {
+    // Two faces: with the lastSeen the user's settings allow, and without any (a viewer's
+    // own reciprocal rule).
+    let encode = |hides: bool| {
+        let gone = crate::domain::privacy::seen_by_others(&p.gone_for(old), hides);
+        let raw = serde_json::value::to_raw_value(&gone).ok()?;
+        Some(Pending {
+            version: gone.version,
+            seq: SEQ.fetch_add(1, Ordering::Relaxed),
+            payload: Arc::from(raw),
+        })
+    };
+    let (Some(pending), Some(pending_hiding)) = (encode(false), encode(true)) else {
         return 0;
     };
-    let pending = Pending {
-        version: gone.version,
-        seq: SEQ.fetch_add(1, Ordering::Relaxed),
-        payload: Arc::from(raw),
-    };
+    let reciprocal = state.config.last_seen_reciprocal;
+    // Viewers a block hides from them already heard the last of them.
+    let hidden = state.gateway.blocks.hidden_from(&p.user_id);
     let policy = state.config.visibility_policy;
     // Subscription sockets that could see the old gender and may not see the new one.
     let subscribers = state
@@ -592,10 +600,19 @@ fn tell_gone(state: &AppState, p: &crate::domain::Presence, old: crate::domain::
         .into_iter()
         .chain(subscribers)
     {
-        if v.handle.conn.user == p.user_id {
+        if v.handle.conn.user == p.user_id
+            || hidden
+                .as_ref()
+                .is_some_and(|h| h.contains(&v.handle.conn.user))
+        {
             continue;
         }
-        match offer(state, &v, &p.user_id, &pending, None) {
+        let pending = if reciprocal && v.handle.hides_last_seen() {
+            &pending_hiding
+        } else {
+            &pending
+        };
+        match offer(state, &v, &p.user_id, pending, None) {
             Sent::Now => sent += 1,
             Sent::Deferred => {}
             Sent::Gone => state.gateway.viewers.leave(&v.handle),

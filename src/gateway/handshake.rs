@@ -164,23 +164,30 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refus
             .await
             .map_err(|_| Refusal::unavailable("user settings unreachable; retry shortly"))?;
     }
+    let conn_id: Arc<str> = format!(
+        "{}:{}",
+        state.config.node_id,
+        super::connection::public_id(s.id)
+    )
+    .into();
     // Their blocks (section 11), before any change reaches them: whom they must not hear of.
-    let hidden = if state.gateway.blocks.holds(&identity.user_id) {
-        None
-    } else {
-        Some(
-            crate::blocks::store::hidden(&*state.engine, state.db.as_deref(), &identity.user_id)
-                .await
-                .map_err(|_| Refusal::unavailable("user blocks unreachable; retry shortly"))?,
-        )
-    };
+    // Held first (empty), so that a block announced while they are read is not missed; the
+    // read is merged in (a block lifted meanwhile may stay until they reconnect: hidden).
+    if state.gateway.blocks.hold(&identity.user_id, &conn_id) {
+        match crate::blocks::store::hidden(&*state.engine, state.db.as_deref(), &identity.user_id)
+            .await
+        {
+            Ok(read) => state.gateway.blocks.merge(&identity.user_id, read),
+            Err(_) => {
+                state.gateway.blocks.release(&identity.user_id, &conn_id);
+                return Err(Refusal::unavailable(
+                    "user blocks unreachable; retry shortly",
+                ));
+            }
+        }
+    }
     let conn = Connection {
-        id: format!(
-            "{}:{}",
-            state.config.node_id,
-            super::connection::public_id(s.id)
-        )
-        .into(),
+        id: conn_id.clone(),
         user: identity.user_id.clone(),
         gender,
     };
@@ -224,24 +231,26 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refus
         Err(crate::engine::EngineError::TooManyConnections(n)) => {
             // Refused after it took its budget: left parked for the next attempt.
             state.session_budgets.park((s.id, "/"), handle.budget());
+            state
+                .gateway
+                .blocks
+                .release(&handle.conn.user, &handle.conn.id);
             return Err(Refusal::rate_limited(format!(
                 "this user holds the most connections allowed ({n})"
             )));
         }
         Err(e) => {
             state.session_budgets.park((s.id, "/"), handle.budget());
+            state
+                .gateway
+                .blocks
+                .release(&handle.conn.user, &handle.conn.id);
             tracing::warn!(error = %e, "could not register a connection");
             return Err(Refusal::unavailable(
                 "presence store unreachable; retry shortly",
             ));
         }
     }
-    state
-        .gateway
-        .blocks
-        .hold(&handle.conn.user, &handle.conn.id, || {
-            hidden.unwrap_or_default()
-        });
     state.gateway.viewers.join(policy, s.clone(), handle);
     Ok(())
 }

@@ -108,10 +108,10 @@ fn show(state: &AppState, viewer: &UserId, p: &Presence, on: bool) {
             }
             // Once, as offline, above any version they showed (a version of the presence's
             // own, never committed: the user's next change goes past it, and they hear of no
-            // change of theirs while the block holds).
+            // change of theirs while the block holds); no lastSeen the rules would hide.
             Presence {
                 version: seen.version + 1,
-                ..seen.gone_for(seen.gender)
+                ..crate::domain::privacy::seen_by_others(&p.gone_for(p.gender), hides)
             }
         } else {
             // Above the offline they were told of when the block was made.

@@ -24,6 +24,9 @@ if inv ~= p.inv then
     p.hv, p.hls, p.hua = '', '', ''
     redis.call('HINCRBY', CNT, 'inv', -1)
   end
+elseif inv == '1' then
+  -- Invisible still, the last seen rule changed: the offline face again, under this version.
+  p.hv = fmt(nv)
 end
 p.inv, p.lsn = inv, lsn
 redis.call('HSET', U, 'inv', p.inv, 'lsn', p.lsn, 'hv', p.hv, 'hls', p.hls, 'hua', p.hua)

@@ -19,7 +19,10 @@ end
 if redis.call('EXISTS', U) == 0 and last ~= '' then
   local k = cjson.decode(last)
   redis.call('SADD', C, ARGV[6])
-  redis.call('HSET', U, 'st', k.st, 'det', k.d, 'g', k.g, 'ls', k.ls, 'ua', k.ua, 'v', k.v)
+  redis.call('HSET', U, 'st', k.st, 'det', k.d, 'g', k.g, 'ls', k.ls, 'ua', k.ua, 'v', k.v,
+    'inv', k.inv or '', 'lsn', k.lsn or '', 'hv', k.hv or '', 'hls', k.hls or '', 'hua', k.hua or '')
+  -- The user's settings (section 11) come back with it, counted again.
+  if k.inv == '1' then redis.call('HINCRBY', CNT, 'inv', 1) end
   indexed(ARGV[6])
   mine()
   if k.st ~= 'offline' then redis.call('ZADD', online_key(k.g), 0, uid) end
