@@ -24,6 +24,18 @@ pub async fn set(
     Ok(p.privacy.settings())
 }
 
+/// Whether the engine holds a record of `user`: then what it keeps of their rules is what the
+/// database had (written after it), unless Redis lost its data, and then it would not know
+/// them. The fallback of a handshake while the database is down.
+pub async fn known(engine: &dyn PresenceEngine, user: &UserId) -> Result<bool, AppError> {
+    Ok(engine
+        .get(std::slice::from_ref(user))
+        .await?
+        .pop()
+        .flatten()
+        .is_some())
+}
+
 /// How long a handshake waits for the schema of a replica that is migrating.
 const SCHEMA_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -54,13 +66,11 @@ pub async fn restore(
     let kept = match kept {
         Ok(kept) => kept,
         Err(e) => {
-            let known = engine
-                .get(std::slice::from_ref(user))
-                .await?
-                .pop()
-                .flatten()
-                .is_some();
-            return if known { Ok(()) } else { Err(e.into()) };
+            return if known(engine, user).await? {
+                Ok(())
+            } else {
+                Err(e.into())
+            };
         }
     };
     if kept != crate::domain::Privacy::default().settings() {

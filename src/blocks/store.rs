@@ -37,13 +37,7 @@ pub async fn hidden(
     match read {
         Ok(b) => Ok(both(b)),
         Err(e) => {
-            let known = engine
-                .get(std::slice::from_ref(user))
-                .await?
-                .pop()
-                .flatten()
-                .is_some();
-            if !known {
+            if !crate::privacy::known(engine, user).await? {
                 return Err(e);
             }
             Ok(both(engine.block_store().blocks_of(user).await?))
