@@ -12,6 +12,29 @@ use axum::extract::State;
 use serde::Deserialize;
 use serde_json::Value;
 
+/// The presences of `ids` the caller may see, as they may see them.
+async fn visible(
+    state: &AppState,
+    who: &crate::auth::Identity,
+    ids: &[UserId],
+) -> Result<Vec<crate::domain::Presence>, AppError> {
+    let viewer = presence::viewer_of(
+        &*state.engine,
+        state.db.as_deref(),
+        state.config.last_seen_reciprocal,
+        who,
+    )
+    .await?;
+    presence::get_visible(
+        &*state.engine,
+        state.db.as_deref(),
+        state.config.visibility_policy,
+        &viewer,
+        ids,
+    )
+    .await
+}
+
 #[utoipa::path(get, path = "/api/presence/{userId}", tag = "presence", security(("bearer" = [])),
     params(("userId" = String, Path, description = "a user id, 1-128 characters")),
     responses((status = 200, body = crate::domain::Presence),
@@ -24,20 +47,7 @@ pub async fn one(
 ) -> ApiResult<Json<Value>> {
     let who = caller.require(&[Role::User])?;
     let id = UserId::parse(&user_id).map_err(|e| AppError::bad_request(e.to_string()))?;
-    let mut found = presence::get_visible(
-        &*state.engine,
-        state.db.as_deref(),
-        state.config.visibility_policy,
-        &presence::viewer_of(
-            &*state.engine,
-            state.db.as_deref(),
-            state.config.last_seen_reciprocal,
-            &who,
-        )
-        .await?,
-        &[id],
-    )
-    .await?;
+    let mut found = visible(&state, &who, &[id]).await?;
     // Invisible and unknown look the same from outside: neither reveals that the user exists.
     let p = found
         .pop()
@@ -73,19 +83,6 @@ pub async fn many(
         .ok_or_else(|| AppError::bad_request("ids is required: ?ids=a,b"))?;
     let parts: Vec<&str> = raw.split(',').filter(|s| !s.is_empty()).collect();
     let ids = presence::parse_ids(parts.into_iter())?;
-    let presences = presence::get_visible(
-        &*state.engine,
-        state.db.as_deref(),
-        state.config.visibility_policy,
-        &presence::viewer_of(
-            &*state.engine,
-            state.db.as_deref(),
-            state.config.last_seen_reciprocal,
-            &who,
-        )
-        .await?,
-        &ids,
-    )
-    .await?;
+    let presences = visible(&state, &who, &ids).await?;
     Ok(Json(Presences { presences }))
 }
