@@ -75,6 +75,10 @@ pub struct ConnHandle {
     /// queue had no room for, and sends it as room comes; a batching socket keeps every change
     /// here and sends them together, in one `presence-batch`, when the batch is due.
     backlog: Mutex<Outbox>,
+    /// Cut off for falling too far behind: its outbox takes nothing more. Set and read under
+    /// the outbox's lock, so a fan-out that read this socket's viewer before it left adds
+    /// nothing after the cut emptied it.
+    cut: AtomicBool,
     /// The ids a subscription socket subscribed to (its own user is delivered regardless).
     subscribed: Mutex<HashSet<UserId>>,
     /// The order of this socket's state-changing requests (see [`Turns`]).
@@ -120,6 +124,7 @@ impl ConnHandle {
             } else {
                 Outbox::every_change()
             }),
+            cut: AtomicBool::new(false),
             subscribed: Mutex::new(HashSet::new()),
             turns: Turns::default(),
             last_known: Mutex::new(None),
@@ -190,22 +195,33 @@ impl ConnHandle {
         self.backlog().len()
     }
 
-    pub fn clear_backlog(&self) {
-        self.backlog().clear();
+    /// Stop updates to this socket for good: its outbox emptied and closed under one lock.
+    pub fn cut_off(&self) {
+        let mut o = self.backlog();
+        o.clear();
+        self.cut.store(true, Ordering::Relaxed);
     }
 
-    /// See [`Outbox::defer`].
-    pub fn defer(&self, user: &UserId, p: Pending) -> bool {
-        self.backlog().defer(user, p)
+    /// See [`Outbox::defer`]; `None`: the socket is cut off, and nothing is kept.
+    pub fn defer(&self, user: &UserId, p: Pending) -> Option<bool> {
+        let mut o = self.backlog();
+        if self.cut.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(o.defer(user, p))
     }
 
     /// A batching socket's change, into its outbox under one lock: whether it was kept (not
-    /// dropped for a full outbox), whether it began a batch, and how many wait now.
-    pub fn gather(&self, user: &UserId, p: Pending) -> (bool, bool, usize) {
+    /// dropped for a full outbox), whether it began a batch, and how many wait now; `None`:
+    /// the socket is cut off.
+    pub fn gather(&self, user: &UserId, p: Pending) -> Option<(bool, bool, usize)> {
         let mut o = self.backlog();
+        if self.cut.load(Ordering::Relaxed) {
+            return None;
+        }
         let first = o.is_empty();
         let kept = o.defer(user, p);
-        (kept, first, o.len())
+        Some((kept, first, o.len()))
     }
 
     /// See [`Outbox::waiting_since`].
@@ -428,5 +444,25 @@ mod tests {
             assert!(reg.remove(&new).is_some());
             assert_eq!((reg.len(), reg.users()), (0, 0));
         }
+    }
+
+    /// The race CI caught: a fan-out that read the viewer before the cut must not leave an
+    /// update in the outbox after the cut emptied it.
+    #[test]
+    fn a_socket_cut_off_keeps_nothing_offered_after_the_cut() {
+        use crate::gateway::outbox::Pending;
+        let h = handle();
+        let p = Pending {
+            version: 1,
+            seq: 1,
+            payload: Arc::from(serde_json::value::to_raw_value(&1).unwrap()),
+        };
+        let u = UserId::parse("a").unwrap();
+        assert_eq!(h.defer(&u, p.clone()), Some(true));
+        h.cut_off();
+        assert_eq!(h.backlog_len(), 0);
+        assert_eq!(h.defer(&u, p.clone()), None);
+        assert!(h.gather(&u, p).is_none());
+        assert_eq!(h.backlog_len(), 0);
     }
 }

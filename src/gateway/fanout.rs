@@ -135,7 +135,9 @@ fn offer(
 ) -> Sent {
     let h = &v.handle;
     if h.mode.batch {
-        let (kept, first, waiting) = h.gather(user, p.clone());
+        let Some((kept, first, waiting)) = h.gather(user, p.clone()) else {
+            return Sent::Gone;
+        };
         if !kept {
             state.metrics.dropped.increment(1);
         }
@@ -154,12 +156,16 @@ fn offer(
             done => return done,
         }
     }
-    if h.defer(user, p.clone()) {
-        state.gateway.backlogged.insert(Mailbox::Presence(h.sid));
-        state.metrics.deferred.increment(1);
-    } else {
-        state.metrics.dropped.increment(1);
-        tracing::warn!(conn = %h.conn.id, max = BACKLOG_MAX, "socket backlog full; update dropped");
+    match h.defer(user, p.clone()) {
+        Some(true) => {
+            state.gateway.backlogged.insert(Mailbox::Presence(h.sid));
+            state.metrics.deferred.increment(1);
+        }
+        Some(false) => {
+            state.metrics.dropped.increment(1);
+            tracing::warn!(conn = %h.conn.id, max = BACKLOG_MAX, "socket backlog full; update dropped");
+        }
+        None => return Sent::Gone,
     }
     Sent::Deferred
 }
@@ -240,7 +246,7 @@ fn send_batch(state: &AppState, v: &Viewer, frames: &mut Frames) -> Sent {
         state.metrics.activity.delivered(sent);
     }
     if outcome == Sent::Gone {
-        v.handle.clear_backlog();
+        v.handle.cut_off();
         state.gateway.viewers.leave(&v.handle);
     }
     outcome
@@ -651,7 +657,7 @@ fn bound_backlogs(state: &AppState, sids: &[Sid]) {
             break;
         }
         total -= n;
-        v.handle.clear_backlog();
+        v.handle.cut_off();
         state
             .gateway
             .backlogged
