@@ -101,6 +101,10 @@ fn describe() {
         "Sockets disconnected because the backlogs of all sockets together exceeded SOCKET_BACKLOG_TOTAL"
     );
     describe_counter!(
+        "presence_connects_abandoned_total",
+        "Sockets admitted by the handshake whose namespace connect never completed (their transport closed meanwhile), recorded as closed"
+    );
+    describe_counter!(
         "presence_direct_fallbacks_total",
         "Sockets whose presence frames the library sends instead of the direct path, by reason"
     );
@@ -218,6 +222,7 @@ pub struct Metrics {
     pub dropped: Counter,
     pub resyncs: Counter,
     pub slow_disconnected: Counter,
+    pub connects_abandoned: Counter,
     pub batches_sent: Counter,
     pub subscriptions: Gauge,
     pub fanout_latency: Histogram,
@@ -301,6 +306,7 @@ impl Metrics {
             dropped: counter!("presence_updates_dropped_total", "node" => n.clone()),
             resyncs: counter!("presence_resyncs_total", "node" => n.clone()),
             slow_disconnected: counter!("presence_slow_sockets_disconnected_total", "node" => n.clone()),
+            connects_abandoned: counter!("presence_connects_abandoned_total", "node" => n.clone()),
             batches_sent: counter!("presence_batches_sent_total", "node" => n.clone()),
             subscriptions: gauge!("presence_subscriptions", "node" => n.clone()),
             fanout_latency: histogram!("presence_fanout_latency_seconds", "node" => n.clone()),
@@ -329,6 +335,7 @@ impl Metrics {
             &m.dropped,
             &m.resyncs,
             &m.slow_disconnected,
+            &m.connects_abandoned,
             &m.batches_sent,
         ] {
             c.increment(0);

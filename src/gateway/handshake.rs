@@ -251,8 +251,37 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refus
             ));
         }
     }
-    state.gateway.viewers.join(policy, s.clone(), handle);
+    state
+        .gateway
+        .viewers
+        .join(policy, s.clone(), handle.clone());
+    watch_connect(state, handle);
     Ok(())
+}
+
+/// How long the library may take to complete a namespace connect after our middleware
+/// admitted it (it runs our connect handler only then).
+pub const CONNECT_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A socket whose transport closed while our middleware was admitting it never gets a
+/// connect or disconnect handler from the library: what the middleware took for it (its
+/// place among the viewers, its user's blocks held here, its registration in the engine)
+/// would stay for ever. Past [`CONNECT_LIMIT`] without its connect handler, it is recorded
+/// as closed; the gate keeps that to one close, and keeps a later handler from registering it.
+fn watch_connect(state: &AppState, handle: Arc<ConnHandle>) {
+    let st = state.clone();
+    state.background.spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(CONNECT_LIMIT) => {}
+            // At shutdown, the shutdown's own close of what is left does it.
+            _ = st.background.stop.cancelled() => return,
+        }
+        if !handle.is_open() {
+            st.metrics.connects_abandoned.increment(1);
+            tracing::debug!(conn = %handle.conn.id, "admitted, never connected: recorded as closed");
+            super::events::record_close(&st, &handle, 0).await;
+        }
+    });
 }
 
 /// The session's request budget in `namespace`: the one it left with (parked), or a full one.
@@ -311,5 +340,9 @@ pub async fn connected(s: SocketRef, State(state): State<AppState>) {
     if added.is_some() {
         state.metrics.connections.increment(1);
         state.metrics.sockets_root.increment(1.0);
+    } else {
+        // Closed first (by its disconnect, or recorded closed past `CONNECT_LIMIT`): a socket
+        // nothing delivers to must not stay connected.
+        let _ = s.disconnect();
     }
 }
