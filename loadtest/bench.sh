@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproducible benchmarks on this machine: builds release binaries, starts one gateway per
 # scenario (memory engine, production mode with a fixed secret), runs loadgen against it,
-# prints loadgen's JSON. Usage: loadtest/bench.sh [rules-fanout2|webhooks|idle5k|idle10k|floor10k|floor-fanout2|idle15k|fanout|fanout5|storm|storm-db|churn|redis-idle10k|redis-fanout|redis-fanout10k|redis-fanout10k-slow|redis-deaf10k-x5|search|report|all]
+# prints loadgen's JSON. Usage: loadtest/bench.sh [rules-fanout2|rules-subs20k|webhooks|idle5k|idle10k|floor10k|floor-fanout2|idle15k|fanout|fanout5|storm|storm-db|churn|redis-idle10k|redis-fanout|redis-fanout10k|redis-fanout10k-slow|redis-deaf10k-x5|search|report|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace -q
@@ -229,6 +229,13 @@ case "${1:-all}" in
   subs20k) for r in 1 2 3; do
       echo "round $r: presence-gateway"; LOADGENS=2 run3 subs --subscribers 10000 --per 50 --rate 100 --duration-s 30
       echo "round $r: node-presence"; PEER=1 LOADGENS=2 run3 subs --subscribers 10000 --per 50 --rate 100 --duration-s 30; done ;;&
+  # Issue 26: the same with section 11's load (each user blocks 50: the connected blocker of
+  # each replica, then users who never connect; 1 % invisible, whose changes then reach
+  # nobody), each round beside the same run without it. The two load generators start their
+  # changes together once both set up their rules and the replicas are quiet again.
+  rules-subs20k) for r in $(seq 1 "${ROUNDS:-3}"); do
+      echo "round $r: no rules"; LOADGENS=2 run3 subs --subscribers 10000 --per 50 --rate 100 --duration-s 30
+      echo "round $r: 50 blocks each, 1 % invisible"; START_IN_MS=${RULES_START_IN_MS:-300000} LOADGENS=2 run3 subs --subscribers 10000 --per 50 --rate 100 --duration-s 30 --rules-blocks 50 --rules-invisible-pct 1; done ;;&
   # Cost follows what is watched: the same 5,000 watching clients and change rate, alone and
   # with 15,000 more sockets that watch users who never change (heartbeats every 60 s, so
   # their idle cost stays out of the figure).

@@ -58,10 +58,10 @@ pub struct Common {
     /// Connections being opened at once, per process.
     #[arg(long, default_value_t = 200, global = true)]
     pub concurrency: usize,
-    /// Section 11's load (fanout): blocks each viewer and changer holds.
+    /// Section 11's load (fanout, subs): blocks each viewer and changer holds.
     #[arg(long, default_value_t = 0, global = true)]
     pub rules_blocks: usize,
-    /// Section 11's load (fanout): the share of viewers who turn invisible, in percent.
+    /// Section 11's load (fanout, subs): the share of viewers (subs: of users) who turn invisible, in percent.
     #[arg(long, default_value_t = 0.0, global = true)]
     pub rules_invisible_pct: f64,
     /// User id prefix, so runs do not collide.

@@ -131,8 +131,7 @@ pub(super) async fn fanout(
         connected.push(Client::connect(target, source, &auth).await?.0);
     }
     let changer_ids: Vec<String> = (0..changers).map(|ch| format!("{prefix}{ch}")).collect();
-    let blocker_ids: Vec<String> = blockers.iter().map(|(u, _)| u.clone()).collect();
-    super::rules::changers(c, &changer_ids, &blocker_ids).await?;
+    super::rules::changers(c, &changer_ids, &blockers.ids).await?;
     let rules_settle_s = super::rules::quiet(c).await;
     let settle_until = Instant::now() + Duration::from_secs(60);
     loop {
@@ -229,9 +228,7 @@ pub(super) async fn fanout(
     for c in changer_clients {
         c.close().await;
     }
-    for (_, b) in blockers {
-        b.close().await;
-    }
+    blockers.close().await;
     let (mut lat, mut doubled, mut missing) = (Latencies::default(), 0u64, 0u64);
     // (send time, latency) of every delivery, for the latency through the run.
     let mut through: Vec<(u64, u64)> = Vec::new();

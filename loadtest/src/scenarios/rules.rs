@@ -48,22 +48,37 @@ async fn apply(
     Ok(())
 }
 
+/// How many of `n` users turn invisible: the first ones.
+pub(super) fn invisible_count(c: &Common, n: usize) -> usize {
+    (n as f64 * c.rules_invisible_pct / 100.0).round() as usize
+}
+
 /// The viewers' rules: `blocks` ghosts each, the first `invisible_pct` % invisible.
 pub(super) async fn viewers(c: &Common, ids: &[String], gender: &str) -> Result<(), String> {
+    users(c, ids, gender, &[]).await
+}
+
+/// Each user's rules: `also` blocked, then ghosts up to `blocks`; the first
+/// [`invisible_count`] invisible. `c.concurrency` users at a time.
+pub(super) async fn users(
+    c: &Common,
+    ids: &[String],
+    gender: &str,
+    also: &[String],
+) -> Result<(), String> {
     if c.rules_blocks == 0 && c.rules_invisible_pct <= 0.0 {
         return Ok(());
     }
-    let invisible = (ids.len() as f64 * c.rules_invisible_pct / 100.0).round() as usize;
+    let invisible = invisible_count(c, ids.len());
     let sem = Arc::new(Semaphore::new(c.concurrency.max(1)));
     let mut tasks = Vec::new();
     for (i, user) in ids.iter().enumerate() {
-        let ghosts: Vec<String> = (0..c.rules_blocks)
-            .map(|k| format!("{user}-ghost-{k}"))
-            .collect();
+        let mut blocked: Vec<String> = also.iter().take(c.rules_blocks).cloned().collect();
+        blocked.extend((blocked.len()..c.rules_blocks).map(|k| format!("{user}-ghost-{k}")));
         let (c, user, sem, gender) = (c.clone(), user.clone(), sem.clone(), gender.to_string());
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire_owned().await;
-            apply(&c, i, (&user, &gender), &ghosts, i < invisible).await
+            apply(&c, i, (&user, &gender), &blocked, i < invisible).await
         }));
     }
     for t in tasks {
@@ -73,19 +88,49 @@ pub(super) async fn viewers(c: &Common, ids: &[String], gender: &str) -> Result<
 }
 
 /// Connected users, one per target, whom every changer blocks: they are no viewers, and
-/// with them each replica's fan-out has a block list to check every delivery against.
-pub(super) async fn blockers(c: &Common, prefix: &str) -> Result<Vec<(String, Client)>, String> {
-    if c.rules_blocks == 0 {
-        return Ok(vec![]);
+/// with them each replica's fan-out has a block list to check every delivery against. Each is
+/// read by a task of its own (answering pings: one left unread is closed by its server after
+/// 45 s, and with it the block list each delivery is checked against) until [`Blockers::close`].
+pub(super) struct Blockers {
+    pub ids: Vec<String>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Blockers {
+    pub async fn close(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
     }
-    let mut out = Vec::new();
+}
+
+pub(super) async fn blockers(c: &Common, prefix: &str) -> Result<Blockers, String> {
+    let (stop, stop_rx) = watch::channel(false);
+    let mut out = Blockers {
+        ids: Vec::new(),
+        stop,
+        tasks: Vec::new(),
+    };
+    if c.rules_blocks == 0 {
+        return Ok(out);
+    }
     for r in 0..c.target.len() {
         let user = format!("{prefix}-blocker-{r}");
         let auth = json!({"token": token::mint(&c.secret, &user, "male")});
-        out.push((
-            user,
-            Client::connect(c.target[r], c.source(r), &auth).await?.0,
-        ));
+        let mut client = Client::connect(c.target[r], c.source(r), &auth).await?.0;
+        let mut stop_rx = stop_rx.clone();
+        out.ids.push(user);
+        out.tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop_rx.changed() => break,
+                    m = client.recv() => if m.is_none() { return },
+                }
+            }
+            client.close().await;
+        }));
     }
     Ok(out)
 }

@@ -42,6 +42,9 @@ pub(super) async fn subs(
     let (start, start_rx) = watch::channel(None::<tokio::time::Instant>);
     let sem = Arc::new(Semaphore::new(c.concurrency.max(1)));
     let prefix = format!("{}-su-", c.prefix);
+    // Section 11's load, when asked for (`--rules-*`): the first `hidden` users turn invisible
+    // once everyone subscribed, and from then on none of their changes reaches a watcher.
+    let hidden = super::rules::invisible_count(c, n);
     // Who watches whom: the deliveries one change of user j makes are audience[j].
     let mut audience = vec![0u64; n];
     let mut plans = Vec::with_capacity(n);
@@ -53,7 +56,9 @@ pub(super) async fn subs(
                 let j = rng.below(watching as u64);
                 if j != i as u64 && !ids.contains(&j) {
                     ids.push(j);
-                    audience[j as usize] += 1;
+                    if j as usize >= hidden {
+                        audience[j as usize] += 1;
+                    }
                 }
             }
         }
@@ -94,11 +99,21 @@ pub(super) async fn subs(
         None
     };
     let mux = Arc::new(std::sync::Mutex::new(mux));
-    let watched_of = plans.clone();
+    // What each client must receive: the users it subscribed to who stay visible.
+    let watched_of: Vec<Vec<u64>> = plans
+        .iter()
+        .map(|ids| {
+            ids.iter()
+                .copied()
+                .filter(|&j| j as usize >= hidden)
+                .collect()
+        })
+        .collect();
 
     let mut tasks = Vec::new();
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<bool>();
-    for (i, watched) in plans.into_iter().enumerate() {
+    for (i, subscribed_to) in plans.into_iter().enumerate() {
+        let watched = watched_of[i].clone();
         let mut auth = json!({
             "token": token::mint(&c.secret, &format!("{prefix}{i}"), "female"),
             "presence": "subscriptions",
@@ -106,12 +121,15 @@ pub(super) async fn subs(
         if batch {
             auth["batch"] = json!(true);
         }
-        let ids: Vec<String> = if watched.is_empty() {
+        let ids: Vec<String> = if subscribed_to.is_empty() {
             (0..per)
                 .map(|k| format!("{}-idle-{i}-{k}", c.prefix))
                 .collect()
         } else {
-            watched.iter().map(|j| format!("{prefix}{j}")).collect()
+            subscribed_to
+                .iter()
+                .map(|j| format!("{prefix}{j}"))
+                .collect()
         };
         let (target, source) = (c.target_for(i), c.source(i));
         let unexpected = unexpected.clone();
@@ -234,6 +252,15 @@ pub(super) async fn subs(
     for _ in 0..n {
         ready += ready_rx.recv().await.unwrap_or(false) as usize;
     }
+    // The rules, once everyone subscribed: every user blocks the blockers (one connected user
+    // per replica, so each change's fan-out checks its deliveries against a block list), then
+    // ghosts up to `--rules-blocks`; the first `hidden` turn invisible.
+    let blockers = super::rules::blockers(c, &prefix).await?;
+    let user_ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let rules_began = Instant::now();
+    super::rules::users(c, &user_ids, "female", &blockers.ids).await?;
+    let rules_s = rules_began.elapsed().as_secs_f64();
+    let rules_settle_s = super::rules::quiet(c).await;
 
     const FANOUT: &str = "presence_fanout_latency_seconds";
     // Several load generators agree on a wall-clock start, so that none changes while another
@@ -276,6 +303,7 @@ pub(super) async fn subs(
     let window_s = window.elapsed().as_secs_f64();
     let rss_kib = measure::sum(&c.pids).rss_kib;
     let _ = stop.send(true);
+    blockers.close().await;
     let (mut lat, mut doubled, mut missing) = (Latencies::default(), 0u64, 0u64);
     let mut examples = Vec::new();
     let mut outcomes = Vec::new();
@@ -300,7 +328,7 @@ pub(super) async fn subs(
     }
     let got = received.load(Ordering::Relaxed);
     Ok(json!({
-        "scenario": "subs", "readers": readers, "reader_nap_us": reading.nap_us, "stamp": format!("{:?}", reading.stamp).to_lowercase(), "unstamped_reads": super::mux::UNSTAMPED.load(Ordering::Relaxed), "batch": batch, "subscribers": n, "subscribed_ok": ready,
+        "scenario": "subs", "rules_blocks": c.rules_blocks, "rules_invisible_pct": c.rules_invisible_pct, "invisible_users": hidden, "rules_s": rules_s, "rules_settle_s": rules_settle_s, "readers": readers, "reader_nap_us": reading.nap_us, "stamp": format!("{:?}", reading.stamp).to_lowercase(), "unstamped_reads": super::mux::UNSTAMPED.load(Ordering::Relaxed), "batch": batch, "subscribers": n, "subscribed_ok": ready,
         "watching": watching, "per": per,
         "changes": changes, "changes_per_s": changes as f64 / duration_s.max(1) as f64,
         "changes_refused": sent.load(Ordering::Relaxed).saturating_sub(changes),
