@@ -62,6 +62,8 @@ pub struct ConnHandle {
     /// `connected()`: reading that a second time after the refusal races with the library
     /// setting it (see `fanout::refused_as_closed`).
     opened: AtomicBool,
+    /// Told once `opened` is set (for the one waiting on it: `handshake::watch_connect`).
+    opened_signal: tokio::sync::Notify,
     /// Serialises this socket's engine writes with its close. Holds "closed": once the
     /// disconnect has gone through, no late handler (they run as separate tasks, in any
     /// order) may register the connection again. This is the stale-socket bug of the old
@@ -117,6 +119,7 @@ impl ConnHandle {
             last_heard: AtomicI64::new(now.as_micros()),
             queued: AtomicBool::new(false),
             opened: AtomicBool::new(false),
+            opened_signal: tokio::sync::Notify::new(),
             gate: tokio::sync::Mutex::new(false),
             bucket: Mutex::new(bucket),
             backlog: Mutex::new(if mode.batch {
@@ -247,6 +250,15 @@ impl ConnHandle {
     /// The library completed this socket's connect (see `opened`).
     pub fn open(&self) {
         self.opened.store(true, Ordering::Release);
+        // A permit kept if nobody waits yet: the wait then ends at once.
+        self.opened_signal.notify_one();
+    }
+
+    /// Until the library completed this socket's connect.
+    pub async fn opened(&self) {
+        if !self.is_open() {
+            self.opened_signal.notified().await;
+        }
     }
 
     pub fn is_open(&self) -> bool {

@@ -273,6 +273,8 @@ fn watch_connect(state: &AppState, handle: Arc<ConnHandle>) {
     state.background.spawn(async move {
         tokio::select! {
             _ = tokio::time::sleep(CONNECT_LIMIT) => {}
+            // Connected: nothing to watch (and the handle is not kept in memory by this).
+            _ = handle.opened() => return,
             // At shutdown, the shutdown's own close of what is left does it.
             _ = st.background.stop.cancelled() => return,
         }
