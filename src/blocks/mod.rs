@@ -65,7 +65,7 @@ pub async fn unblock(b: Blocks<'_>, user: &UserId, other: &UserId) -> Result<(),
     {
         tracing::warn!(error = %e, "unblock not copied to the engine");
     }
-    if store.blocks_of(other).await?.0.contains(user) {
+    if store.blocks(other, user).await? {
         return Ok(());
     }
     // Announced even when there was nothing to lift: a retry after a failed announcement.

@@ -71,6 +71,15 @@ impl BlockStore for Database {
         Ok(self.checked(r).await?.rows_affected() > 0)
     }
 
+    async fn blocks(&self, user: &UserId, other: &UserId) -> Result<bool, EngineError> {
+        let r = sqlx::query("SELECT 1 FROM user_blocks WHERE user_id = $1 AND blocked_id = $2")
+            .bind(user.as_str())
+            .bind(other.as_str())
+            .fetch_optional(self.pool())
+            .await;
+        Ok(self.checked(r).await?.is_some())
+    }
+
     async fn blocks_of(&self, user: &UserId) -> Result<(Vec<UserId>, Vec<UserId>), EngineError> {
         let mine = sqlx::query(
             "SELECT blocked_id FROM user_blocks WHERE user_id = $1 ORDER BY blocked_id",

@@ -76,6 +76,11 @@ impl BlockStore for MemoryBlocks {
         Ok(had)
     }
 
+    async fn blocks(&self, user: &UserId, other: &UserId) -> Result<bool, EngineError> {
+        let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(g.0.get(user).is_some_and(|s| s.contains(other)))
+    }
+
     async fn blocks_of(&self, user: &UserId) -> Result<(Vec<UserId>, Vec<UserId>), EngineError> {
         let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let list = |m: &Sets| {

@@ -340,6 +340,10 @@ pub trait BlockStore: Send + Sync {
     /// Returns whether there was such a block.
     async fn unblock(&self, user: &UserId, other: &UserId) -> Result<bool, EngineError>;
 
+    /// Whether `user` blocks `other` (one pair: an unblock asks this of the other side, whose
+    /// lists may be long).
+    async fn blocks(&self, user: &UserId, other: &UserId) -> Result<bool, EngineError>;
+
     /// Whom `user` blocked, and who blocked `user`.
     async fn blocks_of(&self, user: &UserId) -> Result<(Vec<UserId>, Vec<UserId>), EngineError>;
 }

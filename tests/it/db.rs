@@ -451,3 +451,9 @@ async fn a_row_the_database_refuses_is_split_out_and_dropped_while_the_others_la
     flush(&db).await;
     assert_eq!(stored(&db, "after").await.map(|r| r.2), Some(11));
 }
+
+#[tokio::test]
+async fn blocks_are_kept_both_ways_in_the_database() {
+    let (_, db) = migrated(0).await;
+    super::engine::block_store_rules(&db).await;
+}

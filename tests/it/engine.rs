@@ -643,6 +643,36 @@ pub async fn topics_reach_their_own_subscribers_in_order(e: Engine) {
     assert_eq!(&*m, "s0", "the stats topic saw only its own message");
 }
 
+/// Blocks (section 11) where no database keeps them: both ways, the limit, a pair check.
+pub async fn blocks_are_kept_both_ways(e: Engine) {
+    block_store_rules(e.block_store()).await;
+}
+
+/// What every block store must do (the engines', and the database's: `db.rs`).
+pub async fn block_store_rules(s: &dyn BlockStore) {
+    let (a, b, c) = (uid("bk-a"), uid("bk-b"), uid("bk-c"));
+    assert_eq!(s.block(&a, &b, 2).await.unwrap(), Blocked::Added);
+    assert_eq!(s.block(&a, &b, 2).await.unwrap(), Blocked::Already);
+    assert_eq!(s.block(&a, &c, 2).await.unwrap(), Blocked::Added);
+    assert_eq!(
+        s.block(&a, &uid("bk-d"), 2).await.unwrap(),
+        Blocked::TooMany,
+        "at the limit"
+    );
+    assert_eq!(s.block(&c, &a, 2).await.unwrap(), Blocked::Added);
+    assert!(s.blocks(&a, &b).await.unwrap());
+    assert!(!s.blocks(&b, &a).await.unwrap(), "one way only");
+    assert_eq!(
+        s.blocks_of(&a).await.unwrap(),
+        (vec![b.clone(), c.clone()], vec![c.clone()])
+    );
+    assert_eq!(s.blocks_of(&b).await.unwrap(), (vec![], vec![a.clone()]));
+    assert!(s.unblock(&a, &b).await.unwrap());
+    assert!(!s.unblock(&a, &b).await.unwrap(), "nothing left to lift");
+    assert!(!s.blocks(&a, &b).await.unwrap());
+    assert_eq!(s.blocks_of(&b).await.unwrap(), (vec![], vec![]));
+}
+
 #[macro_export]
 macro_rules! engine_suite {
     ($module:ident, $make:path) => {
@@ -665,6 +695,7 @@ macro_rules! engine_suite {
                 a_gender_change_is_a_change,
                 replica_reports_live_and_expire,
                 topics_reach_their_own_subscribers_in_order,
+                blocks_are_kept_both_ways,
             );
             // With flap damping on, tight enough that the random sequences meet it.
             $crate::engine_suite!(@cases $make, super::super::conformance::FLAP;

@@ -76,6 +76,18 @@ impl BlockStore for RedisEngine {
         Ok(had == 1)
     }
 
+    async fn blocks(&self, user: &UserId, other: &UserId) -> Result<bool, EngineError> {
+        let there: i64 = self
+            .client
+            .custom(
+                cmd("SISMEMBER"),
+                vec![self.keys.blocks(user.as_str()), other.to_string()],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(there == 1)
+    }
+
     async fn blocks_of(&self, user: &UserId) -> Result<(Vec<UserId>, Vec<UserId>), EngineError> {
         let mine: Vec<String> = self
             .client
