@@ -183,6 +183,39 @@ test("privacy requests: who may read and change them, and bad input", async () =
   }
 });
 
+test("with PostgreSQL, a user the presence store lost is read from the database under their own settings", async () => {
+  const { freshDatabase, psql } = await import("../db.mjs");
+  const db = freshDatabase();
+  const env = { ...FAST, DATABASE_URL: db };
+  let gw = await startGateway(env);
+  const [inv, nobody, plain] = ["pg-lk-inv", "pg-lk-nobody", "pg-lk-plain"];
+  try {
+    await waitUntil(async () => (await gw.http("/api/health")).json?.dependencies?.database === "up", 10000, "database up");
+    // Each online, then their settings, then gone: the database holds their true last seen.
+    for (const [id, change] of [[inv, { invisible: true }], [nobody, { lastSeen: "nobody" }], [plain, null]]) {
+      const s = await gw.connect(user(id, "female"));
+      if (change) assert.equal((await ask(s, "presence:set-privacy", change)).privacy !== undefined, true);
+      s.disconnect();
+    }
+    const rows = () => psql(db, `SELECT user_id, online, last_seen IS NOT NULL FROM user_presence WHERE user_id LIKE 'pg-lk-%' ORDER BY user_id`);
+    await waitUntil(async () => rows().length === 3 && rows().every((r) => r[1] === "f" && r[2] === "t"), 10000, "the last seen of all three in the database");
+    // A new replica (the memory engine starts empty: as if Redis had lost everything).
+    await gw.stop();
+    gw = await startGateway(env);
+    const v = await gw.connect(user("pg-lk-viewer", "female"));
+    const got = await ask(v, "presence:get", { userIds: [inv, nobody, plain] });
+    const by = Object.fromEntries(got.presences.map((p) => [p.userId, p]));
+    assert.equal(by[plain].online, false);
+    assert.ok(by[plain].lastSeen, "the database's last seen, for a user without settings");
+    assert.deepEqual([by[nobody].online, by[nobody].lastSeen], [false, null], "last seen nobody: none");
+    assert.deepEqual([by[inv].online, by[inv].lastSeen], [false, null], "invisible: not the last seen they hid");
+    const http = await gw.http(`/api/presence/${inv}`, { token: token({ sub: "pg-lk-viewer", gender: "female" }) });
+    assert.equal(http.json.lastSeen, null, "HTTP presence too");
+  } finally {
+    await gw.stop();
+  }
+});
+
 test("with PostgreSQL the settings outlive the replica (and Redis); PostgreSQL down refuses the handshake rather than guess", async () => {
   const { freshDatabase, psql } = await import("../db.mjs");
   const db = freshDatabase();

@@ -151,8 +151,9 @@ impl Database {
     }
 
     /// What the database remembers of users the engine does not know (their keys expired
-    /// long ago): offline, with their last `lastSeen`, version and gender. Users the
-    /// database does not know either are absent from the map.
+    /// long ago, or Redis lost them): offline, with their last `lastSeen`, version and gender,
+    /// under their own settings (section 11). Users the database does not know either are
+    /// absent from the map.
     pub async fn last_known(&self, users: &[UserId]) -> Result<HashMap<UserId, Presence>, DbError> {
         let users = self.unknown.worth_asking(users);
         if users.is_empty() {
@@ -162,10 +163,12 @@ impl Database {
         let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
         const SQL: &str = "SELECT q.id, u.gender, p.online,
                 (extract(epoch FROM p.last_seen) * 1000000)::int8, p.version,
-                (extract(epoch FROM p.updated_at) * 1000000)::int8
+                (extract(epoch FROM p.updated_at) * 1000000)::int8,
+                coalesce(s.invisible, false), coalesce(s.last_seen_nobody, false)
              FROM UNNEST($1::text[]) AS q(id)
              LEFT JOIN users u ON u.id = q.id
              LEFT JOIN user_presence p ON p.user_id = q.id
+             LEFT JOIN user_privacy s ON s.user_id = q.id
              WHERE u.id IS NOT NULL OR p.user_id IS NOT NULL";
         let r = sqlx::query(SQL)
             .bind(ids)
@@ -175,7 +178,7 @@ impl Database {
         self.observe(&r);
         let mut out = HashMap::with_capacity(users.len());
         for row in r? {
-            let p = offline_presence(&row)?;
+            let p = with_settings(offline_presence(&row)?, &row)?;
             out.insert(p.user_id.clone(), p);
         }
         self.unknown
@@ -423,6 +426,24 @@ fn offline_presence(row: &sqlx::postgres::PgRow) -> Result<Presence, DbError> {
     p.last_seen = last_seen
         .or(if online == Some(true) { updated } else { None })
         .map(Timestamp);
+    Ok(p)
+}
+
+/// `p` under the user's settings as `last_known` reads them (columns 6 and 7).
+fn with_settings(mut p: Presence, row: &sqlx::postgres::PgRow) -> Result<Presence, DbError> {
+    if row.try_get::<bool, _>(7)? {
+        p.privacy.last_seen = crate::domain::LastSeen::Nobody;
+    }
+    if row.try_get::<bool, _>(6)? {
+        // The moment they turned invisible is the engine's to keep, and it lost it: others
+        // get no lastSeen rather than the one the user hid (their true last connection).
+        p.privacy.invisible = true;
+        p.privacy.hidden = Some(crate::domain::privacy::Hidden {
+            version: p.version,
+            last_seen: None,
+            updated_at: p.updated_at,
+        });
+    }
     Ok(p)
 }
 
