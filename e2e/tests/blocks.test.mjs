@@ -143,3 +143,52 @@ test("block requests: limits, who may, bad input, and the counter", async () => 
     await gw.stop();
   }
 });
+
+test("a block the replicas never heard of (its announcement lost) is applied and told once the bus comes back", async () => {
+  const { spawn, execFileSync } = await import("node:child_process");
+  // A Redis of this test's own: the bus is cut by killing its subscriber connections.
+  const port = 18000 + (process.pid % 1000);
+  const cli = (...args) => execFileSync("redis-cli", ["-p", String(port), ...args]).toString().trim();
+  const redis = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+  await waitUntil(() => { try { return cli("ping") === "PONG"; } catch { return false; } }, 5000, "test Redis up");
+  const prefix = `e2e-blk-lost-${process.pid}`;
+  const env = { ...FAST, RATE_LIMIT_PER_SEC: "0", REDIS_URL: `redis://127.0.0.1:${port}`, REDIS_KEY_PREFIX: prefix };
+  const [a, b] = [await startGateway(env), await startGateway(env)];
+  const [vic, x] = ["lost-vic", "lost-x"];
+  try {
+    const vs = await a.connect(user(vic, "other"));
+    const vSees = recorder(vs);
+    const xs = await b.connect(user(x, "female"));
+    const xSees = recorder(xs);
+    const stopBeats = keepAlive(vs, xs);
+    try {
+      await vSees.waitFor((p) => p.userId === x && p.online, 5000, "the viewer sees X");
+      const xOnline = (await ask(vs, "presence:get", { userIds: [x] })).presences[0];
+      // Each blocks someone else first, so that their block sets exist: their keys' slots.
+      await ask(vs, "presence:block", { userId: "lost-ghost-1" });
+      await ask(xs, "presence:block", { userId: "lost-ghost-2" });
+      const keyOf = (u) => cli("--scan", "--pattern", `${prefix}:blk:*:${u}`);
+      const [kv, kx] = [keyOf(vic), keyOf(x)];
+      assert.ok(kv && kx, "block keys found");
+      // X blocks the viewer in the store, and the announcement never goes out.
+      cli("sadd", kx, vic);
+      cli("sadd", kv.replace(":blk:", ":blkby:"), x);
+      await barrier(a, vSees);
+      assert.ok(!vSees.of(x).some((p) => !p.online), "not told yet: nothing announced");
+      // The bus drops and comes back: each replica reloads its users' blocks and tells them.
+      cli("client", "kill", "type", "pubsub");
+      const gone = await vSees.waitFor((p) => p.userId === x && !p.online, 10000, "the viewer told X is gone");
+      assert.ok(gone.version > xOnline.version, "with a greater version");
+      await xSees.waitFor((p) => p.userId === vic && !p.online, 10000, "and X told the viewer is gone");
+      // Then silence.
+      await ask(xs, "presence:set-status", { status: "live" });
+      await barrier(a, vSees);
+      assert.ok(!vSees.of(x).some((p) => p.status === "live"), "X's changes no longer reach the viewer");
+    } finally {
+      stopBeats();
+    }
+  } finally {
+    await Promise.all([a.stop(), b.stop()]);
+    redis.kill("SIGKILL");
+  }
+});

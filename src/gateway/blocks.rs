@@ -122,19 +122,24 @@ impl BlockIndex {
     }
 
     /// Replace local user `user`'s blocks (reloaded after announcements were missed).
-    pub fn replace(&self, user: &UserId, hidden: HashSet<UserId>) {
+    /// Returns whom they are hidden from now and were not (blocks made meanwhile), and the
+    /// reverse (lifted): what their sockets were never told.
+    pub fn replace(&self, user: &UserId, hidden: HashSet<UserId>) -> (Vec<UserId>, Vec<UserId>) {
         let mut guard = self.write();
         let w = &mut *guard;
         let Some((old, _)) = w.users.get_mut(user) else {
-            return;
+            return Default::default();
         };
         let old = std::mem::replace(old, Arc::new(hidden.clone()));
+        let made = hidden.difference(&old).cloned().collect();
+        let lifted = old.difference(&hidden).cloned().collect();
         for other in old.iter() {
             remove(&mut w.from, other, user);
         }
         for other in &hidden {
             add(&mut w.from, other, user);
         }
+        (made, lifted)
     }
 
     /// The local users `user`'s changes must not reach.
@@ -178,6 +183,23 @@ mod tests {
         assert!(
             ix.hidden_from(&u("x")).is_none(),
             "gone with the last connection"
+        );
+    }
+
+    #[test]
+    fn a_reload_says_what_changed_meanwhile() {
+        let ix = BlockIndex::default();
+        let c: Arc<str> = "c".into();
+        ix.hold(&u("a"), &c);
+        ix.merge(&u("a"), HashSet::from([u("x"), u("y")]));
+        let (made, lifted) = ix.replace(&u("a"), HashSet::from([u("y"), u("z")]));
+        assert_eq!((made, lifted), (vec![u("z")], vec![u("x")]));
+        assert!(ix.hidden_from(&u("x")).is_none());
+        assert!(ix.hidden_from(&u("z")).unwrap().contains(&u("a")));
+        assert_eq!(
+            ix.replace(&u("b"), HashSet::from([u("x")])),
+            (vec![], vec![]),
+            "not here"
         );
     }
 }

@@ -51,7 +51,11 @@ pub async fn run(state: AppState) {
     }
 }
 
-/// Reload the blocks of every user connected here (announcements were missed).
+/// Reads of a reload in flight at once.
+const RELOAD_READS: usize = 16;
+
+/// Reload the blocks of every user connected here (announcements were missed), and tell
+/// their sockets what the missed announcements would have told them.
 async fn reload(state: &AppState) {
     let users: std::collections::HashSet<UserId> = state
         .gateway
@@ -60,10 +64,39 @@ async fn reload(state: &AppState) {
         .into_iter()
         .map(|v| v.handle.conn.user.clone())
         .collect();
-    for u in users {
-        match crate::blocks::store::hidden(&*state.engine, state.db.as_deref(), &u).await {
-            Ok(hidden) => state.gateway.blocks.replace(&u, hidden),
-            Err(e) => tracing::warn!(error = %e, "blocks not reloaded"),
+    let mut users = users.into_iter();
+    let mut reads = tokio::task::JoinSet::new();
+    let mut changed = Vec::new();
+    loop {
+        while reads.len() < RELOAD_READS
+            && let Some(u) = users.next()
+        {
+            let st = state.clone();
+            reads.spawn(async move {
+                let read = crate::blocks::store::hidden(&*st.engine, st.db.as_deref(), &u).await;
+                (u, read)
+            });
+        }
+        let Some(done) = reads.join_next().await else {
+            break;
+        };
+        match done {
+            Ok((u, Ok(hidden))) => {
+                let (made, lifted) = state.gateway.blocks.replace(&u, hidden);
+                if !made.is_empty() || !lifted.is_empty() {
+                    changed.push((u, made, lifted));
+                }
+            }
+            Ok((_, Err(e))) => tracing::warn!(error = %e, "blocks not reloaded"),
+            Err(e) => tracing::warn!(error = %e, "a blocks reload failed"),
+        }
+    }
+    // Each side tells its own sockets (the other's reload tells theirs).
+    for (u, made, lifted) in changed {
+        for (others, on) in [(made, true), (lifted, false)] {
+            for other in others {
+                tell(state, &u, &other, on, true, false).await;
+            }
         }
     }
 }
