@@ -195,8 +195,8 @@ case "${1:-all}" in
   # a blocked user connected on each replica (so every delivery is checked against a block
   # list); the same deliveries are expected. Then the cost of block checks at 10,000 blocks.
   rules-fanout2) for r in $(seq 1 "${ROUNDS:-3}"); do
-      echo "round $r: no rules"; run3 fanout --viewers 10000 --changers 2 --rate 2 --duration-s 30
-      echo "round $r: 50 blocks each, 1 % invisible"; run3 fanout --viewers 10000 --changers 2 --rate 2 --duration-s 30 --rules-blocks 50 --rules-invisible-pct 1; done
+      echo "round $r: no rules"; run3 fanout --viewers 10000 --changers 2 --rate "${RATE:-2}" --duration-s 30
+      echo "round $r: 50 blocks each, 1 % invisible"; run3 fanout --viewers 10000 --changers 2 --rate "${RATE:-2}" --duration-s 30 --rules-blocks 50 --rules-invisible-pct 1; done
     cargo build --release --example block_checks -q && ./target/release/examples/block_checks ;;&
   # The floor beside the peer: examples/write_floor.rs, one process that does nothing but one
   # write per socket per change (both cores writing), against the Node peer, three rounds.

@@ -96,7 +96,7 @@ pub async fn viewer_of(
         gender: gender_of(db, who).await?,
         hides_last_seen,
         operator: false,
-        blocked: Some(std::sync::Arc::new(blocked)),
+        blocked: Some(std::sync::Arc::new(blocked.into())),
     })
 }
 

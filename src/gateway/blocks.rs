@@ -6,12 +6,13 @@
 //! change (shared, never copied) and checks a viewer against it only when the changed user
 //! has blocks with someone connected here: no store is read per delivery.
 
+use super::hidden::HiddenSet;
 use crate::domain::UserId;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 /// A set shared with readers; copied on write only while a reader holds it.
-pub type Hidden = Arc<HashSet<UserId>>;
+pub type Hidden = Arc<HiddenSet>;
 
 #[derive(Default)]
 pub struct BlockIndex(RwLock<Inner>);
@@ -94,7 +95,7 @@ impl BlockIndex {
         }
         let hidden = hidden.clone();
         w.users.remove(user);
-        for other in hidden.iter() {
+        for other in hidden.users() {
             remove(&mut w.from, other, user);
         }
     }
@@ -130,10 +131,10 @@ impl BlockIndex {
         let Some((old, _)) = w.users.get_mut(user) else {
             return Default::default();
         };
-        let old = std::mem::replace(old, Arc::new(hidden.clone()));
-        let made = hidden.difference(&old).cloned().collect();
-        let lifted = old.difference(&hidden).cloned().collect();
-        for other in old.iter() {
+        let old = std::mem::replace(old, Arc::new(HiddenSet::from(hidden.clone())));
+        let made = hidden.difference(old.users()).cloned().collect();
+        let lifted = old.users().difference(&hidden).cloned().collect();
+        for other in old.users() {
             remove(&mut w.from, other, user);
         }
         for other in &hidden {

@@ -47,6 +47,8 @@ pub fn public_id(sid: Sid) -> String {
 /// the [`SocketRegistry`]; it holds no reference back to the socket, so nothing cycles.
 pub struct ConnHandle {
     pub conn: Connection,
+    /// Its user's key for the fan-out's block check ([`super::hidden::key_of`]).
+    pub user_key: u64,
     pub sid: Sid,
     pub identity: Identity,
     pub audience: Audience,
@@ -110,6 +112,7 @@ impl ConnHandle {
         bucket: TokenBucket,
     ) -> Self {
         ConnHandle {
+            user_key: super::hidden::key_of(&conn.user),
             conn,
             sid,
             identity,

@@ -433,7 +433,7 @@ async fn deliver(state: &AppState, ev: PresenceEvent) {
             tokio::task::yield_now().await;
         }
         if let Some(h) = &hidden
-            && h.contains(&v.handle.conn.user)
+            && h.holds(v.handle.user_key, &v.handle.conn.user)
         {
             continue;
         }
@@ -609,7 +609,7 @@ fn tell_gone(state: &AppState, p: &crate::domain::Presence, old: crate::domain::
         if v.handle.conn.user == p.user_id
             || hidden
                 .as_ref()
-                .is_some_and(|h| h.contains(&v.handle.conn.user))
+                .is_some_and(|h| h.holds(v.handle.user_key, &v.handle.conn.user))
         {
             continue;
         }

@@ -26,6 +26,7 @@ pub mod fanout;
 pub mod gender;
 pub mod handshake;
 pub mod heartbeats;
+pub mod hidden;
 pub mod outbox;
 pub mod protocol;
 pub mod ratelimit;

@@ -149,6 +149,8 @@ pub(super) async fn fanout(
     let cpu_before = measure::sum(&c.pids);
     // This process's own CPU too: the load generator shares the machine's cores.
     let own_before = measure::sum(&[std::process::id()]);
+    mark("window");
+    let frames_before = frames.load(Ordering::Relaxed);
 
     // Changers: each sets `live` with new details (a change every time) at its share of the rate.
     let period = Duration::from_secs_f64(changers as f64 / rate.max(0.001));
@@ -198,6 +200,7 @@ pub(super) async fn fanout(
         changer_clients.push(client);
     }
     let send_s = t_start.elapsed().as_secs_f64();
+    mark("end");
     let expected = accepted.count() * viewers_up as u64;
     // Drain: until everything expected arrived, or nothing more arrives for a while: a second,
     // or with batches three (a batch may be a second late, and on a saturated machine later;
@@ -271,6 +274,8 @@ pub(super) async fn fanout(
         "deliveries_per_s": got as f64 / send_s,
         // Messages the viewers received (a batch is one; without batching, one per update).
         "frames": frames.load(Ordering::Relaxed),
+        // From the first change on: what the replicas wrote while measured.
+        "frames_in_window": frames.load(Ordering::Relaxed) - frames_before,
         // The replicas' CPU while changes flowed, per delivered update.
         "server_cpu_us_per_update": if got > 0 { server_cpu_s * 1e6 / got as f64 } else { 0.0 },
         "loadgen_cpu_us_per_update": if got > 0 { loadgen_cpu_s * 1e6 / got as f64 } else { 0.0 },

@@ -35,6 +35,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Semaphore, mpsc, watch};
 
+/// Writes `what` to the file `LOADGEN_MARK` names, if set: a profiler outside waits on it to
+/// record the replicas over the measured window only ("window", then "end").
+fn mark(what: &str) {
+    if let Ok(path) = std::env::var("LOADGEN_MARK") {
+        let _ = std::fs::write(path, what);
+    }
+}
+
 fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
