@@ -194,9 +194,12 @@ case "${1:-all}" in
   # alternately: every viewer and changer holding 50 blocks, 1 % of the viewers invisible, and
   # a blocked user connected on each replica (so every delivery is checked against a block
   # list); the same deliveries are expected. Then the cost of block checks at 10,000 blocks.
+  # The two alternate which goes first, round by round (neither always meets the same minutes).
   rules-fanout2) for r in $(seq 1 "${ROUNDS:-3}"); do
-      echo "round $r: no rules"; run3 fanout --viewers 10000 --changers 2 --rate "${RATE:-2}" --duration-s 30
-      echo "round $r: 50 blocks each, 1 % invisible"; run3 fanout --viewers 10000 --changers 2 --rate "${RATE:-2}" --duration-s 30 --rules-blocks 50 --rules-invisible-pct 1; done
+      for which in $( [ $((r % 2)) = 1 ] && echo "none rules" || echo "rules none"); do
+        if [ "$which" = none ]; then echo "round $r: no rules"; run3 fanout --viewers 10000 --changers 2 --rate "${RATE:-2}" --duration-s 30
+        else echo "round $r: 50 blocks each, 1 % invisible"; run3 fanout --viewers 10000 --changers 2 --rate "${RATE:-2}" --duration-s 30 --rules-blocks 50 --rules-invisible-pct 1; fi
+      done; done
     cargo build --release --example block_checks -q && ./target/release/examples/block_checks ;;&
   # The floor beside the peer: examples/write_floor.rs, one process that does nothing but one
   # write per socket per change (both cores writing), against the Node peer, three rounds.
@@ -234,8 +237,10 @@ case "${1:-all}" in
   # nobody), each round beside the same run without it. The two load generators start their
   # changes together once both set up their rules and the replicas are quiet again.
   rules-subs20k) for r in $(seq 1 "${ROUNDS:-3}"); do
-      echo "round $r: no rules"; LOADGENS=2 run3 subs --subscribers 10000 --per 50 --rate 100 --duration-s 30
-      echo "round $r: 50 blocks each, 1 % invisible"; START_IN_MS=${RULES_START_IN_MS:-300000} LOADGENS=2 run3 subs --subscribers 10000 --per 50 --rate 100 --duration-s 30 --rules-blocks 50 --rules-invisible-pct 1; done ;;&
+      for which in $( [ $((r % 2)) = 1 ] && echo "none rules" || echo "rules none"); do
+        if [ "$which" = none ]; then echo "round $r: no rules"; LOADGENS=2 run3 subs --subscribers 10000 --per 50 --rate 100 --duration-s 30
+        else echo "round $r: 50 blocks each, 1 % invisible"; START_IN_MS=${RULES_START_IN_MS:-300000} LOADGENS=2 run3 subs --subscribers 10000 --per 50 --rate 100 --duration-s 30 --rules-blocks 50 --rules-invisible-pct 1; fi
+      done; done ;;&
   # Cost follows what is watched: the same 5,000 watching clients and change rate, alone and
   # with 15,000 more sockets that watch users who never change (heartbeats every 60 s, so
   # their idle cost stays out of the figure).

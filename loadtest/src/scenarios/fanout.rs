@@ -120,6 +120,12 @@ pub(super) async fn fanout(
         .collect();
     super::rules::viewers(c, &viewer_ids, viewer_gender).await?;
     let blockers = super::rules::blockers(c, &c.prefix).await?;
+    // The changers' rules before they connect: their sockets are not read until the changes
+    // start, and one left unread through the rules' settling was swept as silent (its first
+    // change then revived it, one more update to every viewer inside the measured window).
+    let changer_ids: Vec<String> = (0..changers).map(|ch| format!("{prefix}{ch}")).collect();
+    super::rules::changers(c, &changer_ids, &blockers.ids).await?;
+    let rules_settle_s = super::rules::quiet(c).await;
 
     // The changers connect first, and their "online" reaches every viewer (changers × viewers
     // announcements) before any change is timed: a change sent behind that backlog measured
@@ -130,9 +136,6 @@ pub(super) async fn fanout(
         let (target, source) = (c.target_for(ch + viewers), c.source(ch + viewers));
         connected.push(Client::connect(target, source, &auth).await?.0);
     }
-    let changer_ids: Vec<String> = (0..changers).map(|ch| format!("{prefix}{ch}")).collect();
-    super::rules::changers(c, &changer_ids, &blockers.ids).await?;
-    let rules_settle_s = super::rules::quiet(c).await;
     let settle_until = Instant::now() + Duration::from_secs(60);
     loop {
         let before = frames.load(Ordering::Relaxed);
