@@ -91,7 +91,7 @@ impl Gateway {
         };
         let state = AppState::new(config, engine, db, authenticator);
         // Health and dashboards show figures from the first request on.
-        state.figures.refresh(&state).await;
+        crate::figures::refresh(&state).await;
         let router = crate::http::router(state.clone())
             .layer(gateway::layer(&state))
             .layer(axum::middleware::map_request(gateway::detach_request))

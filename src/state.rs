@@ -25,7 +25,7 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The Socket.IO side's shared pieces: the layer's handle, this replica's sockets, the
     /// heartbeat batch, the fan-out's viewers and backlogs.
-    pub gateway: crate::gateway::Hub,
+    pub gateway: crate::gateway::hub::Hub,
     /// Authenticated HTTP requests per caller identity.
     pub http_limits: crate::limits::KeyedLimiter<String>,
     /// New Socket.IO sessions per client address.
@@ -36,7 +36,7 @@ pub struct Shared {
     /// session (same socket id) gets the budget it left with, not a full one.
     pub session_budgets: crate::limits::ParkedBudgets<(socketioxide::socket::Sid, &'static str)>,
     /// The cluster figures and dependency states, refreshed in the background.
-    pub figures: crate::figures::Figures,
+    pub figures: crate::figures::cache::Figures,
     /// Connections that asked to carry an upgrading session (the direct path's candidates).
     pub upgrades: crate::wire::Upgrades,
     pub started_at: Instant,

@@ -3,29 +3,26 @@
 //!
 //! - Each replica writes a small report (its sockets per namespace, its fan-out's totals and
 //!   recent latency) to the engine every [`REPORT_EVERY`], and withdraws it when it stops; a
-//!   report older than [`REPORT_MAX_AGE`] is a replica that is gone.
+//!   report older than `figures::REPORT_MAX_AGE` is a replica that is gone.
 //! - Questions ("which connections does this user have?", "disconnect this user") travel on
 //!   the engine's admin topic; every replica answers about its own sockets, and the asker
 //!   waits for an answer from each replica that reports, or the deadline, whichever is first.
 //!   A replica that does not answer in time is left out of the answer rather than holding up
 //!   the caller: the admin API is for people, who can ask again.
 
+pub use super::asked::{Answer, Question};
 use crate::domain::{Timestamp, UserId};
 use crate::engine::{EngineError, Topic};
 use crate::state::AppState;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// How often a replica writes its report.
 pub const REPORT_EVERY: Duration = Duration::from_secs(2);
-/// A replica whose report is older than this is gone (three missed reports, and a second for
-/// a slow store).
-const REPORT_MAX_AGE: Duration = Duration::from_secs(7);
 /// How long a question waits for the replicas' answers.
 const ASK_DEADLINE: Duration = Duration::from_millis(1500);
 
@@ -46,56 +43,11 @@ enum Message {
     },
 }
 
-/// What the admin API asks every replica about its own sockets.
-#[derive(Serialize, Deserialize, Clone)]
-#[serde(tag = "q", rename_all = "camelCase")]
-pub enum Question {
-    /// The user's `/` connections here.
-    Connections { user: String },
-    /// Close the user's `/` connections here with a namespace disconnect; `by` is the caller,
-    /// for the audit log.
-    Disconnect { user: String, by: String },
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(tag = "a", rename_all = "camelCase")]
-pub enum Answer {
-    Connections { connections: Vec<Value> },
-    Disconnected { connections: u64 },
-}
-
-/// Questions this replica asked that wait for answers, by question id.
-#[derive(Default)]
-pub struct Asked {
-    waiting: Mutex<HashMap<String, mpsc::UnboundedSender<(String, Answer)>>>,
-    next: AtomicU64,
-}
-
-impl Asked {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<(String, Answer)>>> {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// The live replicas' reports, by node.
-pub async fn nodes(state: &AppState) -> Result<Vec<Value>, EngineError> {
-    let reports = state
-        .engine
-        .replicas(REPORT_MAX_AGE.as_millis() as u64, Timestamp::now())
-        .await?;
-    Ok(reports
-        .into_iter()
-        .filter_map(|(_, r)| serde_json::from_str(&r).ok())
-        .collect())
-}
-
 /// Put `q` to every replica (this one included); their answers, by node. Fails only when the
 /// question cannot be sent.
 pub async fn ask(state: &AppState, q: Question) -> Result<Vec<(String, Answer)>, EngineError> {
     let me = state.config.node_id.clone();
-    let mut expected: BTreeSet<String> = nodes(state)
+    let mut expected: BTreeSet<String> = crate::figures::nodes(state)
         .await?
         .iter()
         .filter_map(|n| n["node"].as_str().map(str::to_string))

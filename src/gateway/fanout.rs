@@ -24,39 +24,13 @@ use crate::state::AppState;
 use crate::wire::{Via, event_frame};
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::broadcast::{Receiver, error::RecvError};
 
 /// How often outboxes are retried.
 const BACKLOG_RETRY: Duration = Duration::from_millis(25);
-
-/// Batching sockets whose batch is being gathered, by when it is due. Every batch is due the
-/// same time after its first change, so arrival order is due order: a tick pops what is due
-/// and looks at nothing else (polling every batching socket on every tick cost a replica more
-/// than the frames it saved).
-#[derive(Default)]
-pub struct Batches(Mutex<std::collections::VecDeque<(std::time::Instant, Sid)>>);
-
-impl Batches {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(std::time::Instant, Sid)>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn push(&self, due: std::time::Instant, sid: Sid) {
-        self.lock().push_back((due, sid));
-    }
-
-    /// The sockets whose batch is due by `by`, in due order.
-    fn take_due(&self, by: std::time::Instant) -> Vec<Sid> {
-        let mut q = self.lock();
-        let n = q.partition_point(|(due, _)| *due <= by);
-        q.drain(..n).map(|(_, sid)| sid).collect()
-    }
-}
 
 #[derive(Debug, PartialEq, Eq)]
 enum Sent {

@@ -10,23 +10,8 @@ use crate::domain::Timestamp;
 use crate::engine::Touch;
 use crate::state::AppState;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-
-#[derive(Default)]
-pub struct HeartbeatBatch {
-    queue: Mutex<Vec<Arc<ConnHandle>>>,
-}
-
-impl HeartbeatBatch {
-    pub fn push(&self, h: Arc<ConnHandle>) {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push(h);
-    }
-
-    fn take(&self) -> Vec<Arc<ConnHandle>> {
-        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
 
 /// Flush often enough that a sweep never mistakes a batched heartbeat for silence: well
 /// under the heartbeat timeout, and at most every half second.

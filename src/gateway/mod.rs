@@ -6,27 +6,36 @@
 //! - [`connection`]: per-socket state and this replica's socket registry; [`outbox`]: a
 //!   socket's updates not sent yet and their two policies; [`turns`]: the order of a socket's
 //!   state-changing requests;
+//! - [`hub`]: what the Socket.IO side shares, one value in the application state, and its
+//!   small queues (nothing in it reads the state: the loops below do);
 //! - [`heartbeats`]: batching "heard from" writes to the engine;
 //! - [`fanout`]: committed changes to this replica's viewers ([`viewers`]: by audience);
+//! - [`blocks`], [`hidden`], [`rules`]: blocks (section 11) as this replica applies them, the
+//!   fan-out's check by key, and the blocks every replica announces;
 //! - [`gender`]: a gender changed in the database, applied to live connections;
 //! - [`widget`]: `/widget`, anonymous chat widgets recording statistics events;
 //! - [`dashboard`]: `/dashboard`, live statistics and presence figures for dashboards;
-//! - [`expiry`]: sockets closed when the token they were opened with expires;
+//! - [`expiry`]: sockets closed when the token they were opened with expires ([`expiries`]:
+//!   the heap of when);
 //! - [`ratelimit`]: the per-socket request budget;
-//! - [`cluster`]: every replica's report, and the admin API's questions to every replica;
+//! - [`cluster`]: every replica's report, and the admin API's questions to every replica
+//!   ([`asked`]: the questions, their answers, and those waiting);
 //! - [`protocol`]: typed requests, the one ack, and how a refused handshake reads.
 
+pub mod asked;
 pub mod blocks;
 pub mod cluster;
 pub mod connection;
 pub mod dashboard;
 pub mod events;
+pub mod expiries;
 pub mod expiry;
 pub mod fanout;
 pub mod gender;
 pub mod handshake;
 pub mod heartbeats;
 pub mod hidden;
+pub mod hub;
 pub mod outbox;
 pub mod protocol;
 pub mod ratelimit;
@@ -36,30 +45,7 @@ pub mod viewers;
 pub mod widget;
 
 pub use connection::{ConnHandle, SocketRegistry};
-pub use heartbeats::HeartbeatBatch;
-
-/// The Socket.IO side's shared pieces, one value in the application state.
-#[derive(Default)]
-pub struct Hub {
-    /// Set once the Socket.IO layer is built.
-    pub io: std::sync::OnceLock<SocketIo>,
-    /// This replica's `/` sockets.
-    pub sockets: SocketRegistry,
-    /// Connections heard from since the last flush to the engine.
-    pub heartbeats: HeartbeatBatch,
-    /// Where the fan-out sends each change on this replica.
-    pub viewers: viewers::Viewers,
-    /// Sockets (`/` and `/dashboard`) whose outbox waits for room in their queues.
-    pub backlogged: outbox::Waiting,
-    /// Batching sockets gathering a batch, by when it is due.
-    pub batches: fanout::Batches,
-    /// Admin questions this replica put to the cluster, waiting for answers.
-    pub asked: cluster::Asked,
-    /// Sockets to close when their tokens expire.
-    pub expiries: expiry::Expiries,
-    /// Blocks of the users connected here (section 11).
-    pub blocks: blocks::BlockIndex,
-}
+pub use hub::{HeartbeatBatch, Hub};
 
 /// The Socket.IO side's loops: fan-out, the outboxes' retries (`/` and `/dashboard`),
 /// heartbeat flushing, dashboards' figures, server heartbeats.

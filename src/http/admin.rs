@@ -22,7 +22,7 @@ type Errors = super::error::ErrorResponse;
     responses((status = 200, body = Object), (status = 401, body = Errors), (status = 403, body = Errors), (status = 429, body = Errors), (status = 503, body = Errors)))]
 pub async fn nodes(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.require(&[Role::Admin])?;
-    Ok(Json(json!({"nodes": cluster::nodes(&state).await?})))
+    Ok(Json(json!({"nodes": crate::figures::nodes(&state).await?})))
 }
 
 /// A user's presence (no visibility rule binds an operator) and their connections on every
