@@ -1,6 +1,6 @@
 // Helpers for end-to-end tests: start the real gateway binary as a process, sign tokens,
 // connect with the official socket.io-client, and wait on conditions with deadlines.
-import { spawn } from "node:child_process";
+import { spawn, execFileSync } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
@@ -149,6 +149,23 @@ export async function waitUntil(fn, ms = 5000, what = "condition") {
     if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/**
+ * A Redis server of the test's own (on `port`), for what must not touch the shared one
+ * (pausing it, cutting its clients): `cli(...args)` runs redis-cli against it.
+ */
+export async function ownRedis(port) {
+  const cli = (...args) => execFileSync("redis-cli", ["-p", String(port), ...args]).toString().trim();
+  const proc = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+  await waitUntil(() => {
+    try {
+      return cli("ping") === "PONG";
+    } catch {
+      return false;
+    }
+  }, 5000, `a Redis of the test's own on ${port}`);
+  return { url: `redis://127.0.0.1:${port}`, cli, stop: () => proc.kill("SIGKILL") };
 }
 
 export function withDeadline(p, ms, what) {

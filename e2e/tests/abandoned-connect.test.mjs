@@ -5,27 +5,16 @@
 // their blocks loaded for ever.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
 import WebSocket from "ws";
-import { startGateway, user, ask, recorder, waitUntil, withDeadline } from "../helpers.mjs";
-
-const port = 17000 + (process.pid % 1000);
-const cli = (...args) => execFileSync("redis-cli", ["-p", String(port), ...args]).toString().trim();
-const redisUp = () => {
-  try {
-    return cli("ping") === "PONG";
-  } catch {
-    return false;
-  }
-};
-/** Clients Redis holds back (paused writes count here). */
-const blocked = () => Number(cli("info", "clients").match(/blocked_clients:(\d+)/)[1]);
+import { startGateway, user, ask, recorder, waitUntil, withDeadline, ownRedis } from "../helpers.mjs";
 
 test("a client gone while its join of / was being admitted is not left online", async () => {
-  const redis = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
-  await waitUntil(redisUp, 5000, "test Redis up");
+  const redis = await ownRedis(17000 + (process.pid % 1000));
+  const cli = redis.cli;
+  /** Clients Redis holds back (paused writes count here). */
+  const blocked = () => Number(cli("info", "clients").match(/blocked_clients:(\d+)/)[1]);
   // No sweep within the test: only the replica's own cleanup can take the user offline.
-  const gw = await startGateway({ REDIS_URL: `redis://127.0.0.1:${port}`, PRESENCE_HEARTBEAT_TIMEOUT_MS: "600000", PRESENCE_SWEEP_INTERVAL_MS: "600000" });
+  const gw = await startGateway({ REDIS_URL: redis.url, PRESENCE_HEARTBEAT_TIMEOUT_MS: "600000", PRESENCE_SWEEP_INTERVAL_MS: "600000" });
   let ws;
   try {
     const viewer = await gw.connect(user("ab-viewer", "other"));
@@ -57,6 +46,6 @@ test("a client gone while its join of / was being admitted is not left online", 
       cli("client", "unpause");
     } catch {}
     await gw.stop();
-    redis.kill("SIGKILL");
+    redis.stop();
   }
 });

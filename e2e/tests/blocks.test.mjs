@@ -4,7 +4,7 @@
 // replicas (each user's sockets on different replicas), and with PostgreSQL keeping them.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startGateway, user, token, ask, recorder, barrier, waitUntil, FAST } from "../helpers.mjs";
+import { startGateway, user, token, ask, recorder, barrier, waitUntil, FAST, ownRedis } from "../helpers.mjs";
 import { freshDatabase, psql } from "../db.mjs";
 
 const REDIS_URL = process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
@@ -145,14 +145,11 @@ test("block requests: limits, who may, bad input, and the counter", async () => 
 });
 
 test("a block the replicas never heard of (its announcement lost) is applied and told once the bus comes back", async () => {
-  const { spawn, execFileSync } = await import("node:child_process");
   // A Redis of this test's own: the bus is cut by killing its subscriber connections.
-  const port = 18000 + (process.pid % 1000);
-  const cli = (...args) => execFileSync("redis-cli", ["-p", String(port), ...args]).toString().trim();
-  const redis = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
-  await waitUntil(() => { try { return cli("ping") === "PONG"; } catch { return false; } }, 5000, "test Redis up");
+  const redis = await ownRedis(18000 + (process.pid % 1000));
+  const cli = redis.cli;
   const prefix = `e2e-blk-lost-${process.pid}`;
-  const env = { ...FAST, RATE_LIMIT_PER_SEC: "0", REDIS_URL: `redis://127.0.0.1:${port}`, REDIS_KEY_PREFIX: prefix };
+  const env = { ...FAST, RATE_LIMIT_PER_SEC: "0", REDIS_URL: redis.url, REDIS_KEY_PREFIX: prefix };
   const [a, b] = [await startGateway(env), await startGateway(env)];
   const [vic, x] = ["lost-vic", "lost-x"];
   try {
@@ -189,6 +186,6 @@ test("a block the replicas never heard of (its announcement lost) is applied and
     }
   } finally {
     await Promise.all([a.stop(), b.stop()]);
-    redis.kill("SIGKILL");
+    redis.stop();
   }
 });

@@ -48,9 +48,27 @@ async fn apply(
     Ok(())
 }
 
-/// How many of `n` users turn invisible: the first ones.
-pub(super) fn invisible_count(c: &Common, n: usize) -> usize {
-    (n as f64 * c.rules_invisible_pct / 100.0).round() as usize
+/// Which of `n` users turn invisible: `--rules-invisible-pct` of them, spread evenly (user
+/// `i` is when `i` is a multiple of the step), so that in `subs`, where only some users
+/// change within the run, they make their share of the changes and no more.
+#[derive(Clone, Copy)]
+pub(super) struct Invisible {
+    pub count: usize,
+    step: usize,
+}
+
+impl Invisible {
+    pub fn of(c: &Common, n: usize) -> Self {
+        let count = (n as f64 * c.rules_invisible_pct / 100.0).round() as usize;
+        Invisible {
+            count,
+            step: if count == 0 { usize::MAX } else { (n / count).max(1) },
+        }
+    }
+
+    pub fn holds(&self, i: usize) -> bool {
+        i % self.step == 0 && i / self.step < self.count
+    }
 }
 
 /// The viewers' rules: `blocks` ghosts each, the first `invisible_pct` % invisible.
@@ -59,7 +77,7 @@ pub(super) async fn viewers(c: &Common, ids: &[String], gender: &str) -> Result<
 }
 
 /// Each user's rules: `also` blocked, then ghosts up to `blocks`; the first
-/// [`invisible_count`] invisible. `c.concurrency` users at a time.
+/// [`Invisible`] ones invisible. `c.concurrency` users at a time.
 pub(super) async fn users(
     c: &Common,
     ids: &[String],
@@ -69,7 +87,7 @@ pub(super) async fn users(
     if c.rules_blocks == 0 && c.rules_invisible_pct <= 0.0 {
         return Ok(());
     }
-    let invisible = invisible_count(c, ids.len());
+    let invisible = Invisible::of(c, ids.len());
     let sem = Arc::new(Semaphore::new(c.concurrency.max(1)));
     let mut tasks = Vec::new();
     for (i, user) in ids.iter().enumerate() {
@@ -78,7 +96,7 @@ pub(super) async fn users(
         let (c, user, sem, gender) = (c.clone(), user.clone(), sem.clone(), gender.to_string());
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire_owned().await;
-            apply(&c, i, (&user, &gender), &blocked, i < invisible).await
+            apply(&c, i, (&user, &gender), &blocked, invisible.holds(i)).await
         }));
     }
     for t in tasks {

@@ -42,9 +42,9 @@ pub(super) async fn subs(
     let (start, start_rx) = watch::channel(None::<tokio::time::Instant>);
     let sem = Arc::new(Semaphore::new(c.concurrency.max(1)));
     let prefix = format!("{}-su-", c.prefix);
-    // Section 11's load, when asked for (`--rules-*`): the first `hidden` users turn invisible
-    // once everyone subscribed, and from then on none of their changes reaches a watcher.
-    let hidden = super::rules::invisible_count(c, n);
+    // Section 11's load, when asked for (`--rules-*`): some users turn invisible once everyone
+    // subscribed, and from then on none of their changes reaches a watcher.
+    let hidden = super::rules::Invisible::of(c, n);
     // Who watches whom: the deliveries one change of user j makes are audience[j].
     let mut audience = vec![0u64; n];
     let mut plans = Vec::with_capacity(n);
@@ -56,7 +56,7 @@ pub(super) async fn subs(
                 let j = rng.below(watching as u64);
                 if j != i as u64 && !ids.contains(&j) {
                     ids.push(j);
-                    if j as usize >= hidden {
+                    if !hidden.holds(j as usize) {
                         audience[j as usize] += 1;
                     }
                 }
@@ -105,7 +105,7 @@ pub(super) async fn subs(
         .map(|ids| {
             ids.iter()
                 .copied()
-                .filter(|&j| j as usize >= hidden)
+                .filter(|&j| !hidden.holds(j as usize))
                 .collect()
         })
         .collect();
@@ -254,7 +254,7 @@ pub(super) async fn subs(
     }
     // The rules, once everyone subscribed: every user blocks the blockers (one connected user
     // per replica, so each change's fan-out checks its deliveries against a block list), then
-    // ghosts up to `--rules-blocks`; the first `hidden` turn invisible.
+    // ghosts up to `--rules-blocks`; the `hidden` ones turn invisible.
     let blockers = super::rules::blockers(c, &prefix).await?;
     let user_ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
     let rules_began = Instant::now();
@@ -328,7 +328,7 @@ pub(super) async fn subs(
     }
     let got = received.load(Ordering::Relaxed);
     Ok(json!({
-        "scenario": "subs", "rules_blocks": c.rules_blocks, "rules_invisible_pct": c.rules_invisible_pct, "invisible_users": hidden, "rules_s": rules_s, "rules_settle_s": rules_settle_s, "readers": readers, "reader_nap_us": reading.nap_us, "stamp": format!("{:?}", reading.stamp).to_lowercase(), "unstamped_reads": super::mux::UNSTAMPED.load(Ordering::Relaxed), "batch": batch, "subscribers": n, "subscribed_ok": ready,
+        "scenario": "subs", "rules_blocks": c.rules_blocks, "rules_invisible_pct": c.rules_invisible_pct, "invisible_users": hidden.count, "rules_s": rules_s, "rules_settle_s": rules_settle_s, "readers": readers, "reader_nap_us": reading.nap_us, "stamp": format!("{:?}", reading.stamp).to_lowercase(), "unstamped_reads": super::mux::UNSTAMPED.load(Ordering::Relaxed), "batch": batch, "subscribers": n, "subscribed_ok": ready,
         "watching": watching, "per": per,
         "changes": changes, "changes_per_s": changes as f64 / duration_s.max(1) as f64,
         "changes_refused": sent.load(Ordering::Relaxed).saturating_sub(changes),
