@@ -62,12 +62,12 @@ impl Invisible {
         let count = (n as f64 * c.rules_invisible_pct / 100.0).round() as usize;
         Invisible {
             count,
-            step: if count == 0 { usize::MAX } else { (n / count).max(1) },
+            step: n.checked_div(count).map_or(usize::MAX, |s| s.max(1)),
         }
     }
 
     pub fn holds(&self, i: usize) -> bool {
-        i % self.step == 0 && i / self.step < self.count
+        i.is_multiple_of(self.step) && i / self.step < self.count
     }
 }
 
