@@ -149,6 +149,13 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refus
     // The join itself is a request: a client that joins and leaves `/` on one session pays
     // for each join from the budget it leaves with (issue 25), before any work is done.
     charge_join(state, s.id, "/")?;
+    // The transport the join came on, read before anything below waits: a session that
+    // upgrades while its join is admitted joined on long-polling (its frames go through the
+    // library), whatever the timing of the store's answers.
+    let sid = s.id.as_str();
+    let upgraded = (s.transport_type() == socketioxide::TransportType::Websocket)
+        .then(|| state.upgrades.line_of(sid))
+        .flatten();
     let identity = identify(state, s, &auth)?;
     let mode = mode(state, &auth)?;
     if !state.engine.ready().await {
@@ -204,10 +211,6 @@ async fn admit(s: &SocketRef, auth: Value, state: &AppState) -> Result<(), Refus
         session_budget(state, s.id, "/"),
     ));
     // Decided here, before the library writes the CONNECT this socket's frames wait for.
-    let sid = s.id.as_str();
-    let upgraded = (s.transport_type() == socketioxide::TransportType::Websocket)
-        .then(|| state.upgrades.line_of(sid))
-        .flatten();
     let (route, fallback) = crate::wire::Route::for_socket(s.req_parts(), sid, upgraded);
     if let Some(why) = fallback {
         state.metrics.direct_fallback(why);
