@@ -16,6 +16,8 @@ let gw, url;
 before(async () => {
   url = freshDatabase();
   gw = await startGateway({ DATABASE_URL: url, WIDGET_JOIN_RATE_PER_IP: "1", WIDGET_JOIN_BURST_PER_IP: "30" });
+  // The migrations run after the replica answers: the first count must not race them.
+  await waitUntil(async () => (await gw.http("/api/health")).json?.dependencies?.database === "up", 10000, "database up");
 });
 after(async () => gw?.stop());
 
